@@ -1,0 +1,366 @@
+//! Signed commands (DESIGN.md §2): claims, their deterministic payload, and
+//! the builder that turns claims plus one 64-byte signature into envelopes.
+
+use crate::batch::Batch;
+use crate::cbor::{self, Key};
+use crate::envelope::{self, EnvelopeError};
+use crate::key::{BadSignature, Kid, PublicKey};
+use ciborium::value::Value;
+use coset::Header;
+use std::collections::BTreeMap;
+
+/// Content type of a signed command's protected header.
+pub const CONTENT_TYPE: &str = "application/keybridge-command+cbor";
+/// Default validity of a command, in seconds.
+pub const DEFAULT_TTL: i64 = 300;
+/// Longest validity window (`exp - nbf`) a command may have, in seconds.
+pub const MAX_VALIDITY: i64 = 24 * 60 * 60;
+/// The command kinds keybridge knows; others must start with `x-`.
+pub const KNOWN_COMMANDS: [&str; 6] = [
+    "remote-control",
+    "deploy-unattended",
+    "run-script",
+    "create-group",
+    "create-alert",
+    "time-sync",
+];
+/// The command a device accepts outside its time window (once).
+pub const TIME_SYNC: &str = "time-sync";
+
+const ISS: Key = Key::Int(1);
+const SUB: Key = Key::Int(2);
+const AUD: Key = Key::Int(3);
+const EXP: Key = Key::Int(4);
+const NBF: Key = Key::Int(5);
+const IAT: Key = Key::Int(6);
+const CTI: Key = Key::Int(7);
+const CMD: Key = Key::Text("cmd");
+const ARGS: Key = Key::Text("args");
+const BODY: Key = Key::Text("body");
+const DEVS: Key = Key::Text("devs");
+
+/// A command argument value. No floats: they have no deterministic meaning
+/// across languages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArgValue {
+    /// Text.
+    Text(String),
+    /// A signed integer.
+    Int(i64),
+    /// A boolean.
+    Bool(bool),
+    /// Raw bytes.
+    Bytes(Vec<u8>),
+    /// A list of values.
+    List(Vec<ArgValue>),
+    /// A nested map with text keys.
+    Map(BTreeMap<String, ArgValue>),
+}
+
+impl ArgValue {
+    fn to_value(&self) -> Value {
+        match self {
+            ArgValue::Text(s) => Value::Text(s.clone()),
+            ArgValue::Int(i) => Value::Integer((*i).into()),
+            ArgValue::Bool(b) => Value::Bool(*b),
+            ArgValue::Bytes(b) => Value::Bytes(b.clone()),
+            ArgValue::List(l) => Value::Array(l.iter().map(ArgValue::to_value).collect()),
+            ArgValue::Map(m) => map_to_value(m),
+        }
+    }
+
+    fn from_value(v: Value) -> Result<Self, ClaimsError> {
+        Ok(match v {
+            Value::Text(s) => ArgValue::Text(s),
+            Value::Integer(i) => ArgValue::Int(
+                i64::try_from(i).map_err(|_| ClaimsError::Malformed("argument integer range"))?,
+            ),
+            Value::Bool(b) => ArgValue::Bool(b),
+            Value::Bytes(b) => ArgValue::Bytes(b),
+            Value::Array(l) => ArgValue::List(
+                l.into_iter()
+                    .map(ArgValue::from_value)
+                    .collect::<Result<_, _>>()?,
+            ),
+            Value::Map(m) => ArgValue::Map(map_from_value(m)?),
+            _ => return Err(ClaimsError::Malformed("argument of an unsupported type")),
+        })
+    }
+}
+
+fn map_to_value(m: &BTreeMap<String, ArgValue>) -> Value {
+    Value::Map(
+        m.iter()
+            .map(|(k, v)| (Value::Text(k.clone()), v.to_value()))
+            .collect(),
+    )
+}
+
+fn map_from_value(m: Vec<(Value, Value)>) -> Result<BTreeMap<String, ArgValue>, ClaimsError> {
+    m.into_iter()
+        .map(|(k, v)| match k {
+            Value::Text(k) => Ok((k, ArgValue::from_value(v)?)),
+            _ => Err(ClaimsError::Malformed("argument keys are text")),
+        })
+        .collect()
+}
+
+/// The claims of a signed command (the COSE payload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    /// `iss` (1): account id.
+    pub iss: String,
+    /// `sub` (2): agent id inside the account.
+    pub sub: String,
+    /// `aud` (3): the one target device; `None` in a batch.
+    pub aud: Option<String>,
+    /// `exp` (4): not valid after, unix seconds.
+    pub exp: i64,
+    /// `nbf` (5): not valid before, unix seconds.
+    pub nbf: i64,
+    /// `iat` (6): issued at, unix seconds (the signer's clock).
+    pub iat: i64,
+    /// `cti` (7): random nonce; (kid, cti) is the replay key.
+    pub cti: [u8; 16],
+    /// `"cmd"`: the command kind.
+    pub cmd: String,
+    /// `"args"`: command arguments.
+    pub args: BTreeMap<String, ArgValue>,
+    /// `"body"`: SHA-256 of a detached body, when there is one.
+    pub body: Option<[u8; 32]>,
+    /// `"devs"`: batch Merkle root over the target device ids.
+    pub devs: Option<[u8; 32]>,
+}
+
+/// Why claims cannot be signed or were refused on reading.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimsError {
+    /// A field is missing, of the wrong type, or unknown.
+    #[error("malformed claims: {0}")]
+    Malformed(&'static str),
+    /// `exp - nbf` is over 24 hours.
+    #[error("validity window of {0} s is longer than the 24 h maximum")]
+    WindowTooLong(i64),
+    /// The command kind is not a known one nor `x-…`.
+    #[error("unknown command kind {0:?} (known kinds, or x-… for extensions)")]
+    UnknownCommand(String),
+}
+
+impl Claims {
+    /// Checks everything a well-formed command needs: non-empty ids, one of
+    /// `aud` and `devs`, `nbf <= exp`, a window of at most 24 h, a known
+    /// command kind.
+    pub fn validate(&self) -> Result<(), ClaimsError> {
+        if self.iss.is_empty() || self.sub.is_empty() {
+            return Err(ClaimsError::Malformed("empty account or agent"));
+        }
+        match (&self.aud, &self.devs) {
+            (Some(a), None) if !a.is_empty() => {}
+            (None, Some(_)) => {}
+            _ => return Err(ClaimsError::Malformed("exactly one of aud and devs")),
+        }
+        if self.exp < self.nbf {
+            return Err(ClaimsError::Malformed("exp before nbf"));
+        }
+        let window = self.exp - self.nbf;
+        if window > MAX_VALIDITY {
+            return Err(ClaimsError::WindowTooLong(window));
+        }
+        if !is_valid_command(&self.cmd) {
+            return Err(ClaimsError::UnknownCommand(self.cmd.clone()));
+        }
+        Ok(())
+    }
+
+    /// The deterministic CBOR payload.
+    pub fn to_payload(&self) -> Vec<u8> {
+        let mut m = vec![
+            (ISS.to_value(), Value::Text(self.iss.clone())),
+            (SUB.to_value(), Value::Text(self.sub.clone())),
+            (EXP.to_value(), Value::Integer(self.exp.into())),
+            (NBF.to_value(), Value::Integer(self.nbf.into())),
+            (IAT.to_value(), Value::Integer(self.iat.into())),
+            (CTI.to_value(), Value::Bytes(self.cti.to_vec())),
+            (CMD.to_value(), Value::Text(self.cmd.clone())),
+        ];
+        if let Some(aud) = &self.aud {
+            m.push((AUD.to_value(), Value::Text(aud.clone())));
+        }
+        if !self.args.is_empty() {
+            m.push((ARGS.to_value(), map_to_value(&self.args)));
+        }
+        if let Some(body) = &self.body {
+            m.push((BODY.to_value(), Value::Bytes(body.to_vec())));
+        }
+        if let Some(devs) = &self.devs {
+            m.push((DEVS.to_value(), Value::Bytes(devs.to_vec())));
+        }
+        cbor::encode(&mut Value::Map(m))
+    }
+
+    /// Reads claims from a payload map (already checked deterministic).
+    pub(crate) fn from_map(mut m: cbor::MapReader) -> Result<Self, ClaimsError> {
+        use ClaimsError::Malformed as M;
+        let claims = Claims {
+            iss: m
+                .text(&ISS)
+                .map_err(|_| M("iss"))?
+                .ok_or(M("iss missing"))?,
+            sub: m
+                .text(&SUB)
+                .map_err(|_| M("sub"))?
+                .ok_or(M("sub missing"))?,
+            aud: m.text(&AUD).map_err(|_| M("aud"))?,
+            exp: m.int(&EXP).map_err(|_| M("exp"))?.ok_or(M("exp missing"))?,
+            nbf: m.int(&NBF).map_err(|_| M("nbf"))?.ok_or(M("nbf missing"))?,
+            iat: m.int(&IAT).map_err(|_| M("iat"))?.ok_or(M("iat missing"))?,
+            cti: m
+                .bytes(&CTI)
+                .map_err(|_| M("cti"))?
+                .ok_or(M("cti missing"))?
+                .try_into()
+                .map_err(|_| M("cti is 16 bytes"))?,
+            cmd: m
+                .text(&CMD)
+                .map_err(|_| M("cmd"))?
+                .ok_or(M("cmd missing"))?,
+            args: match m.take(&ARGS) {
+                None => BTreeMap::new(),
+                Some(Value::Map(a)) => map_from_value(a)?,
+                Some(_) => return Err(M("args is a map")),
+            },
+            body: m.array32(&BODY).map_err(|_| M("body is 32 bytes"))?,
+            devs: m.array32(&DEVS).map_err(|_| M("devs is 32 bytes"))?,
+        };
+        if !m.is_exhausted() {
+            return Err(M("unknown claim"));
+        }
+        claims.validate()?;
+        Ok(claims)
+    }
+}
+
+/// A command kind keybridge will sign: known, or `x-` plus lower-case
+/// letters, digits and dashes.
+pub fn is_valid_command(cmd: &str) -> bool {
+    KNOWN_COMMANDS.contains(&cmd)
+        || cmd.strip_prefix("x-").is_some_and(|rest| {
+            !rest.is_empty()
+                && rest.len() <= 64
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+/// Why a signature could not be assembled into an envelope.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AssembleError {
+    /// The claims are not signable.
+    #[error(transparent)]
+    Claims(#[from] ClaimsError),
+    /// The signature is not 64 bytes of the key's algorithm, or does not
+    /// verify against the key (a faulty backend or a wrong key).
+    #[error("the signature does not verify against the key")]
+    BadSignature,
+    /// A batch command must carry the batch's root.
+    #[error("devs claim does not match the batch root")]
+    BatchMismatch,
+}
+
+impl From<BadSignature> for AssembleError {
+    fn from(_: BadSignature) -> Self {
+        AssembleError::BadSignature
+    }
+}
+
+/// A command ready to sign: the backend signs [`UnsignedCommand::to_be_signed`]
+/// and hands back 64 bytes; the builder does all of COSE.
+#[derive(Debug, Clone)]
+pub struct UnsignedCommand {
+    inner: envelope::Unsigned,
+    devs: Option<[u8; 32]>,
+}
+
+impl UnsignedCommand {
+    /// Validates `claims` and prepares the bytes to sign with `key`.
+    pub fn new(claims: &Claims, key: &PublicKey) -> Result<Self, ClaimsError> {
+        claims.validate()?;
+        Ok(UnsignedCommand {
+            inner: envelope::Unsigned::new(key, CONTENT_TYPE, claims.to_payload()),
+            devs: claims.devs,
+        })
+    }
+
+    /// The COSE `Sig_structure` bytes the backend signs (for ES256 the
+    /// backend hashes them with SHA-256 first, as ECDSA does).
+    pub fn to_be_signed(&self) -> &[u8] {
+        self.inner.to_be_signed()
+    }
+
+    /// The key id that will be in the envelope.
+    pub fn kid(&self) -> Kid {
+        self.inner.key().kid()
+    }
+
+    /// The single-device envelope. The signature is verified before it is
+    /// wrapped, so a backend fault never leaves the bridge as a command.
+    pub fn into_envelope(self, signature: &[u8]) -> Result<Vec<u8>, AssembleError> {
+        if self.devs.is_some() {
+            return Err(AssembleError::BatchMismatch);
+        }
+        Ok(self.inner.into_bytes(signature)?)
+    }
+
+    /// One envelope per device of `batch`, all carrying the same signature,
+    /// each with its inclusion proof in the unprotected header (`"kbp"`).
+    /// The claims must have been built with `devs = batch.root()`.
+    pub fn into_batch_envelopes(
+        self,
+        signature: &[u8],
+        batch: &Batch,
+    ) -> Result<Vec<(String, Vec<u8>)>, AssembleError> {
+        if self.devs != Some(batch.root()) {
+            return Err(AssembleError::BatchMismatch);
+        }
+        let sig = self.inner.checked_signature(signature)?;
+        let label = coset::Label::Text(crate::batch::PROOF_LABEL.into());
+        Ok(batch
+            .proofs()
+            .map(|(id, proof)| {
+                let mut unprotected = Header::default();
+                unprotected.rest.push((label.clone(), proof));
+                let env = envelope::assemble(
+                    self.inner.protected.clone(),
+                    unprotected,
+                    self.inner.payload.clone(),
+                    sig.clone(),
+                );
+                (id.to_owned(), env)
+            })
+            .collect())
+    }
+}
+
+/// Reads the claims of an envelope without verifying anything: for
+/// displaying what a file is. Never use the result to act.
+pub fn inspect(bytes: &[u8]) -> Result<(Kid, Claims), EnvelopeError> {
+    let parsed = envelope::Parsed::parse(bytes, CONTENT_TYPE)?;
+    let claims =
+        Claims::from_map(parsed.payload_map()?).map_err(|_| EnvelopeError::Malformed("claims"))?;
+    Ok((parsed.kid, claims))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_kinds() {
+        assert!(is_valid_command("run-script"));
+        assert!(is_valid_command("x-reboot-2"));
+        assert!(!is_valid_command("x-"));
+        assert!(!is_valid_command("x-Reboot"));
+        assert!(!is_valid_command("reboot"));
+    }
+}

@@ -1,0 +1,91 @@
+//! Project automation for keybridge: `cargo xtask deps | test | bench | demo`.
+//!
+//! * `deps`  installs the Debian packages and the Python venv the tests need.
+//! * `test`  runs deps, rustfmt, clippy and the whole test suite, failing fast.
+//! * `bench` runs the benchmarks.
+//! * `demo`  builds the release binaries and runs the demo.
+//!
+//! Everything is driven through [`std::process::Command`]; each command is
+//! echoed before it runs.
+
+mod deps;
+mod tasks;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+/// Command line of `cargo xtask`.
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "keybridge project automation"
+)]
+struct Cli {
+    /// The task to run.
+    #[command(subcommand)]
+    task: Task,
+}
+
+/// The tasks `cargo xtask` knows.
+#[derive(Subcommand)]
+enum Task {
+    /// Install the system packages and the Python venv the tests need
+    /// (idempotent; installs only what is missing).
+    Deps,
+    /// Run deps, `cargo fmt --check`, clippy and all tests, stopping at the
+    /// first failure.
+    Test {
+        /// Extra arguments for the test runner (`cargo nextest run` if
+        /// installed, else `cargo test`), given after `--`.
+        #[arg(last = true, value_name = "RUNNER_ARGS")]
+        args: Vec<String>,
+    },
+    /// Build and run the benchmarks (`cargo bench --workspace`).
+    Bench {
+        /// Extra arguments for `cargo bench`, given after `--`.
+        #[arg(last = true, value_name = "BENCH_ARGS")]
+        args: Vec<String>,
+    },
+    /// Build the release binaries and run the end-to-end demo.
+    Demo,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Deps => deps::deps().map(|_| ()),
+        Task::Test { args } => tasks::test(&args),
+        Task::Bench { args } => tasks::bench(&args),
+        Task::Demo => tasks::demo(),
+    };
+    if let Err(err) = result {
+        eprintln!("xtask: error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn runner_args_after_double_dash_pass_through() {
+        let cli = Cli::parse_from(["xtask", "test", "--", "filter", "--", "--nocapture"]);
+        let Task::Test { args } = cli.task else {
+            panic!("expected the test task");
+        };
+        assert_eq!(args, ["filter", "--", "--nocapture"]);
+    }
+
+    #[test]
+    fn runner_args_need_double_dash() {
+        assert!(Cli::try_parse_from(["xtask", "bench", "--quick"]).is_err());
+    }
+}

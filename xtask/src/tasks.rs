@@ -1,0 +1,125 @@
+//! `cargo xtask test`, `bench` and `demo`.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+
+use crate::deps::deps;
+use crate::util::{cargo, run, step, succeeds, target_dir, workspace_root};
+
+/// Environment variable through which tests and benchmarks find the venv's
+/// Python (with pycose, cbor2 and cryptography).
+const PYTHON_ENV: &str = "KEYBRIDGE_PYTHON";
+
+/// True if `cargo nextest` is installed.
+fn nextest_available() -> bool {
+    succeeds(cargo().args(["nextest", "--version"]))
+}
+
+/// `cargo xtask test`: deps, rustfmt, clippy, then the tests (nextest plus
+/// doctests if nextest is installed, else `cargo test`). `args` go to the
+/// test runner. Stops at the first failing step.
+pub fn test(args: &[String]) -> Result<()> {
+    let start = Instant::now();
+    let python = step("deps", deps)?;
+    step("fmt", || {
+        run(cargo().args(["fmt", "--all", "--", "--check"]))
+    })?;
+    step("clippy", || {
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
+    if nextest_available() {
+        step("tests (nextest)", || {
+            run(cargo()
+                .args(["nextest", "run", "--workspace", "--no-tests=warn"])
+                .args(args)
+                .env(PYTHON_ENV, &python))
+        })?;
+        step("doctests", || {
+            run(cargo()
+                .args(["test", "--workspace", "--doc"])
+                .env(PYTHON_ENV, &python))
+        })?;
+    } else {
+        step("tests", || {
+            run(cargo()
+                .args(["test", "--workspace"])
+                .args(args)
+                .env(PYTHON_ENV, &python))
+        })?;
+    }
+    println!(
+        "xtask test: all steps passed ({:.1}s)",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `cargo xtask bench`: builds the benchmarks, runs `cargo bench --workspace`
+/// with `args`, then the extra benchmark drivers.
+pub fn bench(args: &[String]) -> Result<()> {
+    let start = Instant::now();
+    let python = step("deps", deps)?;
+    step("build benchmarks", || {
+        run(cargo().args(["bench", "--workspace", "--no-run"]))
+    })?;
+    step("cargo bench", || {
+        run(cargo()
+            .args(["bench", "--workspace"])
+            .args(args)
+            .env(PYTHON_ENV, &python))
+    })?;
+    extra_benchmarks(&python)?;
+    println!("xtask bench: done ({:.1}s)", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Benchmark drivers beyond `cargo bench` (e.g. end-to-end runs against the
+/// real backends). Each driver is added here as its own [`step`]; `python`
+/// is the venv interpreter, to be exported as `KEYBRIDGE_PYTHON`. There are
+/// none yet.
+fn extra_benchmarks(python: &Path) -> Result<()> {
+    let _ = python;
+    Ok(())
+}
+
+/// `cargo xtask demo`: builds the release binaries of the bridge and the
+/// device verifier and runs the demo with them.
+pub fn demo() -> Result<()> {
+    let root = workspace_root();
+    if !root.join("bridge").join("Cargo.toml").exists() {
+        bail!(
+            "the bridge crate is not built yet ({} does not exist), so there is \
+             nothing to demo",
+            root.join("bridge").join("Cargo.toml").display()
+        );
+    }
+    step("build release binaries", || {
+        run(cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "keybridge",
+            "-p",
+            "keybridge-device",
+        ]))
+    })?;
+    run_demo(&target_dir().join("release"))
+}
+
+/// Runs the demo with the `keybridge` and `keybridge-device` binaries found
+/// in `bin_dir`.
+fn run_demo(bin_dir: &Path) -> Result<()> {
+    bail!(
+        "demo not yet implemented (the binaries are in {})",
+        bin_dir.display()
+    )
+}
