@@ -1,0 +1,1 @@
+//! keybridge signer backends.

@@ -1,0 +1,335 @@
+//! `keybridge-device`: the verifier a managed device runs.
+//!
+//! It trusts one key log per account (`trust init`, `trust update`) and
+//! verifies signed commands against it (`verify`). Exit 0 and the verified
+//! claims as JSON on stdout, or a one-line reason on stderr and an exit code
+//! of its own for each refusal (see `--help`).
+
+mod state;
+
+use clap::{Parser, Subcommand};
+use keybridge_protocol::command::inspect;
+use keybridge_protocol::key::hex;
+use keybridge_protocol::{ArgValue, KeyLog, LogError, Verified, Verifier, VerifyError};
+use serde_json::{Value, json};
+use state::{Settings, State, StateError};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+   0  accepted (verify) / done
+   2  usage error
+   3  state or file problem (nothing trusted, unreadable file)
+  10  malformed command            11  not deterministically encoded
+  12  unknown key                  13  revoked key
+  14  alg does not match the key   15  bad signature
+  16  wrong account                17  wrong agent
+  18  wrong device                 19  bad batch proof
+  20  expired (device clock ahead?) 21  not yet valid (device clock behind?)
+  22  validity window over 24 h    23  body mismatch
+  24  replay                       25  replay cache full
+  30  log update is a rollback     31  log update is a fork
+  32  log is invalid";
+
+#[derive(Parser)]
+#[command(
+    name = "keybridge-device",
+    version,
+    about = "Verify keybridge signed commands on a managed device",
+    after_help = EXIT_CODES
+)]
+struct Cli {
+    /// State folder (trusted logs, replay caches, settings).
+    #[arg(long, global = true, default_value = state::DEFAULT_STATE, env = "KEYBRIDGE_DEVICE_STATE")]
+    state: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage the accounts this device trusts.
+    #[command(subcommand)]
+    Trust(Trust),
+    /// Verify a signed command; print its claims as JSON when accepted.
+    Verify {
+        /// The signed command (a COSE_Sign1 file, `.cose`).
+        command: PathBuf,
+        /// The detached body (a script) whose SHA-256 the command signs.
+        #[arg(long)]
+        body: Option<PathBuf>,
+        /// This device's id, instead of the one stored at `trust init`.
+        #[arg(long)]
+        device_id: Option<String>,
+        /// Verify at this unix time instead of the system clock (testing).
+        #[arg(long, hide = true)]
+        now: Option<i64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Trust {
+    /// Deployment: trust the account whose key log this is.
+    Init {
+        /// The account's key log (CBOR sequence of events).
+        log: PathBuf,
+        /// This device's id.
+        #[arg(long)]
+        device_id: String,
+        /// Clock skew tolerance in seconds.
+        #[arg(long, default_value_t = keybridge_protocol::verify::DEFAULT_SKEW)]
+        skew: i64,
+    },
+    /// Take a newer key log: only an extension of the trusted one.
+    Update {
+        /// The account's key log.
+        log: PathBuf,
+    },
+    /// Show the trusted accounts and their active keys.
+    Show {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A failure: the message for stderr and the exit code.
+struct Failure(String, u8);
+
+impl From<StateError> for Failure {
+    fn from(e: StateError) -> Self {
+        let code = match e {
+            StateError::StoredLog(_) => 32,
+            _ => 3,
+        };
+        Failure(e.to_string(), code)
+    }
+}
+
+fn verify_exit_code(e: &VerifyError) -> u8 {
+    match e {
+        VerifyError::Malformed(_) => 10,
+        VerifyError::NotDeterministic(_) => 11,
+        VerifyError::UnknownKid(_) => 12,
+        VerifyError::RevokedKid { .. } => 13,
+        VerifyError::AlgMismatch { .. } => 14,
+        VerifyError::BadSignature => 15,
+        VerifyError::WrongAccount { .. } => 16,
+        VerifyError::WrongAgent { .. } => 17,
+        VerifyError::WrongDevice { .. } => 18,
+        VerifyError::BadBatchProof => 19,
+        VerifyError::Expired { .. } => 20,
+        VerifyError::NotYetValid { .. } => 21,
+        VerifyError::WindowTooLong(_) => 22,
+        VerifyError::BodyMismatch(_) => 23,
+        VerifyError::Replay => 24,
+        VerifyError::ReplayCacheFull => 25,
+    }
+}
+
+fn log_failure(e: LogError) -> Failure {
+    let code = match e {
+        LogError::Rollback { .. } => 30,
+        LogError::Fork { .. } => 31,
+        _ => 32,
+    };
+    Failure(format!("key log refused: {e}"), code)
+}
+
+fn read(path: &PathBuf) -> Result<Vec<u8>, Failure> {
+    std::fs::read(path).map_err(|e| Failure(format!("{}: {e}", path.display()), 3))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(Failure(msg, code)) => {
+            eprintln!("keybridge-device: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<String, Failure> {
+    let state = State::new(&cli.state);
+    match cli.command {
+        Command::Trust(Trust::Init {
+            log,
+            device_id,
+            skew,
+        }) => {
+            if device_id.is_empty() {
+                return Err(Failure("--device-id must not be empty".into(), 2));
+            }
+            let log = KeyLog::from_bytes(&read(&log)?).map_err(log_failure)?;
+            let settings = Settings {
+                device_id,
+                skew: skew.max(0),
+            };
+            state.init(&log, &settings)?;
+            Ok(format!(
+                "trusting account {:?} ({} events, {} active keys) as device {:?}",
+                log.account(),
+                log.events().len(),
+                log.active_keys().count(),
+                settings.device_id
+            ))
+        }
+        Command::Trust(Trust::Update { log }) => {
+            let bytes = read(&log)?;
+            // Parse once to learn the account; the extension check below is
+            // what decides.
+            let offered = KeyLog::from_bytes(&bytes).map_err(log_failure)?;
+            let mut account = state.open(offered.account())?;
+            let before = account.log.events().len();
+            let new = account.log.verify_extension(&bytes).map_err(log_failure)?;
+            let added = new.events().len() - before;
+            if added > 0 {
+                account.save_log(new)?;
+            }
+            Ok(format!(
+                "account {:?}: {added} new events, now {}",
+                offered.account(),
+                before + added
+            ))
+        }
+        Command::Trust(Trust::Show { json }) => {
+            let mut accounts = vec![];
+            for name in state.accounts()? {
+                let a = state.open(&name)?;
+                accounts.push(account_json(&a));
+            }
+            if json {
+                Ok(serde_json::to_string_pretty(&accounts).expect("JSON"))
+            } else if accounts.is_empty() {
+                Ok("no account is trusted on this device".into())
+            } else {
+                Ok(accounts
+                    .iter()
+                    .map(render_account)
+                    .collect::<Vec<_>>()
+                    .join("\n"))
+            }
+        }
+        Command::Verify {
+            command,
+            body,
+            device_id,
+            now,
+        } => {
+            let envelope = read(&command)?;
+            let body = body.map(|b| read(&b)).transpose()?;
+            // The account named in the (not yet verified) claims only picks
+            // which trust store to check against.
+            let account_name = inspect(&envelope)
+                .map(|(_, c)| c.iss)
+                .map_err(|e| Failure(e.to_string(), 10))?;
+            let mut account = match state.open(&account_name) {
+                Err(StateError::NotTrusted(found)) => {
+                    let known = state.accounts()?;
+                    let e = VerifyError::WrongAccount {
+                        expected: known.join(", "),
+                        found,
+                    };
+                    return Err(Failure(e.to_string(), verify_exit_code(&e)));
+                }
+                other => other?,
+            };
+            let device_id = device_id.unwrap_or_else(|| account.settings.device_id.clone());
+            let now = now.unwrap_or_else(unix_now);
+            let verifier = Verifier::new(&account.log, &device_id).with_skew(account.settings.skew);
+            let verified = verifier
+                .verify(&envelope, body.as_deref(), now, &mut account.replay)
+                .map_err(|e| Failure(e.to_string(), verify_exit_code(&e)))?;
+            // Remember it before anyone acts on it.
+            account.save_replay()?;
+            Ok(serde_json::to_string_pretty(&verified_json(&verified, &device_id)).expect("JSON"))
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn arg_json(v: &ArgValue) -> Value {
+    match v {
+        ArgValue::Text(s) => json!(s),
+        ArgValue::Int(i) => json!(i),
+        ArgValue::Bool(b) => json!(b),
+        ArgValue::Bytes(b) => json!({ "hex": hex(b) }),
+        ArgValue::List(l) => Value::Array(l.iter().map(arg_json).collect()),
+        ArgValue::Map(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), arg_json(v))).collect()),
+    }
+}
+
+fn verified_json(v: &Verified, device_id: &str) -> Value {
+    let c = &v.claims;
+    json!({
+        "accepted": true,
+        "device": device_id,
+        "account": c.iss,
+        "agent": c.sub,
+        "role": v.role.name(),
+        "kid": v.kid.to_hex(),
+        "alg": v.alg.name(),
+        "command": c.cmd,
+        "args": Value::Object(c.args.iter().map(|(k, v)| (k.clone(), arg_json(v))).collect()),
+        "body_sha256": c.body.map(|b| hex(&b)),
+        "audience": c.aud,
+        "batch_size": v.batch_size,
+        "issued_at": c.iat,
+        "not_before": c.nbf,
+        "expires": c.exp,
+        "cti": hex(&c.cti),
+        "clock_offset": v.clock_offset,
+    })
+}
+
+fn account_json(a: &state::Account) -> Value {
+    let log = &a.log;
+    json!({
+        "account": log.account(),
+        "device_id": a.settings.device_id,
+        "skew": a.settings.skew,
+        "events": log.events().len(),
+        "head": hex(&log.head()),
+        "recovery_kid": log.recovery_key().kid().to_hex(),
+        "replay_entries": a.replay.len(),
+        "keys": log.active_keys().map(|k| json!({
+            "kid": k.key.kid().to_hex(),
+            "agent": k.agent,
+            "role": k.role.name(),
+            "alg": k.key.algorithm().name(),
+            "since_event": k.since_seq,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn render_account(a: &Value) -> String {
+    let mut out = format!(
+        "account {}  device {}  ({} events, head {}…)\n",
+        a["account"],
+        a["device_id"],
+        a["events"],
+        &a["head"].as_str().unwrap_or("")[..16]
+    );
+    for k in a["keys"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {}  {:<8} {:<7} {}\n",
+            k["kid"].as_str().unwrap_or(""),
+            k["role"].as_str().unwrap_or(""),
+            k["alg"].as_str().unwrap_or(""),
+            k["agent"].as_str().unwrap_or("")
+        ));
+    }
+    out.trim_end().to_owned()
+}
