@@ -267,7 +267,9 @@ fn arg_json(v: &ArgValue) -> Value {
         ArgValue::Bool(b) => json!(b),
         ArgValue::Bytes(b) => json!({ "hex": hex(b) }),
         ArgValue::List(l) => Value::Array(l.iter().map(arg_json).collect()),
-        ArgValue::Map(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), arg_json(v))).collect()),
+        ArgValue::Map(m) => {
+            Value::Object(m.iter().map(|(k, v)| (k.clone(), arg_json(v))).collect())
+        }
     }
 }
 

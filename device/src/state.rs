@@ -72,7 +72,10 @@ impl Settings {
         let v: serde_json::Value = serde_json::from_str(s).ok()?;
         Some(Settings {
             device_id: v.get("device_id")?.as_str()?.to_owned(),
-            skew: v.get("skew").and_then(|s| s.as_i64()).unwrap_or(DEFAULT_SKEW),
+            skew: v
+                .get("skew")
+                .and_then(|s| s.as_i64())
+                .unwrap_or(DEFAULT_SKEW),
         })
     }
 }
@@ -139,10 +142,7 @@ impl State {
             return Err(StateError::AlreadyTrusted(log.account().to_owned()));
         }
         write_atomic(&dir.join("settings.json"), settings.to_json().as_bytes())?;
-        write_atomic(
-            &dir.join("replay.cbor"),
-            &ReplayCache::default().to_bytes(),
-        )?;
+        write_atomic(&dir.join("replay.cbor"), &ReplayCache::default().to_bytes())?;
         // The log last: its presence is what makes the account trusted.
         write_atomic(&dir.join("log.cbor"), &log.to_bytes())
     }
@@ -159,12 +159,12 @@ impl State {
         let log = KeyLog::from_bytes(&log_bytes).map_err(StateError::StoredLog)?;
         let replay_path = dir.join("replay.cbor");
         let replay = match fs::read(&replay_path) {
-            Ok(b) => ReplayCache::from_bytes(&b, DEFAULT_CAPACITY).map_err(|e| {
-                StateError::Corrupt {
+            Ok(b) => {
+                ReplayCache::from_bytes(&b, DEFAULT_CAPACITY).map_err(|e| StateError::Corrupt {
                     path: replay_path.clone(),
                     what: e.to_string(),
-                }
-            })?,
+                })?
+            }
             Err(e) => return Err(io_err(&replay_path)(e)),
         };
         let settings_path = dir.join("settings.json");

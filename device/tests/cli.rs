@@ -101,10 +101,25 @@ fn each_refusal_has_its_exit_code_and_a_reason() {
     c.cti = [9; 16];
     let cases: Vec<(Vec<u8>, i64, i32, &str)> = vec![
         (b"not cose".to_vec(), NOW, 10, "malformed"),
-        (sign_command(&stranger, &claims("alice", "dev-1")), NOW, 12, "unknown key"),
+        (
+            sign_command(&stranger, &claims("alice", "dev-1")),
+            NOW,
+            12,
+            "unknown key",
+        ),
         (sig_flipped, NOW, 15, "signature"),
-        (sign_command(&a.bob, &claims("alice", "dev-1")), NOW, 17, "agent"),
-        (sign_command(&a.alice, &claims("alice", "dev-9")), NOW, 18, "device"),
+        (
+            sign_command(&a.bob, &claims("alice", "dev-1")),
+            NOW,
+            17,
+            "agent",
+        ),
+        (
+            sign_command(&a.alice, &claims("alice", "dev-9")),
+            NOW,
+            18,
+            "device",
+        ),
         (sign_command(&a.alice, &c), NOW + 7200, 20, "time-sync"),
         (sign_command(&a.alice, &c), NOW - 7200, 21, "behind"),
     ];
@@ -137,7 +152,9 @@ fn replay_is_refused_across_restarts_and_the_cache_stays_bounded() {
     c.iat = NOW + 3600;
     c.exp = NOW + 3900;
     assert_eq!(
-        d.verify_at(&sign_command(&a.alice, &c), NOW + 3600).status.code(),
+        d.verify_at(&sign_command(&a.alice, &c), NOW + 3600)
+            .status
+            .code(),
         Some(0)
     );
     let show = json(&d.run(&["trust", "show", "--json"]));
@@ -148,7 +165,10 @@ fn replay_is_refused_across_restarts_and_the_cache_stays_bounded() {
 fn concurrent_verifiers_accept_a_command_exactly_once() {
     let (d, a) = (Device::new(), Account::new());
     d.trust(&a, "dev-1");
-    let p = d.file("cmd.cose", &sign_command(&a.alice, &claims("alice", "dev-1")));
+    let p = d.file(
+        "cmd.cose",
+        &sign_command(&a.alice, &claims("alice", "dev-1")),
+    );
     let children: Vec<_> = (0..8)
         .map(|_| {
             Command::new(env!("CARGO_BIN_EXE_keybridge-device"))

@@ -1,0 +1,248 @@
+//! Key references (DESIGN.md §3):
+//!
+//! - `passphrase:account=ACME;agent=alice`
+//! - `pkcs11:token=…;object=…?module-path=…` (RFC 7512)
+//! - `yubikey:serial=12345678;slot=9c`
+//! - `tpm:handle=0x81000101`
+//!
+//! The passphrase form is parsed fully. The hardware forms are recognized by
+//! their scheme and kept whole, as written, until their backends parse them.
+
+use crate::record::BackendKind;
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+use std::fmt;
+use std::str::FromStr;
+
+/// A parsed key reference.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeyUri {
+    /// The memorized key of `agent` in `account`.
+    Passphrase {
+        /// Account id (the command's `iss`).
+        account: String,
+        /// Agent id inside the account (the command's `sub`).
+        agent: String,
+    },
+    /// A PKCS#11 object; the whole `pkcs11:` URI as written.
+    Pkcs11(String),
+    /// A YubiKey PIV slot; the whole `yubikey:` URI as written.
+    Yubikey(String),
+    /// A TPM persistent handle; the whole `tpm:` URI as written.
+    Tpm(String),
+}
+
+/// Why a key reference could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UriError {
+    /// No `scheme:` prefix.
+    #[error("a key reference starts with passphrase:, pkcs11:, yubikey: or tpm:")]
+    MissingScheme,
+    /// A scheme keybridge has no backend for.
+    #[error("unknown key reference scheme {0:?} (passphrase, pkcs11, yubikey or tpm)")]
+    UnknownScheme(String),
+    /// A `passphrase:` reference that is not `account=…;agent=…`.
+    #[error("bad passphrase key reference: {0}")]
+    Passphrase(&'static str),
+}
+
+/// Characters written percent-encoded in attribute values: the delimiters of
+/// the URI forms, `%` itself, space and controls (non-ASCII is always encoded).
+const VALUE: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b';')
+    .add(b'=')
+    .add(b'?')
+    .add(b'<')
+    .add(b'>')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
+
+impl KeyUri {
+    /// The passphrase reference for `agent` in `account`. Both must be
+    /// non-empty and free of NUL (NUL separates them in the KDF salt).
+    pub fn passphrase(account: &str, agent: &str) -> Result<Self, UriError> {
+        check_id(account, "account")?;
+        check_id(agent, "agent")?;
+        Ok(KeyUri::Passphrase {
+            account: account.to_owned(),
+            agent: agent.to_owned(),
+        })
+    }
+
+    /// The backend this reference names.
+    pub fn backend(&self) -> BackendKind {
+        match self {
+            KeyUri::Passphrase { .. } => BackendKind::Passphrase,
+            KeyUri::Pkcs11(_) => BackendKind::Pkcs11,
+            KeyUri::Yubikey(_) => BackendKind::Yubikey,
+            KeyUri::Tpm(_) => BackendKind::Tpm,
+        }
+    }
+}
+
+fn check_id(value: &str, which: &'static str) -> Result<(), UriError> {
+    if value.is_empty() {
+        return Err(UriError::Passphrase(match which {
+            "account" => "empty account",
+            _ => "empty agent",
+        }));
+    }
+    if value.contains('\0') {
+        return Err(UriError::Passphrase("NUL in account or agent"));
+    }
+    Ok(())
+}
+
+impl FromStr for KeyUri {
+    type Err = UriError;
+
+    fn from_str(s: &str) -> Result<Self, UriError> {
+        let (scheme, rest) = s.split_once(':').ok_or(UriError::MissingScheme)?;
+        // URI schemes are case-insensitive (RFC 3986 §3.1).
+        let kind = BackendKind::ALL
+            .into_iter()
+            .find(|k| scheme.eq_ignore_ascii_case(k.name()))
+            .ok_or_else(|| UriError::UnknownScheme(scheme.to_owned()))?;
+        Ok(match kind {
+            BackendKind::Passphrase => parse_passphrase(rest)?,
+            BackendKind::Pkcs11 => KeyUri::Pkcs11(s.to_owned()),
+            BackendKind::Yubikey => KeyUri::Yubikey(s.to_owned()),
+            BackendKind::Tpm => KeyUri::Tpm(s.to_owned()),
+        })
+    }
+}
+
+fn parse_passphrase(attrs: &str) -> Result<KeyUri, UriError> {
+    use UriError::Passphrase as Bad;
+    if attrs.contains(['?', '#']) {
+        return Err(Bad("no query or fragment; percent-encode ? and #"));
+    }
+    let (mut account, mut agent) = (None, None);
+    for attr in attrs.split(';') {
+        let (name, value) = attr
+            .split_once('=')
+            .ok_or(Bad("attributes are name=value"))?;
+        let slot = match name {
+            "account" => &mut account,
+            "agent" => &mut agent,
+            _ => return Err(Bad("only the account and agent attributes")),
+        };
+        if slot.is_some() {
+            return Err(Bad("repeated attribute"));
+        }
+        let value = percent_decode_str(value)
+            .decode_utf8()
+            .map_err(|_| Bad("percent-encoded value is not UTF-8"))?;
+        *slot = Some(value.into_owned());
+    }
+    match (account, agent) {
+        (Some(account), Some(agent)) => KeyUri::passphrase(&account, &agent),
+        _ => Err(Bad("both account= and agent= are required")),
+    }
+}
+
+impl fmt::Display for KeyUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyUri::Passphrase { account, agent } => write!(
+                f,
+                "passphrase:account={};agent={}",
+                utf8_percent_encode(account, VALUE),
+                utf8_percent_encode(agent, VALUE)
+            ),
+            KeyUri::Pkcs11(s) | KeyUri::Yubikey(s) | KeyUri::Tpm(s) => f.write_str(s),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pp(account: &str, agent: &str) -> KeyUri {
+        KeyUri::Passphrase {
+            account: account.into(),
+            agent: agent.into(),
+        }
+    }
+
+    #[test]
+    fn passphrase_uri_from_the_design_parses() {
+        let uri: KeyUri = "passphrase:account=ACME;agent=alice".parse().unwrap();
+        assert_eq!(uri, pp("ACME", "alice"));
+        assert_eq!(uri.backend(), BackendKind::Passphrase);
+        assert_eq!(uri.to_string(), "passphrase:account=ACME;agent=alice");
+    }
+
+    #[test]
+    fn passphrase_attributes_may_come_in_any_order_and_scheme_case() {
+        let uri: KeyUri = "Passphrase:agent=alice;account=ACME".parse().unwrap();
+        assert_eq!(uri, pp("ACME", "alice"));
+    }
+
+    #[test]
+    fn passphrase_values_are_percent_decoded_and_round_trip() {
+        let uri: KeyUri = "passphrase:account=A%3BB%3Dc;agent=j%C3%B6rg%20k"
+            .parse()
+            .unwrap();
+        assert_eq!(uri, pp("A;B=c", "jörg k"));
+        assert_eq!(uri.to_string().parse::<KeyUri>().unwrap(), uri);
+        let email = pp("acme.example", "alice@acme.example");
+        assert_eq!(
+            email.to_string(),
+            "passphrase:account=acme.example;agent=alice@acme.example"
+        );
+    }
+
+    #[test]
+    fn malformed_passphrase_uris_are_refused() {
+        for bad in [
+            "passphrase:",
+            "passphrase:account=ACME",
+            "passphrase:agent=alice",
+            "passphrase:account=;agent=alice",
+            "passphrase:account=ACME;agent=",
+            "passphrase:account=ACME;agent=alice;agent=bob",
+            "passphrase:account=ACME;agent=alice;slot=1",
+            "passphrase:account=ACME;agent",
+            "passphrase:account=ACME;agent=alice?x=1",
+            "passphrase:account=A%00;agent=alice",
+            "passphrase:account=%FF;agent=alice",
+        ] {
+            assert!(
+                matches!(bad.parse::<KeyUri>(), Err(UriError::Passphrase(_))),
+                "{bad} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn hardware_uris_are_recognized_and_kept_whole() {
+        let pkcs11 = "pkcs11:token=kb;object=alice?module-path=/usr/lib/softhsm/libsofthsm2.so";
+        assert_eq!(pkcs11.parse(), Ok(KeyUri::Pkcs11(pkcs11.into())));
+        let yk = "yubikey:serial=12345678;slot=9c";
+        assert_eq!(yk.parse(), Ok(KeyUri::Yubikey(yk.into())));
+        let tpm = "tpm:handle=0x81000101";
+        let parsed: KeyUri = tpm.parse().unwrap();
+        assert_eq!(parsed, KeyUri::Tpm(tpm.into()));
+        assert_eq!(parsed.backend(), BackendKind::Tpm);
+        assert_eq!(parsed.to_string(), tpm);
+    }
+
+    #[test]
+    fn unknown_or_missing_schemes_are_refused() {
+        assert_eq!(
+            "ssh:key=1".parse::<KeyUri>(),
+            Err(UriError::UnknownScheme("ssh".into()))
+        );
+        assert_eq!("alice".parse::<KeyUri>(), Err(UriError::MissingScheme));
+    }
+}

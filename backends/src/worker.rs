@@ -1,0 +1,458 @@
+//! One worker thread per key (DESIGN.md §6): the thread owns the signer
+//! (for hardware, its session); requests queue to it over a channel and each
+//! gets its answer on a tokio `oneshot`, so async code never blocks on a PIN
+//! check, a touch or a 64 MiB key derivation.
+//!
+//! Requests run one at a time, in the order they were sent. A request whose
+//! caller stops waiting still runs (a `sign_then_lock` still locks).
+
+use crate::{BackendError, Signer};
+use keybridge_protocol::PublicKey;
+use secrecy::SecretString;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use tokio::sync::oneshot;
+
+/// A cheap, cloneable handle to the thread that owns one key's signer.
+///
+/// When the last handle is dropped the thread locks the signer, drops it
+/// (wiping what it holds) and exits. If the signer panics, the caller gets
+/// [`BackendError::Failed`], the worker locks and drops the signer and
+/// stops: every later request also answers `Failed` and
+/// [`Worker::is_stopped`] turns true, so the owner can open the key again.
+#[derive(Clone)]
+pub struct Worker {
+    shared: Arc<Shared>,
+    jobs: mpsc::Sender<Job>,
+}
+
+struct Shared {
+    name: String,
+    public: PublicKey,
+    stopped: AtomicBool,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, BackendError>>;
+
+enum Job {
+    Unlock {
+        secret: SecretString,
+        spend_last_attempt: bool,
+        reply: Reply<()>,
+    },
+    Lock {
+        reply: oneshot::Sender<()>,
+    },
+    IsUnlocked {
+        reply: oneshot::Sender<bool>,
+    },
+    Sign {
+        tbs: Vec<u8>,
+        then_lock: bool,
+        reply: Reply<Vec<u8>>,
+    },
+}
+
+/// The signer panicked; the worker stops.
+struct Panicked;
+
+// The bridge shares handles across tasks and threads.
+const _: fn() = || {
+    fn shareable<T: Send + Sync + Clone + 'static>() {}
+    shareable::<Worker>();
+};
+
+impl Worker {
+    /// Starts the thread that owns `signer`. `name` names the thread and
+    /// appears in errors (e.g. the key's label or kid).
+    pub fn spawn(name: String, signer: Box<dyn Signer>) -> Worker {
+        let shared = Arc::new(Shared {
+            public: signer.public_key().clone(),
+            stopped: AtomicBool::new(false),
+            name,
+        });
+        let (jobs, queue) = mpsc::channel();
+        let thread_shared = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new()
+            .name(format!("key {}", shared.name.replace('\0', "")))
+            .spawn(move || serve(signer, queue, &thread_shared));
+        if spawned.is_err() {
+            // The closure, and with it the signer and the queue, was dropped:
+            // every request answers `Failed`.
+            shared.stopped.store(true, Ordering::Release);
+        }
+        Worker { shared, jobs }
+    }
+
+    /// The key's public key (cached; no round trip to the thread).
+    pub fn public_key(&self) -> &PublicKey {
+        &self.shared.public
+    }
+
+    /// The name given at [`Worker::spawn`].
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Whether the thread has stopped (after a panic in the signer); a
+    /// stopped worker answers every request with [`BackendError::Failed`].
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stopped.load(Ordering::Acquire)
+    }
+
+    /// [`Signer::unlock`] on the worker thread. The secret is wiped when the
+    /// job is done.
+    pub async fn unlock(
+        &self,
+        secret: SecretString,
+        spend_last_attempt: bool,
+    ) -> Result<(), BackendError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::Unlock {
+            secret,
+            spend_last_attempt,
+            reply,
+        })?;
+        answer.await.map_err(|_| self.stopped())?
+    }
+
+    /// [`Signer::lock`] on the worker thread; returns once the key is locked.
+    pub async fn lock(&self) {
+        let (reply, answer) = oneshot::channel();
+        if self.send(Job::Lock { reply }).is_ok() {
+            // An error means the thread is gone, and with it the key.
+            let _ = answer.await;
+        }
+    }
+
+    /// [`Signer::is_unlocked`]; false if the worker has stopped.
+    pub async fn is_unlocked(&self) -> bool {
+        let (reply, answer) = oneshot::channel();
+        if self.send(Job::IsUnlocked { reply }).is_err() {
+            return false;
+        }
+        answer.await.unwrap_or(false)
+    }
+
+    /// [`Signer::sign`] on the worker thread.
+    pub async fn sign(&self, tbs: Vec<u8>) -> Result<Vec<u8>, BackendError> {
+        self.sign_job(tbs, false).await
+    }
+
+    /// Signs and then locks, as one job: no other request can run in
+    /// between (the `each-task` unlock policy). Locks whether or not the
+    /// signature succeeded.
+    pub async fn sign_then_lock(&self, tbs: Vec<u8>) -> Result<Vec<u8>, BackendError> {
+        self.sign_job(tbs, true).await
+    }
+
+    async fn sign_job(&self, tbs: Vec<u8>, then_lock: bool) -> Result<Vec<u8>, BackendError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::Sign {
+            tbs,
+            then_lock,
+            reply,
+        })?;
+        answer.await.map_err(|_| self.stopped())?
+    }
+
+    fn send(&self, job: Job) -> Result<(), BackendError> {
+        // On failure the job (and any secret in it) is dropped right here.
+        self.jobs.send(job).map_err(|_| self.stopped())
+    }
+
+    fn stopped(&self) -> BackendError {
+        BackendError::Failed(format!(
+            "the worker of key {} has stopped",
+            self.shared.name
+        ))
+    }
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("name", &self.shared.name)
+            .field("kid", &self.shared.public.kid())
+            .field("stopped", &self.is_stopped())
+            .finish()
+    }
+}
+
+/// The thread: runs jobs until every handle is gone or the signer panics.
+fn serve(mut signer: Box<dyn Signer>, queue: mpsc::Receiver<Job>, shared: &Shared) {
+    while let Ok(job) = queue.recv() {
+        if run(signer.as_mut(), job, &shared.name).is_err() {
+            break;
+        }
+    }
+    shared.stopped.store(true, Ordering::Release);
+    // Queued requests are answered (`Failed`) at once, not after cleanup.
+    drop(queue);
+    // Whatever happened, leave nothing unlocked behind.
+    let _ = catch_unwind(AssertUnwindSafe(|| signer.lock()));
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(signer)));
+}
+
+fn run(signer: &mut dyn Signer, job: Job, name: &str) -> Result<(), Panicked> {
+    match job {
+        Job::Unlock {
+            secret,
+            spend_last_attempt,
+            reply,
+        } => answer(
+            reply,
+            guarded(|| signer.unlock(&secret, spend_last_attempt)),
+            name,
+        ),
+        Job::Lock { reply } => {
+            let outcome = guarded(|| signer.lock());
+            let _ = reply.send(());
+            outcome
+        }
+        Job::IsUnlocked { reply } => {
+            let outcome = guarded(|| signer.is_unlocked());
+            let _ = reply.send(*outcome.as_ref().unwrap_or(&false));
+            outcome.map(drop)
+        }
+        Job::Sign {
+            tbs,
+            then_lock,
+            reply,
+        } => {
+            let outcome = guarded(|| {
+                let signature = signer.sign(&tbs);
+                if then_lock {
+                    signer.lock();
+                }
+                signature
+            });
+            answer(reply, outcome, name)
+        }
+    }
+}
+
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, Panicked> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|_| Panicked)
+}
+
+fn answer<T>(
+    reply: Reply<T>,
+    outcome: Result<Result<T, BackendError>, Panicked>,
+    name: &str,
+) -> Result<(), Panicked> {
+    match outcome {
+        Ok(result) => {
+            let _ = reply.send(result);
+            Ok(())
+        }
+        Err(Panicked) => {
+            let _ = reply.send(Err(BackendError::Failed(format!(
+                "the backend of key {name} panicked; the key is locked and must be opened again"
+            ))));
+            Err(Panicked)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keybridge_protocol::Algorithm;
+    use secrecy::ExposeSecret;
+    use std::time::Duration;
+
+    const PIN: &str = "123456";
+
+    /// A signer with a PIN and hooks to observe the worker.
+    struct TestSigner {
+        key: ed25519_dalek::SigningKey,
+        public: PublicKey,
+        unlocked: bool,
+        panic_on_sign: bool,
+        locked_and_dropped: Arc<AtomicBool>,
+    }
+
+    impl TestSigner {
+        fn new(panic_on_sign: bool) -> (Self, Arc<AtomicBool>) {
+            let key = ed25519_dalek::SigningKey::from_bytes(&[11; 32]);
+            let public = PublicKey::ed25519(key.verifying_key().as_bytes()).unwrap();
+            let flag = Arc::new(AtomicBool::new(false));
+            let signer = TestSigner {
+                key,
+                public,
+                unlocked: false,
+                panic_on_sign,
+                locked_and_dropped: Arc::clone(&flag),
+            };
+            (signer, flag)
+        }
+    }
+
+    impl Signer for TestSigner {
+        fn public_key(&self) -> &PublicKey {
+            &self.public
+        }
+        fn unlock(&mut self, secret: &SecretString, _: bool) -> Result<(), BackendError> {
+            if secret.expose_secret() != PIN {
+                return Err(BackendError::WrongSecret {
+                    retries_left: Some(2),
+                });
+            }
+            self.unlocked = true;
+            Ok(())
+        }
+        fn lock(&mut self) {
+            self.unlocked = false;
+        }
+        fn is_unlocked(&self) -> bool {
+            self.unlocked
+        }
+        fn sign(&mut self, tbs: &[u8]) -> Result<Vec<u8>, BackendError> {
+            assert!(!self.panic_on_sign, "simulated backend bug");
+            if !self.unlocked {
+                return Err(BackendError::Locked);
+            }
+            Ok(ed25519_dalek::Signer::sign(&self.key, tbs).to_vec())
+        }
+    }
+
+    impl Drop for TestSigner {
+        fn drop(&mut self) {
+            if !self.unlocked {
+                self.locked_and_dropped.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn pin() -> SecretString {
+        SecretString::from(PIN.to_owned())
+    }
+
+    /// Fails the test instead of hanging it.
+    async fn soon<T>(f: impl Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(20), f)
+            .await
+            .expect("the worker answered in time")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_signatures_from_many_tasks_all_verify() {
+        let passphrase = SecretString::from("correct horse battery staple".to_owned());
+        let (signer, record) =
+            crate::passphrase::create("ACME", "carol", &passphrase, None, 0).unwrap();
+        let worker = Worker::spawn("carol".into(), Box::new(signer));
+        assert_eq!(worker.public_key(), &record.public().unwrap());
+        assert!(worker.is_unlocked().await);
+
+        let tasks: Vec<_> = (0..32)
+            .map(|t| {
+                let worker = worker.clone();
+                tokio::spawn(async move {
+                    let mut signed = Vec::new();
+                    for i in 0..20 {
+                        let msg = format!("task {t} message {i}").into_bytes();
+                        let sig = worker.sign(msg.clone()).await.unwrap();
+                        signed.push((msg, sig));
+                    }
+                    signed
+                })
+            })
+            .collect();
+        let mut count = 0;
+        for task in tasks {
+            for (msg, sig) in soon(task).await.unwrap() {
+                worker
+                    .public_key()
+                    .verify(Algorithm::Ed25519, &msg, &sig)
+                    .unwrap();
+                count += 1;
+            }
+        }
+        assert_eq!(count, 32 * 20);
+    }
+
+    #[tokio::test]
+    async fn sign_then_lock_leaves_the_key_locked() {
+        let (signer, _) = TestSigner::new(false);
+        let worker = Worker::spawn("t".into(), Box::new(signer));
+        soon(worker.unlock(pin(), false)).await.unwrap();
+        assert!(worker.is_unlocked().await);
+
+        let sig = soon(worker.sign_then_lock(b"once".to_vec())).await.unwrap();
+        worker
+            .public_key()
+            .verify(Algorithm::Ed25519, b"once", &sig)
+            .unwrap();
+        assert!(!worker.is_unlocked().await);
+        assert!(matches!(
+            worker.sign(b"twice".to_vec()).await,
+            Err(BackendError::Locked)
+        ));
+        assert!(matches!(
+            worker.sign_then_lock(b"twice".to_vec()).await,
+            Err(BackendError::Locked)
+        ));
+        assert!(!worker.is_unlocked().await);
+    }
+
+    #[tokio::test]
+    async fn wrong_pin_is_reported_with_retries_and_keeps_it_locked() {
+        let (signer, _) = TestSigner::new(false);
+        let worker = Worker::spawn("t".into(), Box::new(signer));
+        let wrong = SecretString::from("000000".to_owned());
+        assert!(matches!(
+            worker.unlock(wrong, false).await,
+            Err(BackendError::WrongSecret {
+                retries_left: Some(2)
+            })
+        ));
+        assert!(!worker.is_unlocked().await);
+        worker.unlock(pin(), false).await.unwrap();
+        worker.lock().await;
+        assert!(!worker.is_unlocked().await);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_backend_answers_failed_and_never_hangs() {
+        let (signer, dropped) = TestSigner::new(true);
+        let worker = Worker::spawn("panicky".into(), Box::new(signer));
+        soon(worker.unlock(pin(), false)).await.unwrap();
+        let queued = worker.clone();
+        let (first, second) =
+            soon(async { tokio::join!(worker.sign(b"boom".to_vec()), queued.sign(b"x".to_vec())) })
+                .await;
+        assert!(matches!(first, Err(BackendError::Failed(_))));
+        assert!(matches!(second, Err(BackendError::Failed(_))));
+
+        assert!(matches!(
+            soon(worker.unlock(pin(), false)).await,
+            Err(BackendError::Failed(_))
+        ));
+        assert!(!soon(worker.is_unlocked()).await);
+        soon(worker.lock()).await;
+        assert!(worker.is_stopped());
+        // Cleanup runs on the worker thread right after it stops.
+        soon(wait_for(&dropped)).await;
+    }
+
+    #[tokio::test]
+    async fn dropping_every_handle_locks_and_drops_the_signer() {
+        let (signer, dropped) = TestSigner::new(false);
+        let worker = Worker::spawn("t".into(), Box::new(signer));
+        worker.unlock(pin(), false).await.unwrap();
+        let other = worker.clone();
+        drop(worker);
+        assert!(other.is_unlocked().await, "one handle keeps it alive");
+        drop(other);
+        soon(wait_for(&dropped)).await;
+    }
+
+    async fn wait_for(flag: &AtomicBool) {
+        while !flag.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}

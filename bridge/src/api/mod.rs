@@ -1,0 +1,118 @@
+//! The HTTP/1.1 JSON API (DESIGN.md §6): one module per route group.
+//!
+//! | route | module |
+//! |---|---|
+//! | `GET /v1/status` | [`status`] |
+//! | `GET, POST /v1/keys`, `GET /v1/keys/{kid}`, `POST /v1/keys/{kid}/unlock`, `POST /v1/keys/{kid}/lock` | [`keys`] |
+//! | `POST /v1/sign` | [`sign`] |
+//! | `POST /v1/account/init` | [`account`] |
+
+pub mod account;
+pub mod keys;
+pub mod problem;
+pub mod sign;
+pub mod status;
+
+use crate::audit::AuditLog;
+use crate::clock::Clock;
+use crate::keys::Keys;
+use crate::policy::Policy;
+use axum::Router;
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::IncomingStream;
+use problem::ApiError;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::UnixListener;
+
+/// What every handler can reach.
+pub struct AppState {
+    /// The keys.
+    pub keys: Keys,
+    /// The effective policy.
+    pub policy: Policy,
+    /// The audit log.
+    pub audit: AuditLog,
+    /// Time.
+    pub clock: Clock,
+    /// The user this daemon serves.
+    pub uid: u32,
+    /// Where it listens.
+    pub socket: PathBuf,
+    /// When it started.
+    pub started: i64,
+}
+
+/// Shared state.
+pub type Shared = Arc<AppState>;
+
+/// The connecting process's uid, from `SO_PEERCRED`.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerUid(pub Option<u32>);
+
+impl Connected<IncomingStream<'_, UnixListener>> for PeerUid {
+    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
+        PeerUid(stream.io().peer_cred().ok().map(|c| c.uid()))
+    }
+}
+
+/// Refuses any peer that is not the daemon's own user (the socket is 0600,
+/// but root or a leaked descriptor could still connect).
+async fn same_user_only(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<PeerUid>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if peer.0 != Some(state.uid) {
+        tracing::warn!(peer_uid = ?peer.0, "refused a connection from another user");
+        return ApiError::Forbidden.into_response();
+    }
+    next.run(request).await
+}
+
+/// The router.
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/v1/status", get(status::status))
+        .route("/v1/keys", get(keys::list).post(keys::create))
+        .route("/v1/keys/{kid}", get(keys::show))
+        .route("/v1/keys/{kid}/unlock", post(keys::unlock))
+        .route("/v1/keys/{kid}/lock", post(keys::lock))
+        .route("/v1/sign", post(sign::sign))
+        .route("/v1/account/init", post(account::init))
+        .fallback(|| async { ApiError::BadRequest("no such route".into()) })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            same_user_only,
+        ))
+        .with_state(state)
+}
+
+/// JSON body extraction whose failures are `bad_request` problems.
+pub struct Json<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for Json<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(e) => Err(ApiError::BadRequest(e.body_text())),
+        }
+    }
+}
+
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}

@@ -1,0 +1,129 @@
+//! RFC 9457 problem details with keybridge's stable `code`s: the one place
+//! where errors from policy, keys and backends become HTTP answers.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use keybridge_backends::BackendError;
+use serde_json::json;
+
+/// An API error; `code()` is the stable name clients match on.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The key must be unlocked first.
+    #[error("the key is locked; unlock it first (keybridge unlock KID)")]
+    Locked,
+    /// Wrong PIN or passphrase; nothing else changed.
+    #[error("wrong PIN or passphrase")]
+    WrongPin {
+        /// Attempts left before the PIN blocks, when the token says.
+        retries_left: Option<u32>,
+    },
+    /// One attempt is left and the caller did not agree to spend it.
+    #[error(
+        "only one PIN attempt is left; it was not tried. Retry with spend_last_attempt=true (CLI: --spend-last-attempt) if you are sure"
+    )]
+    LastAttempt,
+    /// The PIN is blocked.
+    #[error("the PIN is blocked; unblock it with the PUK or the token's admin tool")]
+    PinBlocked,
+    /// The token is not there.
+    #[error("the token is not present: {0}")]
+    TokenAbsent(String),
+    /// The token wanted a touch that did not come.
+    #[error("the token was not touched in time")]
+    TouchTimeout,
+    /// The administrator's policy does not allow it.
+    #[error("not allowed by policy: {0}")]
+    PolicyDenied(String),
+    /// No such key.
+    #[error("no key matches {0:?}")]
+    UnknownKey(String),
+    /// The request is malformed or impossible.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The caller is not the user this daemon serves.
+    #[error("this daemon serves another user")]
+    Forbidden,
+    /// Something failed on our side; details are in the daemon's log.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The stable problem code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Locked => "locked",
+            ApiError::WrongPin { .. } => "wrong_pin",
+            ApiError::LastAttempt => "last_attempt",
+            ApiError::PinBlocked => "pin_blocked",
+            ApiError::TokenAbsent(_) => "token_absent",
+            ApiError::TouchTimeout => "touch_timeout",
+            ApiError::PolicyDenied(_) => "policy_denied",
+            ApiError::UnknownKey(_) => "unknown_key",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Forbidden => "forbidden",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Locked => StatusCode::LOCKED,
+            ApiError::WrongPin { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::LastAttempt => StatusCode::CONFLICT,
+            ApiError::PinBlocked => StatusCode::LOCKED,
+            ApiError::TokenAbsent(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TouchTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::PolicyDenied(_) | ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::UnknownKey(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<BackendError> for ApiError {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::Locked => ApiError::Locked,
+            BackendError::WrongSecret { retries_left } => ApiError::WrongPin { retries_left },
+            BackendError::LastAttempt { .. } => ApiError::LastAttempt,
+            BackendError::PinBlocked => ApiError::PinBlocked,
+            BackendError::TokenAbsent(what) => ApiError::TokenAbsent(what),
+            BackendError::TouchTimeout => ApiError::TouchTimeout,
+            BackendError::InvalidSecret(why) => ApiError::BadRequest(why),
+            BackendError::Unsupported(why) => ApiError::BadRequest(why),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(%detail, "request failed");
+        }
+        let mut body = json!({
+            "type": format!("urn:keybridge:problem:{}", self.code()),
+            "title": status.canonical_reason().unwrap_or("error"),
+            "status": status.as_u16(),
+            "code": self.code(),
+            "detail": self.to_string(),
+        });
+        match &self {
+            ApiError::WrongPin {
+                retries_left: Some(n),
+            } => body["retries_left"] = json!(n),
+            ApiError::LastAttempt => body["retries_left"] = json!(1),
+            _ => {}
+        }
+        let mut resp = (status, body.to_string()).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        resp
+    }
+}

@@ -1,0 +1,161 @@
+//! `POST /v1/sign`: build a command from the request, have the key's backend
+//! sign it once, answer with the envelope (or one per device of a batch).
+//!
+//! The bridge is never a raw-bytes signing oracle: it signs only commands it
+//! built itself from validated fields.
+
+use super::problem::ApiError;
+use super::{Json, Shared};
+use crate::audit;
+use axum::extract::State;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use keybridge_protocol::command::{DEFAULT_TTL, MAX_VALIDITY, is_valid_command};
+use keybridge_protocol::key::{hex, unhex};
+use keybridge_protocol::{ArgValue, Batch, Claims, UnsignedCommand};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+
+/// Body of `POST /v1/sign`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignRequest {
+    key: String,
+    #[serde(default)]
+    device: Option<String>,
+    #[serde(default)]
+    devices: Option<Vec<String>>,
+    command: String,
+    #[serde(default)]
+    args: Map<String, Value>,
+    #[serde(default)]
+    body_sha256: Option<String>,
+    #[serde(default)]
+    ttl: Option<i64>,
+}
+
+fn arg_value(v: Value) -> Result<ArgValue, ApiError> {
+    Ok(match v {
+        Value::String(s) => ArgValue::Text(s),
+        Value::Bool(b) => ArgValue::Bool(b),
+        Value::Number(n) => ArgValue::Int(n.as_i64().ok_or_else(|| {
+            ApiError::BadRequest(format!("argument {n} is not an integer (no floats)"))
+        })?),
+        Value::Array(a) => ArgValue::List(a.into_iter().map(arg_value).collect::<Result<_, _>>()?),
+        Value::Object(m) => ArgValue::Map(args(m)?),
+        Value::Null => {
+            return Err(ApiError::BadRequest(
+                "null arguments are not allowed".into(),
+            ));
+        }
+    })
+}
+
+fn args(m: Map<String, Value>) -> Result<BTreeMap<String, ArgValue>, ApiError> {
+    m.into_iter().map(|(k, v)| Ok((k, arg_value(v)?))).collect()
+}
+
+/// `POST /v1/sign`
+pub async fn sign(
+    State(s): State<Shared>,
+    Json(req): Json<SignRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let bad = |m: &str| ApiError::BadRequest(m.to_owned());
+    let entry = s.keys.resolve(&req.key)?;
+    if !is_valid_command(&req.command) {
+        return Err(ApiError::BadRequest(format!(
+            "unknown command {:?}: one of {} or x-…",
+            req.command,
+            keybridge_protocol::command::KNOWN_COMMANDS.join(", ")
+        )));
+    }
+    let ttl = req.ttl.unwrap_or(DEFAULT_TTL);
+    if ttl <= 0 || ttl > MAX_VALIDITY {
+        return Err(bad("ttl is 1 s to 24 h"));
+    }
+    if ttl > s.policy.max_ttl {
+        return Err(ApiError::PolicyDenied(format!(
+            "ttl {ttl} s is over the policy's maximum of {} s",
+            s.policy.max_ttl
+        )));
+    }
+    let body = match &req.body_sha256 {
+        None => None,
+        Some(h) => Some(
+            unhex(h)
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| bad("body_sha256 is 64 hex characters"))?,
+        ),
+    };
+    let batch = match (req.device, req.devices) {
+        (Some(d), None) if !d.is_empty() => Err(d),
+        (None, Some(ids)) if !ids.is_empty() => {
+            Ok(tokio::task::spawn_blocking(move || Batch::new(ids))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?)
+        }
+        _ => return Err(bad("give exactly one of device and devices (non-empty)")),
+    };
+    let now = s.clock.now();
+    let mut cti = [0u8; 16];
+    getrandom::fill(&mut cti).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let claims = Claims {
+        iss: entry.stored.account.clone(),
+        sub: entry.stored.agent.clone(),
+        aud: batch.as_ref().err().cloned(),
+        exp: now + ttl,
+        nbf: now,
+        iat: now,
+        cti,
+        cmd: req.command,
+        args: args(req.args)?,
+        body,
+        devs: batch.as_ref().ok().map(Batch::root),
+    };
+    let unsigned = UnsignedCommand::new(&claims, &entry.public)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let signature = entry.sign(unsigned.to_be_signed().to_vec(), now).await?;
+    let kid = entry.kid().to_hex();
+    let audit_entry = audit::Entry {
+        time: now,
+        kid: kid.clone(),
+        account: claims.iss.clone(),
+        agent: claims.sub.clone(),
+        cmd: claims.cmd.clone(),
+        audience: claims.aud.clone(),
+        batch_size: batch.as_ref().ok().map(Batch::len),
+        cti: Some(hex(&cti)),
+    };
+    let response = match batch {
+        Err(_) => {
+            let env = unsigned
+                .into_envelope(&signature)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            json!({ "kid": kid, "envelope": B64.encode(env) })
+        }
+        Ok(batch) => {
+            let root = hex(&batch.root());
+            let envs = tokio::task::spawn_blocking(move || {
+                unsigned
+                    .into_batch_envelopes(&signature, &batch)
+                    .map(|envs| {
+                        envs.into_iter()
+                            .map(|(id, env)| (id, Value::String(B64.encode(env))))
+                            .collect::<Map<String, Value>>()
+                    })
+            })
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            json!({ "kid": kid, "root": root, "envelopes": envs })
+        }
+    };
+    // No audit line, no signature: a command that was not recorded never
+    // leaves the bridge.
+    s.audit
+        .append(&audit_entry)
+        .map_err(|e| ApiError::Internal(format!("audit log: {e}")))?;
+    Ok(Json(response))
+}

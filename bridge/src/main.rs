@@ -1,0 +1,45 @@
+//! `keybridge`: the signing bridge daemon and its command line.
+//!
+//! `keybridge serve` runs the daemon; every other subcommand talks to it
+//! over its Unix socket (DESIGN.md §6, §9).
+
+mod api;
+mod audit;
+mod cli;
+mod client;
+mod clock;
+mod keys;
+mod paths;
+mod policy;
+mod server;
+
+use clap::Parser as _;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    let serving = matches!(args.command, cli::Command::Serve(_));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KEYBRIDGE_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(if serving { "info" } else { "warn" })
+            }),
+        )
+        .init();
+    let runtime = if serving {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    }
+    .enable_all()
+    .build()
+    .expect("tokio runtime");
+    match runtime.block_on(cli::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keybridge: {e:#}");
+            ExitCode::from(cli::exit_code(&e))
+        }
+    }
+}

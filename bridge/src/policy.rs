@@ -1,0 +1,191 @@
+//! Prompt frequency and the administrator's policy (DESIGN.md §6).
+//!
+//! An unlock lasts for one signature (`each-task`, the default), 24 h
+//! (`daily`) or 168 h (`weekly`). The administrator's
+//! `/etc/keybridge/policy.toml` restricts which of these users may choose and
+//! the longest validity a signed command may have; the user's
+//! `config.toml` can only narrow that further, never widen it.
+//!
+//! ```toml
+//! # /etc/keybridge/policy.toml
+//! allowed_remember = ["each-task", "daily"]
+//! max_ttl = 3600          # seconds
+//! ```
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// Default policy file.
+pub const SYSTEM_POLICY: &str = "/etc/keybridge/policy.toml";
+
+/// How long an unlock lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Remember {
+    /// One unlock allows exactly one signature.
+    EachTask,
+    /// 24 hours.
+    Daily,
+    /// 168 hours.
+    Weekly,
+}
+
+impl Remember {
+    /// Every mode, shortest first.
+    pub const ALL: [Remember; 3] = [Remember::EachTask, Remember::Daily, Remember::Weekly];
+
+    /// How long an unlock in this mode lasts, seconds. `each-task` unlocks
+    /// last until their one signature, or five minutes unused.
+    pub fn lifetime(self) -> i64 {
+        match self {
+            Remember::EachTask => 300,
+            Remember::Daily => 24 * 3600,
+            Remember::Weekly => 168 * 3600,
+        }
+    }
+
+    /// The wire name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Remember::EachTask => "each-task",
+            Remember::Daily => "daily",
+            Remember::Weekly => "weekly",
+        }
+    }
+}
+
+impl std::str::FromStr for Remember {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Remember::ALL
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| format!("{s:?} is not each-task, daily or weekly"))
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    allowed_remember: Option<Vec<Remember>>,
+    max_ttl: Option<i64>,
+    default_remember: Option<Remember>,
+}
+
+/// The effective policy: system policy narrowed by the user's config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    /// Prompt frequencies a user may choose.
+    pub allowed_remember: BTreeSet<Remember>,
+    /// Longest command validity, seconds.
+    pub max_ttl: i64,
+    /// Mode used when an unlock names none (the user's choice, if allowed).
+    pub default_remember: Remember,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            allowed_remember: Remember::ALL.into_iter().collect(),
+            max_ttl: keybridge_protocol::command::MAX_VALIDITY,
+            default_remember: Remember::EachTask,
+        }
+    }
+}
+
+/// A policy or config file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {what}")]
+pub struct PolicyError {
+    path: String,
+    what: String,
+}
+
+fn read(path: &Path) -> Result<PolicyFile, PolicyError> {
+    let err = |what: String| PolicyError {
+        path: path.display().to_string(),
+        what,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).map_err(|e| err(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PolicyFile::default()),
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+impl Policy {
+    /// Loads the system policy, then narrows it with the user's config.
+    /// A broken policy file is an error (never silently "allow all").
+    pub fn load(system: &Path, user: &Path) -> Result<Self, PolicyError> {
+        let sys = read(system)?;
+        let usr = read(user)?;
+        let mut p = Policy::default();
+        for f in [&sys, &usr] {
+            if let Some(allowed) = &f.allowed_remember {
+                let narrowed: BTreeSet<Remember> = allowed.iter().copied().collect();
+                p.allowed_remember = p
+                    .allowed_remember
+                    .intersection(&narrowed)
+                    .copied()
+                    .collect();
+            }
+            if let Some(ttl) = f.max_ttl {
+                p.max_ttl = p.max_ttl.min(ttl.max(1));
+            }
+        }
+        if p.allowed_remember.is_empty() {
+            p.allowed_remember.insert(Remember::EachTask);
+        }
+        p.default_remember = usr
+            .default_remember
+            .or(sys.default_remember)
+            .filter(|r| p.allowed_remember.contains(r))
+            .unwrap_or_else(|| *p.allowed_remember.first().expect("never empty"));
+        Ok(p)
+    }
+
+    /// Whether `mode` may be chosen.
+    pub fn allows(&self, mode: Remember) -> bool {
+        self.allowed_remember.contains(&mode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn user_config_narrows_but_cannot_widen_the_system_policy() {
+        let d = tempfile::tempdir().unwrap();
+        let sys = write(
+            d.path(),
+            "policy.toml",
+            "allowed_remember = [\"each-task\", \"daily\"]\nmax_ttl = 3600\n",
+        );
+        let usr = write(
+            d.path(),
+            "config.toml",
+            "allowed_remember = [\"daily\", \"weekly\"]\nmax_ttl = 86400\ndefault_remember = \"weekly\"\n",
+        );
+        let p = Policy::load(&sys, &usr).unwrap();
+        assert_eq!(p.allowed_remember, [Remember::Daily].into());
+        assert_eq!(p.max_ttl, 3600);
+        assert_eq!(p.default_remember, Remember::Daily);
+    }
+
+    #[test]
+    fn missing_files_mean_the_defaults_and_broken_ones_are_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let none = d.path().join("none.toml");
+        assert_eq!(Policy::load(&none, &none).unwrap(), Policy::default());
+        let bad = write(d.path(), "bad.toml", "allowed_remember = [\"forever\"]\n");
+        assert!(Policy::load(&bad, &none).is_err());
+    }
+}
