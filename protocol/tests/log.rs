@@ -877,7 +877,7 @@ fn verification_code_is_six_digits_of_the_request_hash() {
     let mut codes = std::collections::BTreeSet::new();
     let mut leading_zero = 0;
     for seed in 1..=120u8 {
-        let new = if seed % 2 == 0 {
+        let new = if seed.is_multiple_of(2) {
             Signer::ed25519(seed)
         } else {
             Signer::p256(seed)
@@ -930,7 +930,7 @@ mod props {
         let mut seed = 10u8;
         let mut fresh = move || {
             seed += 1;
-            if seed % 2 == 0 {
+            if seed.is_multiple_of(2) {
                 Signer::ed25519(seed)
             } else {
                 Signer::p256(seed)
@@ -959,7 +959,7 @@ mod props {
                 .collect();
             let member = (!members.is_empty()).then(|| members[usize::from(c / 8) % members.len()]);
             let ev = match (c % 8, member) {
-                (0 | 1 | 2, _) => {
+                (0..=2, _) => {
                     let new = fresh();
                     let agent = format!("agent-{agents}");
                     agents += 1;

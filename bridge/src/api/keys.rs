@@ -139,6 +139,10 @@ pub async fn create(
             )));
         }
     };
+    // Creating derived the key; it stays unusable until an unlock grants a
+    // prompt frequency, so it leaves memory now.
+    let mut signer = signer;
+    keybridge_backends::Signer::lock(&mut signer);
     let stored = StoredKey {
         record,
         account: req.account,

@@ -1,0 +1,647 @@
+//! The bridge end to end: a real daemon on a real socket in a temp folder,
+//! driven by the real CLI and by concurrent HTTP clients; commands verified
+//! by the real `keybridge-device`.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use keybridge_protocol::{KeyLog, ReplayCache, Verifier};
+use keybridge_tests::*;
+use serde_json::{Value, json};
+use std::path::Path;
+
+const NOW: i64 = 1_800_000_000;
+
+fn json_out(s: &str) -> Value {
+    serde_json::from_str(s).unwrap()
+}
+
+fn unlock(b: &Bridge, key: &str, mode: &str) {
+    b.ok(
+        &["unlock", key, "--remember", mode, "--secret-stdin"],
+        Some(PASSPHRASE),
+    );
+}
+
+/// A bridge with alice's passphrase key, unlocked daily, and her account's
+/// genesis log trusted by a device state folder for `dev-1`.
+fn setup() -> (Bridge, String, std::path::PathBuf) {
+    let b = Bridge::start(NOW);
+    let kid = b.passphrase_key("acme", "alice");
+    unlock(&b, "alice", "daily");
+    let log = b.account_log("acme", "alice");
+    let state = b.home().join("device");
+    let out = device(
+        &state,
+        &[
+            "trust",
+            "init",
+            log.to_str().unwrap(),
+            "--device-id",
+            "dev-1",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (b, kid, state)
+}
+
+fn verify_on_device(state: &Path, cmd: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["verify", cmd.to_str().unwrap(), "--now"];
+    let now = NOW.to_string();
+    args.push(&now);
+    args.extend_from_slice(extra);
+    device(state, &args)
+}
+
+#[test]
+fn signed_command_verifies_on_the_device_with_its_body() {
+    let (b, kid, state) = setup();
+    let script = b.home().join("fix.sh");
+    std::fs::write(&script, "systemctl restart agent\n").unwrap();
+    let out = b.home().join("cmd.cose");
+    b.ok(
+        &[
+            "sign",
+            "--key",
+            &kid[..8],
+            "--device",
+            "dev-1",
+            "--command",
+            "run-script",
+            "--arg",
+            "user=root",
+            "--body",
+            script.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    let v = verify_on_device(&state, &out, &["--body", script.to_str().unwrap()]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    let claims: Value = serde_json::from_slice(&v.stdout).unwrap();
+    assert_eq!(claims["agent"], "alice");
+    assert_eq!(claims["account"], "acme");
+    assert_eq!(claims["command"], "run-script");
+    assert_eq!(claims["args"]["user"], "root");
+    assert_eq!(claims["kid"], kid);
+    // The audit log has the signature (and the genesis event).
+    let audit = json_out(&b.ok(&["--json", "audit"], None));
+    let cmds: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["cmd"].as_str().unwrap())
+        .collect();
+    assert_eq!(cmds, ["key-log:genesis", "run-script"]);
+}
+
+#[test]
+fn batch_signs_once_and_every_device_verifies_its_copy() {
+    let (b, kid, _) = setup();
+    let list = b.home().join("devices.txt");
+    std::fs::write(&list, "# fleet\ndev-a\ndev-b\n\ndev-c\ndev-a\n").unwrap();
+    let out = b.home().join("batch");
+    b.ok(
+        &[
+            "sign",
+            "--key",
+            "alice",
+            "--devices",
+            list.to_str().unwrap(),
+            "--command",
+            "create-alert",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    let log = b.home().join("acme.log");
+    for id in ["dev-a", "dev-b", "dev-c"] {
+        let state = b.home().join(format!("state-{id}"));
+        device(
+            &state,
+            &["trust", "init", log.to_str().unwrap(), "--device-id", id],
+        );
+        let v = verify_on_device(&state, &out.join(format!("{id}.cose")), &[]);
+        assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+        let c: Value = serde_json::from_slice(&v.stdout).unwrap();
+        assert_eq!(c["batch_size"], 3);
+        assert_eq!(c["kid"], kid);
+    }
+    let audit = json_out(&b.ok(&["--json", "audit"], None));
+    assert_eq!(
+        audit[1]["batch_size"], 3,
+        "one audit line for the whole batch"
+    );
+}
+
+#[test]
+fn each_task_unlock_allows_exactly_one_signature() {
+    let b = Bridge::start(NOW);
+    b.passphrase_key("acme", "alice");
+    let out = b.home().join("c.cose");
+    let sign = || {
+        b.cli(
+            &[
+                "sign",
+                "--key",
+                "alice",
+                "--device",
+                "d",
+                "--command",
+                "remote-control",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            None,
+        )
+    };
+    // Locked from the start.
+    assert_eq!(sign().status.code(), Some(4));
+    unlock(&b, "alice", "each-task");
+    assert!(sign().status.success());
+    let again = sign();
+    assert_eq!(
+        again.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("locked"));
+}
+
+#[test]
+fn daily_and_weekly_unlocks_expire_at_their_deadline() {
+    for (mode, secs) in [("daily", 24 * 3600), ("weekly", 168 * 3600)] {
+        let b = Bridge::start(NOW);
+        b.passphrase_key("acme", "alice");
+        unlock(&b, "alice", mode);
+        let out = b.home().join("c.cose");
+        let sign = || {
+            b.cli(
+                &[
+                    "sign",
+                    "--key",
+                    "alice",
+                    "--device",
+                    "d",
+                    "--command",
+                    "remote-control",
+                    "--out",
+                    out.to_str().unwrap(),
+                ],
+                None,
+            )
+            .status
+            .code()
+        };
+        assert_eq!(sign(), Some(0));
+        assert_eq!(sign(), Some(0), "{mode} allows several signatures");
+        b.set_time(NOW + secs - 1);
+        assert_eq!(sign(), Some(0), "{mode} still valid a second before");
+        b.set_time(NOW + secs);
+        assert_eq!(sign(), Some(4), "{mode} lapsed at its deadline");
+        let status = json_out(&b.ok(&["--json", "status"], None));
+        assert_eq!(status["keys"][0]["unlocked"], false);
+    }
+}
+
+#[test]
+fn explicit_lock_ends_a_daily_unlock() {
+    let b = Bridge::start(NOW);
+    b.passphrase_key("acme", "alice");
+    unlock(&b, "alice", "daily");
+    b.ok(&["lock", "alice"], None);
+    let out = b.home().join("c.cose");
+    let r = b.cli(
+        &[
+            "sign",
+            "--key",
+            "alice",
+            "--device",
+            "d",
+            "--command",
+            "remote-control",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(r.status.code(), Some(4));
+}
+
+#[test]
+fn policy_restricts_prompt_frequency_and_ttl() {
+    let b = Bridge::start_with_policy(
+        NOW,
+        Some("allowed_remember = [\"each-task\", \"daily\"]\nmax_ttl = 600\n"),
+    );
+    b.passphrase_key("acme", "alice");
+    let r = b.cli(
+        &["unlock", "alice", "--remember", "weekly", "--secret-stdin"],
+        Some(PASSPHRASE),
+    );
+    assert_eq!(
+        r.status.code(),
+        Some(9),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(String::from_utf8_lossy(&r.stderr).contains("not allowed"));
+    // The user's config cannot widen it.
+    std::fs::create_dir_all(b.home().join("config")).unwrap();
+    std::fs::write(
+        b.home().join("config/config.toml"),
+        "allowed_remember = [\"weekly\", \"daily\"]\nmax_ttl = 86400\n",
+    )
+    .unwrap();
+    unlock(&b, "alice", "daily");
+    let out = b.home().join("c.cose");
+    let sign = |ttl: &str| {
+        b.cli(
+            &[
+                "sign",
+                "--key",
+                "alice",
+                "--device",
+                "d",
+                "--command",
+                "remote-control",
+                "--ttl",
+                ttl,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            None,
+        )
+    };
+    let r = sign("11m");
+    assert_eq!(
+        r.status.code(),
+        Some(9),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(!out.exists(), "a refused command leaves no file");
+    assert!(sign("10m").status.success());
+}
+
+#[test]
+fn wrong_passphrase_changes_nothing() {
+    let (b, kid, _) = setup();
+    let before = std::fs::read(b.home().join(format!("state/keys/{kid}.json"))).unwrap();
+    let r = b.cli(
+        &["unlock", "alice", "--secret-stdin"],
+        Some("not the passphrase"),
+    );
+    assert_eq!(r.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("wrong"));
+    // Still unlocked (daily) as before, same file, still signs.
+    let status = json_out(&b.ok(&["--json", "status"], None));
+    assert_eq!(status["keys"][0]["unlocked_mode"], "daily");
+    assert_eq!(
+        std::fs::read(b.home().join(format!("state/keys/{kid}.json"))).unwrap(),
+        before
+    );
+    let out = b.home().join("c.cose");
+    b.ok(
+        &[
+            "sign",
+            "--key",
+            "alice",
+            "--device",
+            "d",
+            "--command",
+            "create-group",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    // And from locked: stays locked.
+    b.ok(&["lock", "alice"], None);
+    let r = b.cli(&["unlock", "alice", "--secret-stdin"], Some("still not it"));
+    assert_eq!(r.status.code(), Some(5));
+    let status = json_out(&b.ok(&["--json", "status"], None));
+    assert_eq!(status["keys"][0]["unlocked"], false);
+    // The daemon's log never saw the passphrases.
+    let log = b.daemon_log();
+    assert!(!log.contains(PASSPHRASE) && !log.contains("not the passphrase"));
+}
+
+#[test]
+fn secrets_never_come_back_in_errors() {
+    let b = Bridge::start(NOW);
+    b.passphrase_key("acme", "alice");
+    rt().block_on(async {
+        let mut c = b.http().connect().await.unwrap();
+        // A malformed unlock body carrying a secret.
+        let (status, v) = c
+            .request(
+                "POST",
+                "/v1/keys/alice/unlock",
+                Some(&json!({"secret": "hunter2-hunter2", "remember": "forever"})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 400);
+        assert_eq!(v["code"], "bad_request");
+        assert!(!v.to_string().contains("hunter2"));
+    });
+}
+
+#[test]
+fn problems_are_rfc9457_with_stable_codes() {
+    let b = Bridge::start(NOW);
+    b.passphrase_key("acme", "alice");
+    rt().block_on(async {
+        let mut c = b.http().connect().await.unwrap();
+        let sign = json!({"key": "alice", "device": "d", "command": "run-script"});
+        let (status, v) = c.request("POST", "/v1/sign", Some(&sign)).await.unwrap();
+        assert_eq!((status, v["code"].as_str()), (423, Some("locked")));
+        assert_eq!(v["status"], 423);
+        assert!(v["type"].as_str().unwrap().starts_with("urn:keybridge:problem:"));
+        let (status, v) = c
+            .request("POST", "/v1/sign", Some(&json!({"key": "ffff", "device": "d", "command": "run-script"})))
+            .await
+            .unwrap();
+        assert_eq!((status, v["code"].as_str()), (404, Some("unknown_key")));
+        let (status, v) = c
+            .request("POST", "/v1/sign", Some(&json!({"key": "alice", "device": "d", "command": "format-disk"})))
+            .await
+            .unwrap();
+        assert_eq!((status, v["code"].as_str()), (400, Some("bad_request")));
+        let (status, v) = c
+            .request("POST", "/v1/sign", Some(&json!({"key": "alice", "device": "d", "devices": ["e"], "command": "run-script"})))
+            .await
+            .unwrap();
+        assert_eq!((status, v["code"].as_str()), (400, Some("bad_request")));
+    });
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn sixty_four_clients_times_two_hundred_signatures_all_verify_and_are_audited() {
+    const CLIENTS: usize = 64;
+    const EACH: usize = 200;
+    let (b, _kid, _) = setup();
+    let log = KeyLog::from_bytes(&std::fs::read(b.home().join("acme.log")).unwrap()).unwrap();
+    let envelopes = rt().block_on(async {
+        let mut tasks = vec![];
+        for c in 0..CLIENTS {
+            let http = b.http();
+            tasks.push(tokio::spawn(async move {
+                let mut conn = http.connect().await.unwrap();
+                let mut out = Vec::with_capacity(EACH);
+                for i in 0..EACH {
+                    let body = json!({
+                        "key": "alice", "device": format!("dev-{}", (c * EACH + i) % 7),
+                        "command": "remote-control", "args": {"n": i as i64},
+                    });
+                    let (status, v) = conn.request("POST", "/v1/sign", Some(&body)).await.unwrap();
+                    assert_eq!(status, 200, "{v}");
+                    out.push((
+                        format!("dev-{}", (c * EACH + i) % 7),
+                        B64.decode(v["envelope"].as_str().unwrap()).unwrap(),
+                    ));
+                }
+                out
+            }));
+        }
+        let mut all = vec![];
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    });
+    assert_eq!(envelopes.len(), CLIENTS * EACH);
+    let mut replay = ReplayCache::default();
+    for (dev, env) in &envelopes {
+        Verifier::new(&log, dev)
+            .verify(env, None, NOW, &mut replay)
+            .expect("every signature verifies, and every cti is fresh");
+    }
+    let audit = std::fs::read_to_string(b.home().join("state/audit.jsonl")).unwrap();
+    // One genesis line plus one per signature, each a complete JSON object.
+    assert_eq!(audit.lines().count(), 1 + CLIENTS * EACH);
+    assert!(
+        audit
+            .lines()
+            .all(|l| serde_json::from_str::<Value>(l).is_ok())
+    );
+}
+
+#[test]
+fn kill_9_mid_load_loses_no_file_and_the_next_start_works() {
+    let (mut b, kid, state) = setup();
+    let http = b.http();
+    let load = std::thread::spawn(move || {
+        rt().block_on(async {
+            let mut ok = 0usize;
+            let mut tasks = vec![];
+            for _ in 0..8 {
+                let http = http.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut n = 0usize;
+                    let Ok(mut conn) = http.connect().await else {
+                        return 0;
+                    };
+                    loop {
+                        let body =
+                            json!({"key": "alice", "device": "dev-1", "command": "remote-control"});
+                        match conn.request("POST", "/v1/sign", Some(&body)).await {
+                            Ok((200, _)) => n += 1,
+                            _ => return n,
+                        }
+                    }
+                }));
+            }
+            for t in tasks {
+                ok += t.await.unwrap();
+            }
+            ok
+        })
+    });
+    // Let load build up, then kill -9.
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let status = b.signal("-9");
+    assert!(!status.success());
+    let signed = load.join().unwrap();
+    assert!(signed > 0, "load was running");
+    // Nothing lost: the key file parses, every audit line is whole.
+    let key_file =
+        std::fs::read_to_string(b.home().join(format!("state/keys/{kid}.json"))).unwrap();
+    serde_json::from_str::<Value>(&key_file).unwrap();
+    let audit = std::fs::read_to_string(b.home().join("state/audit.jsonl")).unwrap();
+    assert!(
+        audit.lines().count() > signed,
+        "every answered signature was audited"
+    );
+    assert!(
+        audit
+            .lines()
+            .all(|l| serde_json::from_str::<Value>(l).is_ok())
+    );
+    // The stale socket is handled and the key is back (locked: kill -9 took
+    // the unlock with it).
+    b.restart();
+    let keys = json_out(&b.ok(&["--json", "keys", "list"], None));
+    assert_eq!(keys[0]["kid"], kid);
+    assert_eq!(keys[0]["unlocked"], false);
+    unlock(&b, "alice", "each-task");
+    let out = b.home().join("after.cose");
+    b.ok(
+        &[
+            "sign",
+            "--key",
+            "alice",
+            "--device",
+            "dev-1",
+            "--command",
+            "remote-control",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    let v = verify_on_device(&state, &out, &[]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+}
+
+#[test]
+fn a_second_daemon_is_refused_and_sigterm_drains_and_cleans_up() {
+    let (mut b, _, _) = setup();
+    let second = b.cli(&["serve", "--policy", "/nonexistent"], None);
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already running"));
+    // SIGTERM: exits 0, socket removed, and the CLI says the daemon is gone.
+    let status = b.signal("-TERM");
+    assert!(status.success(), "{status}: {}", b.daemon_log());
+    assert!(!b.socket().exists());
+    let r = b.cli(&["status"], None);
+    assert_eq!(r.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("not running"));
+}
+
+#[test]
+fn another_user_is_refused() {
+    if rustix_uid() != 0 {
+        assert!(
+            !in_ci(),
+            "CI runs as root; this test needs root to switch user"
+        );
+        eprintln!("SKIP another_user_is_refused: needs root (setpriv)");
+        return;
+    }
+    let (b, _, _) = setup();
+    // The socket is 0600 in a 0700 folder: another user cannot even connect.
+    let as_nobody = |args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(bin("keybridge"))
+            .arg("--socket")
+            .arg(b.socket())
+            .args(args)
+            .output()
+            .expect("setpriv (util-linux)")
+    };
+    // Make the binary reachable for nobody even if the target dir is not.
+    let r = as_nobody(&["status"]);
+    assert!(!r.status.success());
+    // Open the file permissions: the daemon's peer-uid check still refuses.
+    use std::os::unix::fs::PermissionsExt as _;
+    for p in [b.home().to_owned(), b.home().join("run"), b.socket()] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let r = as_nobody(&["status"]);
+    assert_eq!(
+        r.status.code(),
+        Some(11),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(String::from_utf8_lossy(&r.stderr).contains("another user"));
+    assert!(
+        b.daemon_log()
+            .contains("refused a connection from another user")
+    );
+}
+
+fn rustix_uid() -> u32 {
+    // The owner of a file we just created is us.
+    use std::os::unix::fs::MetadataExt as _;
+    let f = tempfile::NamedTempFile::new().unwrap();
+    f.as_file().metadata().unwrap().uid()
+}
+
+#[test]
+fn account_init_writes_a_genesis_log_and_an_age_recovery_file() {
+    let (b, kid, _) = setup();
+    let log = KeyLog::from_bytes(&std::fs::read(b.home().join("acme.log")).unwrap()).unwrap();
+    assert_eq!(log.account(), "acme");
+    assert_eq!(log.active_keys().next().unwrap().key.kid().to_hex(), kid);
+    let sealed = std::fs::read(b.home().join("acme.recovery.age")).unwrap();
+    let identity = age::scrypt::Identity::new(age::secrecy::SecretString::from(
+        "recovery passphrase 1".to_owned(),
+    ));
+    let plain = age::decrypt(&identity, &sealed).unwrap();
+    let v: Value = serde_json::from_slice(&plain).unwrap();
+    let seed: [u8; 32] = keybridge_protocol::key::unhex(v["recovery_seed"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let sk = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let public = keybridge_protocol::PublicKey::ed25519(sk.verifying_key().as_bytes()).unwrap();
+    assert_eq!(
+        log.recovery_key(),
+        &public,
+        "the file holds the log's recovery key"
+    );
+    // Wrong passphrase: age refuses.
+    let wrong = age::scrypt::Identity::new(age::secrecy::SecretString::from(
+        "nope nope nope".to_owned(),
+    ));
+    assert!(age::decrypt(&wrong, &sealed).is_err());
+    // Existing files are never overwritten.
+    let r = b.cli(
+        &[
+            "account",
+            "init",
+            "--account",
+            "acme",
+            "--key",
+            "alice",
+            "--log",
+            b.home().join("acme.log").to_str().unwrap(),
+            "--recovery-file",
+            "/tmp/x.age",
+            "--secret-stdin",
+        ],
+        Some("recovery passphrase 1"),
+    );
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("refusing to overwrite"));
+}
+
+#[test]
+fn the_daemon_not_running_gets_a_friendly_message() {
+    let home = tempfile::tempdir().unwrap();
+    let r = std::process::Command::new(bin("keybridge"))
+        .env("KEYBRIDGE_HOME", home.path())
+        .args(["keys", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("keybridge serve"));
+}
