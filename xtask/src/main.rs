@@ -8,6 +8,7 @@
 //! Everything is driven through [`std::process::Command`]; each command is
 //! echoed before it runs.
 
+mod demo;
 mod deps;
 mod tasks;
 mod util;

@@ -36,6 +36,9 @@ pub fn test(args: &[String]) -> Result<()> {
             "warnings",
         ]))
     })?;
+    step("build binaries", || {
+        run(cargo().args(["build", "--workspace", "--bins"]))
+    })?;
     if nextest_available() {
         step("tests (nextest)", || {
             run(cargo()
@@ -105,6 +108,7 @@ pub fn demo() -> Result<()> {
     step("build release binaries", || {
         run(cargo().args([
             "build",
+            "--quiet",
             "--release",
             "-p",
             "keybridge",
@@ -118,8 +122,5 @@ pub fn demo() -> Result<()> {
 /// Runs the demo with the `keybridge` and `keybridge-device` binaries found
 /// in `bin_dir`.
 fn run_demo(bin_dir: &Path) -> Result<()> {
-    bail!(
-        "demo not yet implemented (the binaries are in {})",
-        bin_dir.display()
-    )
+    crate::demo::run(bin_dir)
 }
