@@ -211,6 +211,79 @@ fn daily_and_weekly_unlocks_expire_at_their_deadline() {
 }
 
 #[test]
+fn an_unused_each_task_unlock_lapses_after_five_minutes() {
+    let b = Bridge::start(NOW);
+    b.passphrase_key("acme", "alice");
+    unlock(&b, "alice", "each-task");
+    b.set_time(NOW + 300);
+    let out = b.home().join("c.cose");
+    let r = b.cli(
+        &[
+            "sign",
+            "--key",
+            "alice",
+            "--device",
+            "d",
+            "--command",
+            "remote-control",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(r.status.code(), Some(4));
+}
+
+#[test]
+fn sigterm_under_load_answers_every_accepted_request() {
+    let (mut b, _, _) = setup();
+    let http = b.http();
+    let load = std::thread::spawn(move || {
+        rt().block_on(async {
+            let mut tasks = vec![];
+            for _ in 0..8 {
+                let http = http.clone();
+                tasks.push(tokio::spawn(async move {
+                    let (mut ok, mut cut) = (0usize, 0usize);
+                    for _ in 0..100_000 {
+                        let Ok(mut conn) = http.connect().await else {
+                            break;
+                        };
+                        let body =
+                            json!({"key": "alice", "device": "dev-1", "command": "remote-control"});
+                        match conn.request("POST", "/v1/sign", Some(&body)).await {
+                            Ok((200, v)) => {
+                                assert!(v["envelope"].is_string());
+                                ok += 1
+                            }
+                            Ok((status, v)) => panic!("{status}: {v}"),
+                            // The connection was closed before the request
+                            // was taken: never a half answer.
+                            Err(_) => cut += 1,
+                        }
+                    }
+                    (ok, cut)
+                }));
+            }
+            let mut ok = 0;
+            for t in tasks {
+                ok += t.await.unwrap().0;
+            }
+            ok
+        })
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let status = b.signal("-TERM");
+    assert!(status.success(), "{status}: {}", b.daemon_log());
+    let ok = load.join().unwrap();
+    assert!(ok > 0);
+    // Every answered signature is in the audit log (plus the genesis line).
+    let audit = std::fs::read_to_string(b.home().join("state/audit.jsonl")).unwrap();
+    assert_eq!(audit.lines().count(), ok + 1);
+    assert!(b.daemon_log().contains("keys locked"));
+}
+
+#[test]
 fn explicit_lock_ends_a_daily_unlock() {
     let b = Bridge::start(NOW);
     b.passphrase_key("acme", "alice");
