@@ -317,14 +317,20 @@ impl KeyLog {
         let (first, tail) = rest.split_at(first_len);
         let mut log = Self::from_genesis(first)?;
         rest = tail;
+        log.append_all(rest)?;
+        Ok(log)
+    }
+
+    /// Appends every event of the CBOR sequence `rest`, in order.
+    fn append_all(&mut self, mut rest: &[u8]) -> Result<(), LogError> {
         while !rest.is_empty() {
-            let seq = log.events.len() as u64;
+            let seq = self.events.len() as u64;
             let len = next_item_len(rest, seq)?;
             let (event, tail) = rest.split_at(len);
-            log.append(event)?;
+            self.append(event)?;
             rest = tail;
         }
-        Ok(log)
+        Ok(())
     }
 
     /// A log of one genesis event.
@@ -607,13 +613,7 @@ impl KeyLog {
             rest = &rest[ours.bytes.len()..];
         }
         let mut log = self.clone();
-        while !rest.is_empty() {
-            let seq = log.events.len() as u64;
-            let len = next_item_len(rest, seq)?;
-            let (event, tail) = rest.split_at(len);
-            log.append(event)?;
-            rest = tail;
-        }
+        log.append_all(rest)?;
         Ok(log)
     }
 
