@@ -277,7 +277,7 @@ fn main() {
         let mut g = c.benchmark_group("key log");
         g.sampling_mode(SamplingMode::Flat)
             .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_secs(8))
+            .measurement_time(Duration::from_secs(15))
             .sample_size(10);
         g.bench_function(format!("KeyLog::from_bytes {} events", lf.events), |b| {
             b.iter(log_full)

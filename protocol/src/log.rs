@@ -495,7 +495,7 @@ impl KeyLog {
                 {
                     return Err(LogError::BadRequest("does not match the add event"));
                 }
-                self.check_new_key(key, seq)?;
+                self.check_new_key(key, seq, "add")?;
                 if let Some(old) = replaces {
                     match self.active.get(old) {
                         Some(k) if k.agent == *agent => {}
@@ -517,7 +517,7 @@ impl KeyLog {
                         what: "the recovery key must differ from the first key",
                     });
                 }
-                self.check_new_key(key, seq)?;
+                self.check_new_key(key, seq, "reset")?;
             }
         }
         // Apply.
@@ -565,7 +565,7 @@ impl KeyLog {
 
     /// A key may enter the account once: never a revoked kid, never the
     /// recovery key.
-    fn check_new_key(&self, key: &PublicKey, seq: u64) -> Result<(), LogError> {
+    fn check_new_key(&self, key: &PublicKey, seq: u64, op: &'static str) -> Result<(), LogError> {
         let kid = key.kid();
         let why = if self.active.contains_key(&kid) {
             "key is already active"
@@ -576,11 +576,7 @@ impl KeyLog {
         } else {
             return Ok(());
         };
-        Err(LogError::NotAuthorized {
-            seq,
-            op: "add",
-            why,
-        })
+        Err(LogError::NotAuthorized { seq, op, why })
     }
 
     fn insert_key(&mut self, key: &PublicKey, agent: &str, role: Role, seq: u64) {
