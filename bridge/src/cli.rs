@@ -11,7 +11,7 @@ use anyhow::{Context as _, anyhow, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use keybridge_protocol::key::{hex, unhex};
+use keybridge_protocol::key::hex;
 use keybridge_protocol::{KeyLog, Op};
 use serde_json::{Value, json};
 use sha2::Digest as _;
@@ -726,32 +726,29 @@ fn history(json_out: bool, log: &Path) -> anyhow::Result<()> {
                 let r = replaces
                     .map(|k| format!(", replaces {}", &k.to_hex()[..16]))
                     .unwrap_or_default();
-                (
-                    format!("approved for {agent} as {role}{r}"),
-                    key.kid().to_hex(),
-                )
+                let what = format!("approved for {agent} as {role}{r}");
+                (what, key.kid().to_hex())
             }
             Op::Reject { req, reason } => (format!("request rejected: {reason}"), hex(req)),
-            Op::Revoke { kid } => ("revoked".to_string(), kid.to_hex()),
+            Op::Revoke { kid } => (
+                format!("revoked ({})", owner.get(kid).map_or("?", String::as_str)),
+                kid.to_hex(),
+            ),
             Op::Reset { key, agent, .. } => {
                 owner.insert(key.kid(), agent.clone());
-                (
-                    format!("reset: all keys removed, new first key for {agent}"),
-                    key.kid().to_hex(),
-                )
+                let what = format!("reset: all keys removed, new first key for {agent}");
+                (what, key.kid().to_hex())
             }
         };
-        let actor = owner.get(&e.signer).cloned().unwrap_or_else(|| {
-            if e.signer == parsed.recovery_key().kid() || matches!(e.op, Op::Reset { .. }) {
-                "recovery key".into()
-            } else {
-                "?".into()
-            }
-        });
+        // Only the recovery key signs a reset, and it owns no other event.
+        let actor = match (&e.op, owner.get(&e.signer)) {
+            (Op::Reset { .. }, _) => "recovery key".to_owned(),
+            (_, Some(agent)) => agent.clone(),
+            (_, None) => "?".to_owned(),
+        };
         rows.push(json!({
             "seq": e.seq, "time": e.time, "op": e.op.name(), "what": what,
-            "subject": subject, "owner": owner.get(&unhex(&subject).and_then(|b| b.try_into().ok()).map(keybridge_protocol::Kid).unwrap_or(keybridge_protocol::Kid([0;32]))),
-            "actor": actor, "actor_kid": e.signer.to_hex(),
+            "subject": subject, "actor": actor, "actor_kid": e.signer.to_hex(),
         }));
     }
     let v = Value::Array(rows);

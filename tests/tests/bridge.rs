@@ -695,3 +695,16 @@ fn the_daemon_not_running_gets_a_friendly_message() {
     assert_eq!(r.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&r.stderr).contains("keybridge serve"));
 }
+
+#[test]
+fn history_renders_the_key_log_with_owner_and_actor() {
+    let (b, kid, _) = setup();
+    let log = b.home().join("acme.log");
+    let rows = json_out(&b.ok(&["--json", "history", "--log", log.to_str().unwrap()], None));
+    assert_eq!(rows.as_array().unwrap().len(), 1);
+    assert_eq!(rows[0]["op"], "genesis");
+    assert_eq!(rows[0]["subject"], kid);
+    assert_eq!(rows[0]["actor"], "alice");
+    let text = b.ok(&["history", "--log", log.to_str().unwrap()], None);
+    assert!(text.contains("created (first key, admin)") && text.contains("(by alice)"), "{text}");
+}
