@@ -706,5 +706,8 @@ fn history_renders_the_key_log_with_owner_and_actor() {
     assert_eq!(rows[0]["subject"], kid);
     assert_eq!(rows[0]["actor"], "alice");
     let text = b.ok(&["history", "--log", log.to_str().unwrap()], None);
-    assert!(text.contains("created (first key, admin)") && text.contains("(by alice)"), "{text}");
+    assert!(
+        text.contains("created (first key, admin)") && text.contains("(by alice)"),
+        "{text}"
+    );
 }
