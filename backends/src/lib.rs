@@ -11,6 +11,7 @@
 //!   reference only, never a secret).
 //! - [`KeyUri`]: the key references of DESIGN.md §3.
 //! - [`passphrase`]: the memorized key, Argon2id → Ed25519.
+//! - [`pkcs11`]: keys on PKCS#11 tokens, RFC 7512 URIs (feature `pkcs11`).
 //! - [`worker`]: one thread per key that owns its session; requests queue to it.
 //!
 //! No network, no async runtime: the only async piece is the `oneshot`
@@ -19,6 +20,8 @@
 use keybridge_protocol::PublicKey;
 
 pub mod passphrase;
+#[cfg(feature = "pkcs11")]
+pub mod pkcs11;
 mod record;
 mod uri;
 pub mod worker;
@@ -136,9 +139,11 @@ fn retries_note(retries_left: Option<u32>) -> String {
 pub fn open(record: &KeyRecord) -> Result<Box<dyn Signer>, BackendError> {
     match record.backend {
         BackendKind::Passphrase => Ok(Box::new(passphrase::PassphraseSigner::from_record(record)?)),
-        kind @ (BackendKind::Pkcs11 | BackendKind::Yubikey | BackendKind::Tpm) => {
-            Err(not_built(kind))
-        }
+        #[cfg(feature = "pkcs11")]
+        BackendKind::Pkcs11 => Ok(Box::new(pkcs11::Pkcs11Signer::from_record(record)?)),
+        #[cfg(not(feature = "pkcs11"))]
+        BackendKind::Pkcs11 => Err(not_built(BackendKind::Pkcs11)),
+        kind @ (BackendKind::Yubikey | BackendKind::Tpm) => Err(not_built(kind)),
     }
 }
 
@@ -165,7 +170,6 @@ mod tests {
         let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
         let public = PublicKey::ed25519(key.verifying_key().as_bytes()).unwrap();
         for (kind, uri) in [
-            (BackendKind::Pkcs11, "pkcs11:token=t;object=o"),
             (BackendKind::Yubikey, "yubikey:serial=1;slot=9c"),
             (BackendKind::Tpm, "tpm:handle=0x81000101"),
         ] {

@@ -152,12 +152,27 @@ pub enum KeysCommand {
         /// Default prompt frequency for this key.
         #[arg(long, value_enum)]
         remember: Option<RememberArg>,
+        /// Key algorithm for hardware keys (the passphrase key is Ed25519).
+        #[arg(long, value_enum, default_value = "p256")]
+        alg: AlgArg,
+        /// Use the key the URI names, already on the token (e.g. made by
+        /// pkcs11-tool), instead of generating one.
+        #[arg(long)]
+        existing: bool,
         /// Read the passphrase or PIN from one line of standard input.
         #[arg(long)]
         secret_stdin: bool,
     },
-    /// List keys.
-    List,
+    /// List the daemon's keys, or (with --backend pkcs11 --module) the
+    /// tokens and usable keys a PKCS#11 module shows, like pkcs11-tool -L -O.
+    List {
+        /// List what a backend shows instead of the daemon's keys.
+        #[arg(long, value_enum, requires = "module")]
+        backend: Option<BackendArg>,
+        /// The PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so).
+        #[arg(long)]
+        module: Option<PathBuf>,
+    },
     /// Show one key.
     Show {
         /// Key id (any unique prefix) or label.
@@ -171,6 +186,14 @@ pub enum KeysCommand {
         #[arg(long, value_enum, default_value = "pem")]
         format: ExportFormat,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum AlgArg {
+    /// ECDSA P-256 (ES256).
+    P256,
+    /// Ed25519 (EdDSA), where the hardware has it.
+    Ed25519,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -360,6 +383,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             uri,
             label,
             remember,
+            alg,
+            existing,
             secret_stdin,
         }) => {
             let backend = match backend {
@@ -373,7 +398,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 "Token PIN: "
             };
-            let secret = read_secret(*secret_stdin, prompt, backend == "passphrase")?;
+            // A PKCS#11 URI may name a pin-source file the daemon reads.
+            let pin_in_uri = uri.as_deref().is_some_and(|u| u.contains("pin-source="));
+            let secret = if pin_in_uri {
+                None
+            } else {
+                Some(read_secret(*secret_stdin, prompt, backend == "passphrase")?)
+            };
+            let alg = match (backend, alg) {
+                ("passphrase", _) => None,
+                (_, AlgArg::P256) => Some("p256"),
+                (_, AlgArg::Ed25519) => Some("ed25519"),
+            };
             let body = json!({
                 "backend": backend,
                 "account": account,
@@ -381,7 +417,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "uri": uri,
                 "label": label,
                 "remember": remember.map(|r| Remember::from(r).name()),
-                "secret": secret.as_str(),
+                "alg": alg,
+                "existing": existing,
+                "secret": secret.as_ref().map(|s| s.as_str()),
             });
             let v = client(&cli, &paths).post("/v1/keys", &body).await?;
             print(cli.json, &v, |v| {
@@ -394,7 +432,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             Ok(())
         }
-        Command::Keys(KeysCommand::List) => {
+        Command::Keys(KeysCommand::List {
+            backend: Some(backend),
+            module,
+        }) => list_backend(cli.json, *backend, module.as_deref()),
+        Command::Keys(KeysCommand::List { backend: None, .. }) => {
             let v = client(&cli, &paths).get("/v1/keys").await?;
             print(cli.json, &v, |v| {
                 let keys = v.as_array().cloned().unwrap_or_default();
@@ -771,4 +813,72 @@ fn history(json_out: bool, log: &Path) -> anyhow::Result<()> {
             .join("\n")
     });
     Ok(())
+}
+
+/// `keys list --backend pkcs11 --module M`: what the module shows, read
+/// directly (public objects only, no PIN, no daemon).
+fn list_backend(json_out: bool, backend: BackendArg, module: Option<&Path>) -> anyhow::Result<()> {
+    let module = module.context("--module PATH is needed")?;
+    match backend {
+        #[cfg(feature = "pkcs11")]
+        BackendArg::Pkcs11 => {
+            let tokens = keybridge_backends::pkcs11::list(module)?;
+            let v = Value::Array(
+                tokens
+                    .iter()
+                    .map(|t| {
+                        json!({
+                            "slot": t.slot, "label": t.label, "manufacturer": t.manufacturer,
+                            "model": t.model, "serial": t.serial, "uri": t.uri,
+                            "login_required": t.login_required,
+                            "user_pin_count_low": t.user_pin_count_low,
+                            "user_pin_final_try": t.user_pin_final_try,
+                            "user_pin_locked": t.user_pin_locked,
+                            "p256": t.p256, "ed25519": t.ed25519,
+                            "keys": t.keys.iter().map(|k| json!({
+                                "label": k.label, "id": k.id, "alg": k.alg.name(),
+                                "kid": k.kid().to_hex(), "uri": k.uri,
+                            })).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect(),
+            );
+            print(json_out, &v, |v| {
+                let mut out = String::new();
+                for t in v.as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "slot {}: token {:?} ({} {}, serial {}){}\n  {}\n",
+                        t["slot"],
+                        t["label"].as_str().unwrap_or(""),
+                        t["manufacturer"].as_str().unwrap_or(""),
+                        t["model"].as_str().unwrap_or(""),
+                        t["serial"].as_str().unwrap_or(""),
+                        if t["user_pin_locked"] == json!(true) {
+                            "  PIN LOCKED"
+                        } else {
+                            ""
+                        },
+                        t["uri"].as_str().unwrap_or("")
+                    ));
+                    for k in t["keys"].as_array().into_iter().flatten() {
+                        out.push_str(&format!(
+                            "    {}  {:<7} {:?} id {}\n      {}\n",
+                            k["kid"].as_str().unwrap_or(""),
+                            k["alg"].as_str().unwrap_or(""),
+                            k["label"].as_str().unwrap_or(""),
+                            k["id"].as_str().unwrap_or(""),
+                            k["uri"].as_str().unwrap_or("")
+                        ));
+                    }
+                }
+                if out.is_empty() {
+                    "no tokens".into()
+                } else {
+                    out.trim_end().to_owned()
+                }
+            });
+            Ok(())
+        }
+        _ => bail!("listing is available for --backend pkcs11"),
+    }
 }

@@ -59,6 +59,7 @@ pub struct Bridge {
     child: Option<Child>,
     policy: PathBuf,
     clock: PathBuf,
+    env: Vec<(String, PathBuf)>,
 }
 
 impl Bridge {
@@ -69,6 +70,12 @@ impl Bridge {
 
     /// Starts a daemon whose system policy file says `policy`.
     pub fn start_with_policy(now: i64, policy: Option<&str>) -> Self {
+        Self::start_with_env(now, policy, &[])
+    }
+
+    /// Starts a daemon with extra environment (e.g. `SOFTHSM2_CONF`), which
+    /// the CLI runs also get.
+    pub fn start_with_env(now: i64, policy: Option<&str>, env: &[(&str, &Path)]) -> Self {
         let home = tempfile::tempdir().expect("temp dir");
         let policy_path = home.path().join("policy.toml");
         if let Some(p) = policy {
@@ -81,6 +88,10 @@ impl Bridge {
             child: None,
             policy: policy_path,
             clock,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_path_buf()))
+                .collect(),
         };
         b.restart();
         b
@@ -106,6 +117,7 @@ impl Bridge {
             .arg(&self.clock)
             .env("KEYBRIDGE_HOME", self.home())
             .env("KEYBRIDGE_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -155,6 +167,7 @@ impl Bridge {
         run_with_stdin(
             Command::new(bin("keybridge"))
                 .env("KEYBRIDGE_HOME", self.home())
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .args(args),
             stdin,
         )
@@ -327,4 +340,97 @@ pub fn device(state: &Path, args: &[&str]) -> Output {
 /// True when running under CI, where nothing may skip.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The SoftHSM2 module Debian installs.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+/// The user PIN of test tokens.
+pub const TOKEN_PIN: &str = "123456";
+
+/// A SoftHSM2 token store in a temp folder (its own `SOFTHSM2_CONF`).
+pub struct SoftHsm {
+    dir: tempfile::TempDir,
+}
+
+impl SoftHsm {
+    /// A fresh store, or `None` (with a loud SKIP) when SoftHSM2 or its
+    /// tools are missing outside CI; under CI that is a failure.
+    pub fn new() -> Option<Self> {
+        let missing: Vec<&str> = ["softhsm2-util", "pkcs11-tool", "openssl"]
+            .into_iter()
+            .filter(|t| {
+                Command::new("sh")
+                    .args(["-c", &format!("command -v {t}")])
+                    .output()
+                    .map(|o| !o.status.success())
+                    .unwrap_or(true)
+            })
+            .collect();
+        if !missing.is_empty() || !Path::new(SOFTHSM_MODULE).exists() {
+            assert!(
+                !in_ci(),
+                "SoftHSM2 test tools missing under CI: {missing:?} (run cargo xtask deps)"
+            );
+            eprintln!("SKIP: SoftHSM2 tools missing ({missing:?}); run `cargo xtask deps`");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tokens")).unwrap();
+        std::fs::write(
+            dir.path().join("softhsm2.conf"),
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                dir.path().join("tokens").display()
+            ),
+        )
+        .unwrap();
+        Some(SoftHsm { dir })
+    }
+
+    /// The `SOFTHSM2_CONF` path.
+    pub fn conf(&self) -> PathBuf {
+        self.dir.path().join("softhsm2.conf")
+    }
+
+    /// The token folder.
+    pub fn tokens(&self) -> PathBuf {
+        self.dir.path().join("tokens")
+    }
+
+    /// Runs a tool (softhsm2-util, pkcs11-tool, openssl) with this store.
+    pub fn tool(&self, program: &str, args: &[&str]) -> Output {
+        let out = Command::new(program)
+            .env("SOFTHSM2_CONF", self.conf())
+            .args(args)
+            .output()
+            .expect(program);
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Initialises a token labelled `label` with [`TOKEN_PIN`].
+    pub fn init_token(&self, label: &str) {
+        self.tool(
+            "softhsm2-util",
+            &[
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--so-pin",
+                "12345678",
+                "--pin",
+                TOKEN_PIN,
+            ],
+        );
+    }
+
+    /// A key URI on token `label` for object `object`.
+    pub fn uri(&self, label: &str, object: &str) -> String {
+        format!("pkcs11:token={label};object={object}?module-path={SOFTHSM_MODULE}")
+    }
 }

@@ -8,7 +8,8 @@ use crate::policy::Remember;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use keybridge_backends::{BackendKind, KeyUri, SecretString};
+use keybridge_backends::{BackendError, BackendKind, KeyRecord, KeyUri, SecretString, Signer};
+use keybridge_protocol::Algorithm;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -70,7 +71,15 @@ pub struct CreateRequest {
     label: Option<String>,
     #[serde(default)]
     remember: Option<Remember>,
-    secret: SecretString,
+    /// `p256` (default for hardware) or `ed25519`.
+    #[serde(default)]
+    alg: Option<String>,
+    /// Use a key that already exists on the token instead of generating.
+    #[serde(default)]
+    existing: bool,
+    /// Passphrase or PIN; a PKCS#11 URI may name a `pin-source` instead.
+    #[serde(default)]
+    secret: Option<SecretString>,
 }
 
 /// `POST /v1/keys`: generate (or derive) a key in its backend.
@@ -82,7 +91,7 @@ pub async fn create(
     // secret back.
     let req: CreateRequest = serde_json::from_slice(&body)
         .map_err(|_| ApiError::BadRequest(
-            "expected {\"backend\", \"account\", \"agent\", \"secret\", optional \"uri\", \"label\", \"remember\"}".into(),
+            "expected {\"backend\", \"account\", \"agent\", \"secret\", optional \"uri\", \"label\", \"remember\", \"alg\", \"existing\"}".into(),
         ))?;
     if req.account.is_empty() || req.agent.is_empty() {
         return Err(ApiError::BadRequest(
@@ -109,7 +118,7 @@ pub async fn create(
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("unknown backend {:?}", req.backend)))?;
     let now = s.clock.now();
-    let (signer, record) = match backend {
+    let (signer, record): (Box<dyn Signer>, KeyRecord) = match backend {
         BackendKind::Passphrase => {
             if let Some(uri) = &req.uri {
                 let expected = KeyUri::passphrase(&req.account, &req.agent)
@@ -123,14 +132,62 @@ pub async fn create(
                     )));
                 }
             }
+            if req.existing || req.alg.as_deref().is_some_and(|a| a != "ed25519") {
+                return Err(ApiError::BadRequest(
+                    "a passphrase key is always a derived Ed25519 key".into(),
+                ));
+            }
+            let secret = req.secret.ok_or_else(|| {
+                ApiError::BadRequest("a passphrase key needs its passphrase".into())
+            })?;
             let (account, agent, label) =
                 (req.account.clone(), req.agent.clone(), req.label.clone());
-            let secret = req.secret;
-            tokio::task::spawn_blocking(move || {
+            let (signer, record) = blocking(move || {
                 keybridge_backends::passphrase::create(&account, &agent, &secret, label, now)
             })
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))??
+            .await?;
+            (Box::new(signer), record)
+        }
+        #[cfg(feature = "pkcs11")]
+        BackendKind::Pkcs11 => {
+            use keybridge_backends::pkcs11;
+            let uri = req.uri.clone().ok_or_else(|| {
+                ApiError::BadRequest(
+                    "a PKCS#11 key needs --uri 'pkcs11:token=…;object=…?module-path=…'".into(),
+                )
+            })?;
+            uri.parse::<pkcs11::Pkcs11Uri>()
+                .map_err(|e| ApiError::BadRequest(format!("{uri}: {e}")))?;
+            let alg = match req.alg.as_deref() {
+                None | Some("p256") => Algorithm::Es256,
+                Some("ed25519") => Algorithm::Ed25519,
+                Some(other) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "alg {other:?} is not p256 or ed25519"
+                    )));
+                }
+            };
+            let pin = match req.secret {
+                Some(pin) => Some(pin),
+                None => pkcs11::pin_from_uri(&uri)?,
+            };
+            let (account, agent, label) =
+                (req.account.clone(), req.agent.clone(), req.label.clone());
+            let existing = req.existing;
+            let (signer, record) = blocking(move || {
+                if existing {
+                    pkcs11::open_uri(&uri, pin.as_ref(), label, now)
+                } else {
+                    let pin = pin.ok_or_else(|| {
+                        BackendError::InvalidSecret(
+                            "generating a key on a token needs its PIN".into(),
+                        )
+                    })?;
+                    pkcs11::create(&uri, &account, &agent, alg, &pin, label, now)
+                }
+            })
+            .await?;
+            (Box::new(signer), record)
         }
         other => {
             return Err(ApiError::BadRequest(format!(
@@ -139,17 +196,18 @@ pub async fn create(
             )));
         }
     };
-    // Creating derived the key; it stays unusable until an unlock grants a
-    // prompt frequency, so it leaves memory now.
+    // Creating derived the key (or logged in to the token); it stays
+    // unusable until an unlock grants a prompt frequency, so it leaves
+    // memory now.
     let mut signer = signer;
-    keybridge_backends::Signer::lock(&mut signer);
+    signer.lock();
     let stored = StoredKey {
         record,
         account: req.account,
         agent: req.agent,
         remember: req.remember,
     };
-    let (entry, created) = s.keys.add(stored, Box::new(signer))?;
+    let (entry, created) = s.keys.add(stored, signer)?;
     let mut v = key_json(&entry, now);
     v["created"] = json!(created);
     tracing::info!(kid = %entry.kid(), created, "key created");
@@ -220,4 +278,14 @@ pub async fn lock(
     e.lock().await;
     tracing::info!(kid = %e.kid(), "key locked");
     Ok(Json(json!({ "kid": e.kid().to_hex(), "unlocked": false })))
+}
+
+/// Runs a blocking backend call (a KDF, a token operation) off the runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::from)
 }
