@@ -487,7 +487,7 @@ impl KeyLog {
                 req,
                 replaces,
             } => {
-                let request = KeyRequest::parse(req)?;
+                let request = KeyRequest::parse_expecting(req, Some(key))?;
                 if request.key != *key
                     || request.agent != *agent
                     || request.role != *role
@@ -855,6 +855,13 @@ impl KeyRequest {
 
     /// Parses and checks the self-signature.
     pub fn parse(bytes: &[u8]) -> Result<Self, LogError> {
+        Self::parse_expecting(bytes, None)
+    }
+
+    /// [`KeyRequest::parse`], reusing `known` when the request carries
+    /// exactly that key: an `add` event names the key its request carries,
+    /// and decoding a point once is enough (log verification is hot).
+    fn parse_expecting(bytes: &[u8], known: Option<&PublicKey>) -> Result<Self, LogError> {
         let parsed = Parsed::parse(bytes, REQUEST_CONTENT_TYPE)
             .map_err(|_| LogError::BadRequest("not a key request envelope"))?;
         if !parsed.unprotected.is_empty() {
@@ -872,7 +879,10 @@ impl KeyRequest {
             .ok_or(bad("role"))?;
         let key = m
             .take(&KEY)
-            .and_then(|v| PublicKey::from_cose_key_value(&v).ok())
+            .and_then(|v| match known {
+                Some(k) if k.to_cose_key_value() == v => Some(k.clone()),
+                _ => PublicKey::from_cose_key_value(&v).ok(),
+            })
             .ok_or(bad("key"))?;
         let time = m.int(&TIME).ok().flatten().ok_or(bad("time"))?;
         if !m.is_exhausted() {
