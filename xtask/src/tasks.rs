@@ -87,11 +87,30 @@ pub fn bench(args: &[String]) -> Result<()> {
 
 /// Benchmark drivers beyond `cargo bench` (e.g. end-to-end runs against the
 /// real backends). Each driver is added here as its own [`step`]; `python`
-/// is the venv interpreter, to be exported as `KEYBRIDGE_PYTHON`. There are
-/// none yet.
+/// is the venv interpreter, to be exported as `KEYBRIDGE_PYTHON`.
+///
+/// - `bridge_bench` (issue 3): the release daemon against `ssh-agent` and a
+///   bare HTTP signer, a 10,000-device batch and the daemon's memory; it
+///   finds `keybridge` next to itself and writes `target/bench/bridge.json`.
 fn extra_benchmarks(python: &Path) -> Result<()> {
-    let _ = python;
-    Ok(())
+    step("bridge bench", || {
+        run(cargo().args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "keybridge",
+            "-p",
+            "keybridge-device",
+            "-p",
+            "keybridge-tests",
+            "--bins",
+        ]))?;
+        run(
+            std::process::Command::new(target_dir().join("release").join("bridge_bench"))
+                .env(PYTHON_ENV, python),
+        )
+    })
 }
 
 /// `cargo xtask demo`: builds the release binaries of the bridge and the
