@@ -324,18 +324,32 @@ impl UnsignedCommand {
             return Err(AssembleError::BatchMismatch);
         }
         let sig = self.inner.checked_signature(signature)?;
-        let label = coset::Label::Text(crate::batch::PROOF_LABEL.into());
+        // Every envelope of a batch is the same but for its unprotected
+        // header: encode the shared parts once (ciborium does every item;
+        // only the two fixed bytes of tag 18 and a 4-array are ours), then
+        // one small map per device. A unit test pins the result to coset's.
+        let encode = |v: &Value, out: &mut Vec<u8>| {
+            ciborium::ser::into_writer(v, out).expect("CBOR into a Vec cannot fail")
+        };
+        let protected = self
+            .inner
+            .protected
+            .original_data
+            .clone()
+            .expect("built with its bytes");
+        let mut prefix = vec![0xd2, 0x84];
+        encode(&Value::Bytes(protected), &mut prefix);
+        let mut suffix = Vec::with_capacity(self.inner.payload.len() + 80);
+        encode(&Value::Bytes(self.inner.payload.clone()), &mut suffix);
+        encode(&Value::Bytes(sig), &mut suffix);
+        let label = Value::Text(crate::batch::PROOF_LABEL.into());
         Ok(batch
             .proofs()
             .map(|(id, proof)| {
-                let mut unprotected = Header::default();
-                unprotected.rest.push((label.clone(), proof));
-                let env = envelope::assemble(
-                    self.inner.protected.clone(),
-                    unprotected,
-                    self.inner.payload.clone(),
-                    sig.clone(),
-                );
+                let mut env = Vec::with_capacity(prefix.len() + suffix.len() + 40 * 24);
+                env.extend_from_slice(&prefix);
+                encode(&Value::Map(vec![(label.clone(), proof)]), &mut env);
+                env.extend_from_slice(&suffix);
                 (id.to_owned(), env)
             })
             .collect())
@@ -354,6 +368,45 @@ pub fn inspect(bytes: &[u8]) -> Result<(Kid, Claims), EnvelopeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_envelopes_are_byte_identical_to_coset_assembly() {
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+        let key = PublicKey::ed25519(sk.verifying_key().as_bytes()).unwrap();
+        let batch = Batch::new((0..37).map(|i| format!("d{i}"))).unwrap();
+        let claims = Claims {
+            iss: "a".into(),
+            sub: "b".into(),
+            aud: None,
+            exp: 10,
+            nbf: 0,
+            iat: 0,
+            cti: [1; 16],
+            cmd: "run-script".into(),
+            args: BTreeMap::new(),
+            body: None,
+            devs: Some(batch.root()),
+        };
+        let u = UnsignedCommand::new(&claims, &key).unwrap();
+        use ed25519_dalek::Signer as _;
+        let sig = sk.sign(u.to_be_signed()).to_bytes();
+        let reference = u.clone();
+        let envs = u.into_batch_envelopes(&sig, &batch).unwrap();
+        for ((id, env), (id2, proof)) in envs.iter().zip(batch.proofs()) {
+            assert_eq!(id, id2);
+            let mut unprotected = Header::default();
+            unprotected
+                .rest
+                .push((coset::Label::Text(crate::batch::PROOF_LABEL.into()), proof));
+            let expected = envelope::assemble(
+                reference.inner.protected.clone(),
+                unprotected,
+                reference.inner.payload.clone(),
+                sig.to_vec(),
+            );
+            assert_eq!(env, &expected);
+        }
+    }
 
     #[test]
     fn command_kinds() {
