@@ -6,7 +6,6 @@ use crate::cbor::{self, Key};
 use crate::envelope::{self, EnvelopeError};
 use crate::key::{BadSignature, Kid, PublicKey};
 use ciborium::value::Value;
-use coset::Header;
 use std::collections::BTreeMap;
 
 /// Content type of a signed command's protected header.
@@ -368,6 +367,7 @@ pub fn inspect(bytes: &[u8]) -> Result<(Kid, Claims), EnvelopeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use coset::Header;
 
     #[test]
     fn batch_envelopes_are_byte_identical_to_coset_assembly() {
