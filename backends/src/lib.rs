@@ -67,6 +67,14 @@ pub trait Signer: Send + 'static {
     fn residency_evidence(&self) -> Option<Evidence> {
         None
     }
+
+    /// True when `sign` and `lock` are quick and never block (a key in
+    /// software): a [`Worker`] then runs a signature on the caller's thread
+    /// whenever the signer is free, instead of handing it to its own thread
+    /// and back. Hardware signers keep the default, `false`.
+    fn signs_in_place(&self) -> bool {
+        false
+    }
 }
 
 /// Proof that a key lives in hardware, as the hardware gives it.

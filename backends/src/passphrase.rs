@@ -274,6 +274,11 @@ impl Signer for PassphraseSigner {
             .to_bytes()
             .to_vec())
     }
+
+    /// A signature is ~20 µs of arithmetic; only unlock (Argon2) is slow.
+    fn signs_in_place(&self) -> bool {
+        true
+    }
 }
 
 /// The RustCrypto signing interface, for code that speaks it. Fails (with an
