@@ -2,6 +2,8 @@
 //! a real Unix socket in a temp folder, the real `keybridge-device`, and a
 //! small HTTP client for driving the API concurrently.
 
+pub mod bench;
+
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;

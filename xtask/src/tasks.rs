@@ -92,6 +92,9 @@ pub fn bench(args: &[String]) -> Result<()> {
 /// - `bridge_bench` (issue 3): the release daemon against `ssh-agent` and a
 ///   bare HTTP signer, a 10,000-device batch and the daemon's memory; it
 ///   finds `keybridge` next to itself and writes `target/bench/bridge.json`.
+/// - `pkcs11_bench` (issue 4): one P-256 key on a SoftHSM2 token, signed
+///   with through the daemon, through `ssh-agent` and in a raw cryptoki
+///   loop; writes `target/bench/pkcs11.json`. Built by the step above.
 fn extra_benchmarks(python: &Path) -> Result<()> {
     step("bridge bench", || {
         run(cargo().args([
@@ -108,6 +111,12 @@ fn extra_benchmarks(python: &Path) -> Result<()> {
         ]))?;
         run(
             std::process::Command::new(target_dir().join("release").join("bridge_bench"))
+                .env(PYTHON_ENV, python),
+        )
+    })?;
+    step("pkcs11 bench", || {
+        run(
+            std::process::Command::new(target_dir().join("release").join("pkcs11_bench"))
                 .env(PYTHON_ENV, python),
         )
     })

@@ -24,21 +24,21 @@
 //! reported, not failed (exit 0); a target that does not start or a request
 //! answered with an error exits non-zero.
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use keybridge_protocol::key::{hex, unhex};
-use keybridge_protocol::{Algorithm, PublicKey, UnsignedCommand};
+use keybridge_tests::bench::{
+    Goal, Measurement, Proc, Target, cpu_time, http_connect, http_request, json_ok, keybridge,
+    measure, run_ok, ssh_agent,
+};
 use serde_json::{Value, json};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::UnixStream;
 
 /// The passphrase of the benchmark key.
 const PASSPHRASE: &str = "correct horse battery staple";
@@ -114,7 +114,7 @@ fn bench(secs: Duration) -> Result<()> {
 
 async fn run(exe: &Path, bin_dir: &Path, tmp: &Path, secs: Duration) -> Result<Value> {
     // keybridge, its key, and the exact bytes it signs.
-    let kb = keybridge::start(bin_dir, &tmp.join("kb"))
+    let kb = start_keybridge(bin_dir, &tmp.join("kb"))
         .await
         .context("starting keybridge")?;
     let kb_target = Target::Http {
@@ -122,7 +122,7 @@ async fn run(exe: &Path, bin_dir: &Path, tmp: &Path, secs: Duration) -> Result<V
         body: Bytes::from_static(SIGN_REQUEST.as_bytes()),
         field: "envelope",
     };
-    let tbs = keybridge::signed_bytes(&kb.socket).await?;
+    let tbs = keybridge::signed_bytes(&kb.socket, "agent-a", SIGN_REQUEST).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = Memory::of(kb.proc.pid())?;
     println!(
@@ -134,13 +134,10 @@ async fn run(exe: &Path, bin_dir: &Path, tmp: &Path, secs: Duration) -> Result<V
         idle.rss_mib()
     );
 
-    let agent = ssh_agent::start(&tmp.join("agent"))
+    let (agent, key_blob) = start_agent(&tmp.join("agent"))
         .await
         .context("starting ssh-agent")?;
-    let agent_target = Target::Agent {
-        socket: agent.socket.clone(),
-        request: Bytes::from(ssh_agent::sign_request(&agent.key_blob, &tbs)),
-    };
+    let agent_target = Target::agent(&agent.socket, &key_blob, &tbs)?;
     let floor = floor::start(exe, &tmp.join("floor.sock"), &tbs)
         .await
         .context("starting the floor")?;
@@ -158,7 +155,7 @@ async fn run(exe: &Path, bin_dir: &Path, tmp: &Path, secs: Duration) -> Result<V
     let audit_before = keybridge::audit_lines(&kb.home)?.len();
     let mut kb_signatures = 0;
     for (name, target, pid) in targets {
-        let warm = measure(target, 8, WARM_UP, pid)
+        let warm = measure(target, 8, WARM_UP, &[pid])
             .await
             .with_context(|| format!("{name}: warm-up"))?;
         if name == "keybridge" {
@@ -177,7 +174,7 @@ async fn run(exe: &Path, bin_dir: &Path, tmp: &Path, secs: Duration) -> Result<V
         let mut pooled: Vec<Option<Measurement>> = targets.iter().map(|_| None).collect();
         for _ in 0..ROUNDS {
             for ((name, target, pid), pool) in targets.iter().zip(&mut pooled) {
-                let m = measure(target, conns, secs / ROUNDS as u32, *pid)
+                let m = measure(target, conns, secs / ROUNDS as u32, &[*pid])
                     .await
                     .with_context(|| format!("{name}: {conns} connection(s)"))?;
                 if *name == "keybridge" {
@@ -238,64 +235,6 @@ async fn run(exe: &Path, bin_dir: &Path, tmp: &Path, secs: Duration) -> Result<V
     Ok(summary.to_json())
 }
 
-/// A child process, killed and reaped when dropped.
-struct Proc {
-    name: &'static str,
-    child: Child,
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits until something listens on `socket` (or the process dies).
-    async fn wait_for(&mut self, socket: &Path) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if UnixStream::connect(socket).await.is_ok() {
-                return Ok(());
-            }
-            if let Some(status) = self.child.try_wait()? {
-                bail!("{} exited with {status}", self.name);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        bail!("{} did not listen on {}", self.name, socket.display())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs `cmd` with `stdin` (a line) and insists it succeeds; returns stdout.
-fn run_ok(cmd: &mut Command, stdin: Option<&str>) -> Result<String> {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {cmd:?}"))?;
-    {
-        let mut pipe = child.stdin.take().unwrap();
-        if let Some(s) = stdin {
-            writeln!(pipe, "{s}")?;
-        }
-    }
-    let out = child.wait_with_output()?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
-}
-
 /// Resident memory of a process, from `/proc/PID/status`.
 #[derive(Debug, Clone, Copy)]
 struct Memory {
@@ -332,21 +271,6 @@ impl Memory {
     }
 }
 
-/// CPU time used so far by every thread of `pid` (`/proc/PID/task/*/schedstat`,
-/// nanoseconds). Threads that already exited are not counted; the servers
-/// here keep theirs.
-fn cpu_time(pid: u32) -> Duration {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Duration::ZERO;
-    };
-    let ns: u64 = tasks
-        .filter_map(Result::ok)
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    Duration::from_nanos(ns)
-}
-
 /// Minor page faults of `pid` so far (`/proc/PID/stat`, field 10).
 fn minor_faults(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -358,249 +282,6 @@ fn minor_faults(pid: u32) -> u64 {
             rest.split_whitespace().nth(7)?.parse().ok()
         })
         .unwrap_or(0)
-}
-
-/// What the harness drives: the only part that differs between targets is
-/// how a request is encoded and its answer checked.
-#[derive(Clone)]
-enum Target {
-    /// `POST /v1/sign` with `body`; the JSON answer must carry `field`.
-    Http {
-        socket: PathBuf,
-        body: Bytes,
-        field: &'static str,
-    },
-    /// An ssh-agent sign request, already framed.
-    Agent { socket: PathBuf, request: Bytes },
-}
-
-/// One open keep-alive connection to a target.
-enum Conn {
-    Http {
-        sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-        body: Bytes,
-        field: &'static str,
-    },
-    Agent {
-        stream: UnixStream,
-        request: Bytes,
-        answer: Vec<u8>,
-    },
-}
-
-/// Opens an HTTP/1.1 connection on `socket`.
-async fn http_connect(
-    socket: &Path,
-) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .with_context(|| format!("connecting to {}", socket.display()))?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    Ok(sender)
-}
-
-/// Sends one request; returns the status, the body, and when the response
-/// head arrived.
-async fn http_request(
-    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    method: &str,
-    path: &str,
-    body: Bytes,
-) -> Result<(u16, Bytes, Instant)> {
-    sender.ready().await?;
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "keybridge")
-        .header("content-type", "application/json")
-        .body(Full::new(body))?;
-    let resp = sender.send_request(req).await?;
-    let head = Instant::now();
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await?.to_bytes();
-    Ok((status, bytes, head))
-}
-
-/// The JSON body of a 200 answer, or the error it was.
-fn json_ok(status: u16, body: &[u8]) -> Result<Value> {
-    ensure!(
-        status == 200,
-        "HTTP {status}: {}",
-        String::from_utf8_lossy(body)
-    );
-    serde_json::from_slice(body).with_context(|| String::from_utf8_lossy(body).into_owned())
-}
-
-impl Target {
-    async fn connect(&self) -> Result<Conn> {
-        Ok(match self {
-            Target::Http {
-                socket,
-                body,
-                field,
-            } => Conn::Http {
-                sender: http_connect(socket).await?,
-                body: body.clone(),
-                field,
-            },
-            Target::Agent { socket, request } => Conn::Agent {
-                stream: UnixStream::connect(socket).await?,
-                request: request.clone(),
-                answer: vec![],
-            },
-        })
-    }
-}
-
-impl Conn {
-    /// One signature, checked.
-    async fn sign(&mut self) -> Result<()> {
-        match self {
-            Conn::Http {
-                sender,
-                body,
-                field,
-            } => {
-                let (status, bytes, _) =
-                    http_request(sender, "POST", "/v1/sign", body.clone()).await?;
-                let v = json_ok(status, &bytes)?;
-                ensure!(v[*field].is_string(), "no {field} in {v}");
-            }
-            Conn::Agent {
-                stream,
-                request,
-                answer,
-            } => {
-                stream.write_all(request).await?;
-                ssh_agent::read_message(stream, answer).await?;
-                ssh_agent::check_sign_response(answer)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// One measurement: `conns` connections signing as fast as they are
-/// answered, for a fixed time.
-struct Measurement {
-    conns: usize,
-    requests: usize,
-    elapsed: Duration,
-    /// Sorted.
-    latencies: Vec<Duration>,
-    server_cpu: Duration,
-    client_cpu: Duration,
-}
-
-async fn measure(
-    target: &Target,
-    conns: usize,
-    length: Duration,
-    server_pid: u32,
-) -> Result<Measurement> {
-    let mut open = vec![];
-    for _ in 0..conns {
-        open.push(target.connect().await?);
-    }
-    let server0 = cpu_time(server_pid);
-    let client0 = cpu_time(std::process::id());
-    let start = Instant::now();
-    let deadline = start + length;
-    let tasks: Vec<_> = open
-        .into_iter()
-        .map(|mut conn| {
-            tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(1 << 16);
-                loop {
-                    let t = Instant::now();
-                    if t >= deadline {
-                        break;
-                    }
-                    conn.sign().await?;
-                    latencies.push(t.elapsed());
-                }
-                anyhow::Ok((latencies, Instant::now()))
-            })
-        })
-        .collect();
-    let mut latencies = vec![];
-    let mut end = start;
-    for task in tasks {
-        let (l, done) = task.await??;
-        latencies.extend(l);
-        end = end.max(done);
-    }
-    let server_cpu = cpu_time(server_pid).saturating_sub(server0);
-    let client_cpu = cpu_time(std::process::id()).saturating_sub(client0);
-    latencies.sort_unstable();
-    ensure!(!latencies.is_empty(), "no request completed");
-    Ok(Measurement {
-        conns,
-        requests: latencies.len(),
-        elapsed: end - start,
-        latencies,
-        server_cpu,
-        client_cpu,
-    })
-}
-
-impl Measurement {
-    /// Two measurements of the same target as one.
-    fn merge(mut self, other: Measurement) -> Measurement {
-        self.requests += other.requests;
-        self.elapsed += other.elapsed;
-        self.latencies.extend(other.latencies);
-        self.latencies.sort_unstable();
-        self.server_cpu += other.server_cpu;
-        self.client_cpu += other.client_cpu;
-        self
-    }
-
-    fn throughput(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64()
-    }
-
-    /// The `p`-quantile (nearest rank), in microseconds.
-    fn quantile_us(&self, p: f64) -> f64 {
-        let n = self.latencies.len();
-        let rank = ((p * n as f64).ceil() as usize).clamp(1, n);
-        self.latencies[rank - 1].as_secs_f64() * 1e6
-    }
-
-    fn server_cpu_us(&self) -> f64 {
-        self.server_cpu.as_secs_f64() * 1e6 / self.requests as f64
-    }
-
-    fn client_cpu_us(&self) -> f64 {
-        self.client_cpu.as_secs_f64() * 1e6 / self.requests as f64
-    }
-
-    fn line(&self, name: &str) -> String {
-        format!(
-            "{name:<10} {:>5} {:>10.0} {:>9.1} {:>9.1} {:>10.1} {:>10.1}",
-            self.conns,
-            self.throughput(),
-            self.quantile_us(0.50),
-            self.quantile_us(0.99),
-            self.server_cpu_us(),
-            self.client_cpu_us(),
-        )
-    }
-
-    fn to_json(&self, name: &str) -> Value {
-        json!({
-            "target": name,
-            "connections": self.conns,
-            "requests": self.requests,
-            "seconds": self.elapsed.as_secs_f64(),
-            "signatures_per_s": self.throughput(),
-            "p50_us": self.quantile_us(0.50),
-            "p99_us": self.quantile_us(0.99),
-            "server_cpu_us_per_sig": self.server_cpu_us(),
-            "client_cpu_us_per_sig": self.client_cpu_us(),
-        })
-    }
 }
 
 /// The batch runs, each split at the response head and after the body.
@@ -695,53 +376,12 @@ async fn batch(socket: &Path, home: &Path, pid: u32) -> Result<Batch> {
     })
 }
 
-/// keybridge: the daemon in its own `KEYBRIDGE_HOME`.
-mod keybridge {
-    use super::*;
-
-    /// The running daemon.
-    pub struct Bridge {
-        pub proc: Proc,
-        pub home: PathBuf,
-        pub socket: PathBuf,
-    }
-
-    /// Starts `keybridge serve` (no policy file, system clock), creates the
-    /// passphrase key `agent-a` (agent `a`; a label must not look like a kid prefix) and unlocks it daily.
-    pub async fn start(bin_dir: &Path, home: &Path) -> Result<Bridge> {
-        let bin = bin_dir.join("keybridge");
-        ensure!(
-            bin.exists(),
-            "{} is not built (cargo build --release -p keybridge)",
-            bin.display()
-        );
-        std::fs::create_dir_all(home)?;
-        let log = std::fs::File::create(home.join("daemon.log"))?;
-        let child = Command::new(&bin)
-            .args(["serve", "--policy", "/nonexistent"])
-            .env("KEYBRIDGE_HOME", home)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut proc = Proc {
-            name: "keybridge serve",
-            child,
-        };
-        let socket = home.join("run").join("bridge.sock");
-        proc.wait_for(&socket).await?;
-        let mut sender = http_connect(&socket).await?;
-        let (status, body, _) =
-            http_request(&mut sender, "GET", "/v1/status", Bytes::new()).await?;
-        json_ok(status, &body).context("GET /v1/status")?;
-
-        let cli = |args: &[&str]| {
-            let mut cmd = Command::new(&bin);
-            cmd.env("KEYBRIDGE_HOME", home).args(args);
-            run_ok(&mut cmd, Some(PASSPHRASE))
-        };
-        cli(&[
+/// Starts keybridge, creates the passphrase key `agent-a` (agent `a`; a
+/// label must not look like a kid prefix) and unlocks it daily.
+async fn start_keybridge(bin_dir: &Path, home: &Path) -> Result<keybridge::Bridge> {
+    let kb = keybridge::serve(bin_dir, home, &[]).await?;
+    kb.cli(
+        &[
             "--json",
             "keys",
             "create",
@@ -754,226 +394,44 @@ mod keybridge {
             "--label",
             "agent-a",
             "--secret-stdin",
-        ])?;
-        cli(&["unlock", "agent-a", "--remember", "daily", "--secret-stdin"])?;
-        Ok(Bridge {
-            proc,
-            home: home.to_owned(),
-            socket,
-        })
-    }
-
-    /// Signs once and rebuilds, from the envelope and the key's public key,
-    /// the `Sig_structure` keybridge signed; checks the signature over it.
-    pub async fn signed_bytes(socket: &Path) -> Result<Vec<u8>> {
-        let mut sender = http_connect(socket).await?;
-        let (status, body, _) = http_request(
-            &mut sender,
-            "POST",
-            "/v1/sign",
-            Bytes::from_static(SIGN_REQUEST.as_bytes()),
-        )
-        .await?;
-        let v = json_ok(status, &body).context("POST /v1/sign")?;
-        let envelope = B64.decode(v["envelope"].as_str().context("no envelope")?)?;
-        let (status, body, _) =
-            http_request(&mut sender, "GET", "/v1/keys/agent-a", Bytes::new()).await?;
-        let key = json_ok(status, &body).context("GET /v1/keys/agent-a")?;
-        let public = PublicKey::from_spki_pem(key["public_key"]["pem"].as_str().context("pem")?)
-            .map_err(|e| anyhow::anyhow!("public key: {e}"))?;
-        let (_, claims) = keybridge_protocol::command::inspect(&envelope)
-            .map_err(|e| anyhow::anyhow!("envelope: {e}"))?;
-        let unsigned =
-            UnsignedCommand::new(&claims, &public).map_err(|e| anyhow::anyhow!("claims: {e}"))?;
-        let tbs = unsigned.to_be_signed().to_vec();
-        let signature = &envelope[envelope.len() - 64..];
-        public
-            .verify(Algorithm::Ed25519, &tbs, signature)
-            .map_err(|_| anyhow::anyhow!("the envelope's signature does not verify"))?;
-        Ok(tbs)
-    }
-
-    /// The audit log's lines, parsed.
-    pub fn audit_lines(home: &Path) -> Result<Vec<Value>> {
-        let path = home.join("state").join("audit.jsonl");
-        let text = match std::fs::read_to_string(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            r => r.with_context(|| path.display().to_string())?,
-        };
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).with_context(|| format!("audit line {l}")))
-            .collect()
-    }
-
-    impl Bridge {
-        /// Warnings or errors the daemon logged, if any.
-        pub fn log_problems(&self) -> Result<Option<String>> {
-            let log = std::fs::read_to_string(self.home.join("daemon.log"))?;
-            let bad: Vec<&str> = log
-                .lines()
-                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-                .collect();
-            Ok((!bad.is_empty()).then(|| {
-                format!(
-                    "the daemon logged {} warnings/errors, first: {}",
-                    bad.len(),
-                    bad[0]
-                )
-            }))
-        }
-    }
+        ],
+        Some(PASSPHRASE),
+    )?;
+    kb.cli(
+        &["unlock", "agent-a", "--remember", "daily", "--secret-stdin"],
+        Some(PASSPHRASE),
+    )?;
+    Ok(kb)
 }
 
-/// OpenSSH's agent and the few messages of its protocol
-/// (draft-miller-ssh-agent) the benchmark needs.
-///
-/// Hand-written rather than a crate: it is a dozen lines of framing (a
-/// `uint32` length, a type byte, SSH `string`s and a `uint32`), and an agent
-/// client crate would bring its own transport and key types into the one
-/// loop whose cost we are measuring.
-mod ssh_agent {
-    use super::*;
-
-    const FAILURE: u8 = 5;
-    const REQUEST_IDENTITIES: u8 = 11;
-    const IDENTITIES_ANSWER: u8 = 12;
-    const SIGN_REQUEST: u8 = 13;
-    const SIGN_RESPONSE: u8 = 14;
-    /// Largest answer we accept (the agent's own limit is 256 KiB).
-    const MAX_MESSAGE: usize = 256 * 1024;
-
-    /// The running agent with one Ed25519 key.
-    pub struct Agent {
-        pub proc: Proc,
-        pub socket: PathBuf,
-        pub key_blob: Vec<u8>,
-    }
-
-    /// Starts `ssh-agent -D`, adds a fresh Ed25519 key, and asks the agent
-    /// for its public blob.
-    pub async fn start(dir: &Path) -> Result<Agent> {
-        std::fs::create_dir_all(dir)?;
-        let socket = dir.join("agent.sock");
-        let child = Command::new("ssh-agent")
-            .arg("-D")
-            .arg("-a")
-            .arg(&socket)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("agent.log"))?)
-            .spawn()
-            .context("starting ssh-agent (openssh-client)")?;
-        let mut proc = Proc {
-            name: "ssh-agent",
-            child,
-        };
-        proc.wait_for(&socket).await?;
-        let key = dir.join("id_ed25519");
-        run_ok(
-            Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f"])
-                .arg(&key),
-            None,
-        )?;
-        run_ok(
-            Command::new("ssh-add")
-                .arg("-q")
-                .arg(&key)
-                .env("SSH_AUTH_SOCK", &socket),
-            None,
-        )?;
-
-        let mut stream = UnixStream::connect(&socket).await?;
-        stream.write_all(&frame(vec![REQUEST_IDENTITIES])).await?;
-        let mut answer = vec![];
-        read_message(&mut stream, &mut answer).await?;
-        let mut rest = answer.as_slice();
-        ensure!(
-            take(&mut rest, 1)? == [IDENTITIES_ANSWER],
-            "not an identities answer"
-        );
-        ensure!(take_u32(&mut rest)? >= 1, "the agent holds no key");
-        let key_blob = take_string(&mut rest)?.to_vec();
-        ensure!(
-            take_string(&mut key_blob.as_slice())? == b"ssh-ed25519",
-            "the agent's key is not Ed25519"
-        );
-        Ok(Agent {
-            proc,
-            socket,
-            key_blob,
-        })
-    }
-
-    /// `uint32 length || body`.
-    fn frame(body: Vec<u8>) -> Vec<u8> {
-        let mut out = (body.len() as u32).to_be_bytes().to_vec();
-        out.extend(body);
-        out
-    }
-
-    fn put_string(out: &mut Vec<u8>, s: &[u8]) {
-        out.extend((s.len() as u32).to_be_bytes());
-        out.extend(s);
-    }
-
-    fn take<'a>(rest: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
-        ensure!(rest.len() >= n, "agent message truncated");
-        let (head, tail) = rest.split_at(n);
-        *rest = tail;
-        Ok(head)
-    }
-
-    fn take_u32(rest: &mut &[u8]) -> Result<u32> {
-        Ok(u32::from_be_bytes(take(rest, 4)?.try_into()?))
-    }
-
-    fn take_string<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8]> {
-        let n = take_u32(rest)? as usize;
-        take(rest, n)
-    }
-
-    /// `SSH2_AGENTC_SIGN_REQUEST`: key blob, data, flags 0 (plain Ed25519).
-    pub fn sign_request(key_blob: &[u8], data: &[u8]) -> Vec<u8> {
-        let mut body = vec![SIGN_REQUEST];
-        put_string(&mut body, key_blob);
-        put_string(&mut body, data);
-        body.extend(0u32.to_be_bytes());
-        frame(body)
-    }
-
-    /// Reads one message's body into `buf`.
-    pub async fn read_message(stream: &mut UnixStream, buf: &mut Vec<u8>) -> Result<()> {
-        let mut len = [0u8; 4];
-        stream.read_exact(&mut len).await?;
-        let len = u32::from_be_bytes(len) as usize;
-        ensure!(
-            (1..=MAX_MESSAGE).contains(&len),
-            "agent message of {len} bytes"
-        );
-        buf.resize(len, 0);
-        stream.read_exact(buf).await?;
-        Ok(())
-    }
-
-    /// Checks an `SSH2_AGENT_SIGN_RESPONSE` carries a 64-byte Ed25519
-    /// signature.
-    pub fn check_sign_response(msg: &[u8]) -> Result<()> {
-        let mut rest = msg;
-        match take(&mut rest, 1)?[0] {
-            SIGN_RESPONSE => {}
-            FAILURE => bail!("ssh-agent answered SSH_AGENT_FAILURE"),
-            other => bail!("ssh-agent answered message type {other}"),
-        }
-        let mut sig = take_string(&mut rest)?;
-        ensure!(take_string(&mut sig)? == b"ssh-ed25519", "not ssh-ed25519");
-        ensure!(
-            take_string(&mut sig)?.len() == 64,
-            "not a 64-byte signature"
-        );
-        Ok(())
-    }
+/// Starts `ssh-agent -D`, adds a fresh Ed25519 key, and asks the agent for
+/// its public blob.
+async fn start_agent(dir: &Path) -> Result<(ssh_agent::Agent, Vec<u8>)> {
+    let agent = ssh_agent::start(dir, &[], &[]).await?;
+    let key = dir.join("id_ed25519");
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f"])
+            .arg(&key),
+        None,
+    )?;
+    run_ok(
+        Command::new("ssh-add")
+            .arg("-q")
+            .arg(&key)
+            .env("SSH_AUTH_SOCK", &agent.socket),
+        None,
+    )?;
+    let key_blob = ssh_agent::identities(&agent.socket)
+        .await?
+        .into_iter()
+        .next()
+        .context("the agent holds no key")?;
+    ensure!(
+        ssh_agent::key_type(&key_blob)? == b"ssh-ed25519",
+        "the agent's key is not Ed25519"
+    );
+    Ok((agent, key_blob))
 }
 
 /// The floor: HTTP/1.1 and one Ed25519 signature, nothing else.
@@ -1060,26 +518,6 @@ struct Summary {
     tbs_len: usize,
     secs: Duration,
     problems: Vec<String>,
-}
-
-/// A goal, its measured ratio or figure, and whether it is met.
-struct Goal {
-    name: &'static str,
-    measured: f64,
-    target: f64,
-    /// True if `measured` must be at least `target`, false if at most.
-    at_least: bool,
-    detail: String,
-}
-
-impl Goal {
-    fn met(&self) -> bool {
-        if self.at_least {
-            self.measured >= self.target
-        } else {
-            self.measured <= self.target
-        }
-    }
 }
 
 impl Summary {
@@ -1180,15 +618,7 @@ impl Summary {
         );
         println!("\ngoals:");
         for g in self.goals() {
-            println!(
-                "  {:<38} {:>8.2}  goal {} {:<5} {:<6} ({})",
-                g.name,
-                g.measured,
-                if g.at_least { ">=" } else { "<=" },
-                g.target,
-                if g.met() { "met" } else { "MISSED" },
-                g.detail
-            );
+            println!("{}", g.line());
         }
         for p in &self.problems {
             println!("PROBLEM: {p}");
@@ -1222,14 +652,7 @@ impl Summary {
                 "ssh_agent": self.agent_mem.rss_mib(),
                 "floor": self.floor_mem.rss_mib(),
             },
-            "goals": self.goals().iter().map(|g| json!({
-                "goal": g.name,
-                "measured": g.measured,
-                "target": g.target,
-                "at_least": g.at_least,
-                "met": g.met(),
-                "detail": g.detail,
-            })).collect::<Vec<_>>(),
+            "goals": self.goals().iter().map(Goal::to_json).collect::<Vec<_>>(),
             "problems": self.problems,
         })
     }
