@@ -56,6 +56,23 @@ fn verify_on_device(state: &Path, cmd: &Path, extra: &[&str]) -> std::process::O
     device(state, &args)
 }
 
+/// `keybridge sign` of a remote-control command by alice for device `d`.
+fn sign_alice(b: &Bridge, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "sign",
+        "--key",
+        "alice",
+        "--device",
+        "d",
+        "--command",
+        "remote-control",
+        "--out",
+    ];
+    args.push(out.to_str().unwrap());
+    args.extend_from_slice(extra);
+    b.cli(&args, None)
+}
+
 #[test]
 fn signed_command_verifies_on_the_device_with_its_body() {
     let (b, kid, state) = setup();
@@ -144,22 +161,7 @@ fn each_task_unlock_allows_exactly_one_signature() {
     let b = Bridge::start(NOW);
     b.passphrase_key("acme", "alice");
     let out = b.home().join("c.cose");
-    let sign = || {
-        b.cli(
-            &[
-                "sign",
-                "--key",
-                "alice",
-                "--device",
-                "d",
-                "--command",
-                "remote-control",
-                "--out",
-                out.to_str().unwrap(),
-            ],
-            None,
-        )
-    };
+    let sign = || sign_alice(&b, &out, &[]);
     // Locked from the start.
     assert_eq!(sign().status.code(), Some(4));
     unlock(&b, "alice", "each-task");
@@ -181,24 +183,7 @@ fn daily_and_weekly_unlocks_expire_at_their_deadline() {
         b.passphrase_key("acme", "alice");
         unlock(&b, "alice", mode);
         let out = b.home().join("c.cose");
-        let sign = || {
-            b.cli(
-                &[
-                    "sign",
-                    "--key",
-                    "alice",
-                    "--device",
-                    "d",
-                    "--command",
-                    "remote-control",
-                    "--out",
-                    out.to_str().unwrap(),
-                ],
-                None,
-            )
-            .status
-            .code()
-        };
+        let sign = || sign_alice(&b, &out, &[]).status.code();
         assert_eq!(sign(), Some(0));
         assert_eq!(sign(), Some(0), "{mode} allows several signatures");
         b.set_time(NOW + secs - 1);
@@ -217,20 +202,7 @@ fn an_unused_each_task_unlock_lapses_after_five_minutes() {
     unlock(&b, "alice", "each-task");
     b.set_time(NOW + 300);
     let out = b.home().join("c.cose");
-    let r = b.cli(
-        &[
-            "sign",
-            "--key",
-            "alice",
-            "--device",
-            "d",
-            "--command",
-            "remote-control",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        None,
-    );
+    let r = sign_alice(&b, &out, &[]);
     assert_eq!(r.status.code(), Some(4));
 }
 
@@ -256,20 +228,7 @@ fn explicit_lock_ends_a_daily_unlock() {
     unlock(&b, "alice", "daily");
     b.ok(&["lock", "alice"], None);
     let out = b.home().join("c.cose");
-    let r = b.cli(
-        &[
-            "sign",
-            "--key",
-            "alice",
-            "--device",
-            "d",
-            "--command",
-            "remote-control",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        None,
-    );
+    let r = sign_alice(&b, &out, &[]);
     assert_eq!(r.status.code(), Some(4));
 }
 
@@ -300,24 +259,7 @@ fn policy_restricts_prompt_frequency_and_ttl() {
     .unwrap();
     unlock(&b, "alice", "daily");
     let out = b.home().join("c.cose");
-    let sign = |ttl: &str| {
-        b.cli(
-            &[
-                "sign",
-                "--key",
-                "alice",
-                "--device",
-                "d",
-                "--command",
-                "remote-control",
-                "--ttl",
-                ttl,
-                "--out",
-                out.to_str().unwrap(),
-            ],
-            None,
-        )
-    };
+    let sign = |ttl: &str| sign_alice(&b, &out, &["--ttl", ttl]);
     let r = sign("11m");
     assert_eq!(
         r.status.code(),
