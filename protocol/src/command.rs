@@ -319,6 +319,23 @@ impl UnsignedCommand {
         signature: &[u8],
         batch: &Batch,
     ) -> Result<Vec<(String, Vec<u8>)>, AssembleError> {
+        let mut out = Vec::with_capacity(batch.len());
+        self.for_each_batch_envelope(signature, batch, |id, env| {
+            out.push((id.to_owned(), env.to_vec()))
+        })?;
+        Ok(out)
+    }
+
+    /// [`UnsignedCommand::into_batch_envelopes`] without keeping them: `f`
+    /// gets each device id (sorted order) and its envelope, in a buffer
+    /// reused from one device to the next. For answering a large batch
+    /// without holding every envelope at once.
+    pub fn for_each_batch_envelope(
+        self,
+        signature: &[u8],
+        batch: &Batch,
+        mut f: impl FnMut(&str, &[u8]),
+    ) -> Result<(), AssembleError> {
         if self.devs != Some(batch.root()) {
             return Err(AssembleError::BatchMismatch);
         }
@@ -342,16 +359,15 @@ impl UnsignedCommand {
         encode(&Value::Bytes(self.inner.payload.clone()), &mut suffix);
         encode(&Value::Bytes(sig), &mut suffix);
         let label = Value::Text(crate::batch::PROOF_LABEL.into());
-        Ok(batch
-            .proofs()
-            .map(|(id, proof)| {
-                let mut env = Vec::with_capacity(prefix.len() + suffix.len() + 40 * 24);
-                env.extend_from_slice(&prefix);
-                encode(&Value::Map(vec![(label.clone(), proof)]), &mut env);
-                env.extend_from_slice(&suffix);
-                (id.to_owned(), env)
-            })
-            .collect())
+        let mut env = Vec::with_capacity(prefix.len() + suffix.len() + 40 * 24);
+        for (id, proof) in batch.proofs() {
+            env.clear();
+            env.extend_from_slice(&prefix);
+            encode(&Value::Map(vec![(label.clone(), proof)]), &mut env);
+            env.extend_from_slice(&suffix);
+            f(id, &env);
+        }
+        Ok(())
     }
 }
 

@@ -150,24 +150,21 @@ pub async fn sign(
             // string (serde_json escapes each device id; base64 needs no
             // escaping) instead of building 10,000 `Value`s first.
             let body = tokio::task::spawn_blocking(move || {
-                let envs = unsigned.into_batch_envelopes(&signature, &batch)?;
-                let size: usize = envs
-                    .iter()
-                    .map(|(id, e)| id.len() + e.len() * 4 / 3 + 8)
-                    .sum();
-                let mut out = String::with_capacity(size + 200);
+                // ~1 KiB of base64 per device.
+                let mut out = String::with_capacity(batch.len() * 1100 + 200);
                 out.push_str(&format!(
                     r#"{{"kid":"{kid}","root":"{root}","envelopes":{{"#
                 ));
-                for (i, (id, env)) in envs.iter().enumerate() {
-                    if i > 0 {
+                let mut first = true;
+                unsigned.for_each_batch_envelope(&signature, &batch, |id, env| {
+                    if !std::mem::take(&mut first) {
                         out.push(',');
                     }
                     out.push_str(&serde_json::to_string(id).expect("a string serializes"));
                     out.push_str(":\"");
                     B64.encode_string(env, &mut out);
                     out.push('"');
-                }
+                })?;
                 out.push_str("}}");
                 Ok::<_, keybridge_protocol::AssembleError>(out)
             })
