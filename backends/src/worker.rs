@@ -218,7 +218,7 @@ fn serve(queue: mpsc::Receiver<Job>, shared: &Shared) {
             // dropped, and its caller answers `Failed`.
             break;
         };
-        if run(signer.as_mut(), job, &shared.name).is_err() {
+        if run(signer.as_mut(), job, shared).is_err() {
             break;
         }
     }
@@ -260,7 +260,7 @@ fn panicked(name: &str) -> BackendError {
     ))
 }
 
-fn run(signer: &mut dyn Signer, job: Job, name: &str) -> Result<(), Panicked> {
+fn run(signer: &mut dyn Signer, job: Job, shared: &Shared) -> Result<(), Panicked> {
     match job {
         Job::Unlock {
             secret,
@@ -269,7 +269,7 @@ fn run(signer: &mut dyn Signer, job: Job, name: &str) -> Result<(), Panicked> {
         } => answer(
             reply,
             guarded(|| signer.unlock(&secret, spend_last_attempt)),
-            name,
+            shared,
         ),
         Job::Lock { reply } => {
             let outcome = guarded(|| signer.lock());
@@ -285,7 +285,7 @@ fn run(signer: &mut dyn Signer, job: Job, name: &str) -> Result<(), Panicked> {
             tbs,
             then_lock,
             reply,
-        } => answer(reply, guarded(|| sign(signer, &tbs, then_lock)), name),
+        } => answer(reply, guarded(|| sign(signer, &tbs, then_lock)), shared),
     }
 }
 
@@ -296,7 +296,7 @@ fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, Panicked> {
 fn answer<T>(
     reply: Reply<T>,
     outcome: Result<Result<T, BackendError>, Panicked>,
-    name: &str,
+    shared: &Shared,
 ) -> Result<(), Panicked> {
     match outcome {
         Ok(result) => {
@@ -304,7 +304,9 @@ fn answer<T>(
             Ok(())
         }
         Err(Panicked) => {
-            let _ = reply.send(Err(panicked(name)));
+            // Stopped before the caller hears of it.
+            shared.stopped.store(true, Ordering::Release);
+            let _ = reply.send(Err(panicked(&shared.name)));
             Err(Panicked)
         }
     }
@@ -519,7 +521,10 @@ mod tests {
             Err(BackendError::Failed(_))
         ));
         assert!(worker.is_stopped());
-        assert!(dropped.load(Ordering::SeqCst), "locked and dropped at once");
+        // Signed in place (the usual case) it is dropped at once; if the
+        // worker thread still held the signer from the unlock, the job went
+        // to the thread, which drops it right after answering.
+        soon(wait_for(&dropped)).await;
         assert!(matches!(
             soon(worker.sign(b"x".to_vec())).await,
             Err(BackendError::Failed(_))
