@@ -210,7 +210,7 @@ fn an_unused_each_task_unlock_lapses_after_five_minutes() {
 fn sigterm_under_load_answers_every_accepted_request() {
     let (mut b, _, _) = setup();
     let load = sign_load(b.http());
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    wait_for_signatures(&b, 50);
     let status = b.signal("-TERM");
     assert!(status.success(), "{status}: {}", b.daemon_log());
     let ok = load.join().unwrap();
@@ -423,6 +423,17 @@ fn sixty_four_clients_times_two_hundred_signatures_all_verify_and_are_audited() 
     );
 }
 
+/// Waits (at most 30 s) until the audit log shows `n` signatures: load is
+/// running, however slow the machine.
+fn wait_for_signatures(b: &Bridge, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let audit = b.home().join("state/audit.jsonl");
+    while std::fs::read_to_string(&audit).map_or(0, |a| a.lines().count()) < n + 1 {
+        assert!(std::time::Instant::now() < deadline, "no load after 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Eight clients signing on fresh connections until the daemon goes away;
 /// the thread answers how many signatures came back. A request either gets
 /// a whole answer or its connection is refused or closed before the request
@@ -466,7 +477,7 @@ fn kill_9_mid_load_loses_no_file_and_the_next_start_works() {
     let (mut b, kid, state) = setup();
     let load = sign_load(b.http());
     // Let load build up, then kill -9.
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    wait_for_signatures(&b, 50);
     let status = b.signal("-9");
     assert!(!status.success());
     let signed = load.join().unwrap();
