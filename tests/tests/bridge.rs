@@ -548,25 +548,41 @@ fn another_user_is_refused() {
         return;
     }
     let (b, _, _) = setup();
-    // The socket is 0600 in a 0700 folder: another user cannot even connect.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    // A copy of the CLI that nobody can run wherever the checkout lives:
+    // the home becomes traversable (0711), its files stay as they are.
+    let cli = b.home().join("keybridge-cli");
+    std::fs::copy(bin("keybridge"), &cli).unwrap();
+    mode(&cli, 0o755);
+    mode(b.home(), 0o711);
     let as_nobody = |args: &[&str]| {
         std::process::Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(bin("keybridge"))
+            .arg(&cli)
             .arg("--socket")
             .arg(b.socket())
             .args(args)
             .output()
             .expect("setpriv (util-linux)")
     };
-    // Make the binary reachable for nobody even if the target dir is not.
+    // The socket is 0600 in a 0700 folder: another user cannot even connect.
     let r = as_nobody(&["status"]);
-    assert!(!r.status.success());
+    assert_eq!(
+        r.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
     // Open the file permissions: the daemon's peer-uid check still refuses.
-    use std::os::unix::fs::PermissionsExt as _;
-    for p in [b.home().to_owned(), b.home().join("run"), b.socket()] {
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
-    }
+    mode(&b.home().join("run"), 0o777);
+    mode(&b.socket(), 0o777);
     let r = as_nobody(&["status"]);
     assert_eq!(
         r.status.code(),
