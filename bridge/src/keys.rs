@@ -45,6 +45,8 @@ pub struct KeyEntry {
     pub stored: StoredKey,
     /// Its public key.
     pub public: PublicKey,
+    /// The kid in hex, computed once: requests name keys by hex prefix.
+    pub kid_hex: String,
     worker: Worker,
     grant: Mutex<Option<Grant>>,
 }
@@ -195,10 +197,12 @@ impl Keys {
                 "the backend's key is not the recorded key".into(),
             ));
         }
-        let worker = Worker::spawn(public.kid().to_hex()[..12].to_owned(), signer);
+        let kid_hex = public.kid().to_hex();
+        let worker = Worker::spawn(kid_hex[..12].to_owned(), signer);
         let entry = Arc::new(KeyEntry {
             stored,
             public,
+            kid_hex,
             worker,
             grant: Mutex::new(None),
         });
@@ -259,7 +263,7 @@ impl Keys {
         if sel.is_empty() || !sel.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(ApiError::UnknownKey(selector.to_owned()));
         }
-        let mut matches = all.iter().filter(|e| e.kid().to_hex().starts_with(&sel));
+        let mut matches = all.iter().filter(|e| e.kid_hex.starts_with(&sel));
         match (matches.next(), matches.next()) {
             (Some(e), None) => Ok(e.clone()),
             (None, _) => Err(ApiError::UnknownKey(selector.to_owned())),

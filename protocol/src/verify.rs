@@ -197,7 +197,7 @@ impl<'a> Verifier<'a> {
         body: Option<&[u8]>,
         now: i64,
     ) -> Result<Verified, VerifyError> {
-        let parsed = Parsed::parse(envelope, CONTENT_TYPE)?;
+        let mut parsed = Parsed::parse(envelope, CONTENT_TYPE)?;
         let payload = parsed.payload_map()?;
 
         let active = match self.log.status(&parsed.kid) {
@@ -238,7 +238,9 @@ impl<'a> Verifier<'a> {
             });
         }
 
-        let mut unprotected = parsed.unprotected.clone();
+        // The proof is taken out of the (owned) header; whatever is left
+        // must be nothing.
+        let unprotected = &mut parsed.unprotected;
         let proof_header = unprotected
             .rest
             .iter()

@@ -55,15 +55,25 @@ fn high_s_signature_is_normalized_by_the_builder() {
     let c = claims("bob", "dev-1");
     let u = UnsignedCommand::new(&c, &a.bob.public()).unwrap();
     let sig = p256::ecdsa::Signature::from_slice(&a.bob.sign(u.to_be_signed())).unwrap();
+    // Of (r, s) and (r, n - s) exactly one is high-S: hand the builder that one.
     let (r, s) = sig.split_scalars();
-    let high = p256::ecdsa::Signature::from_scalars(r, -*s).unwrap();
-    let high = if high.normalize_s() == high {
-        sig
+    let flipped = p256::ecdsa::Signature::from_scalars(r, -*s).unwrap();
+    let high = if sig.normalize_s() == sig {
+        flipped
     } else {
-        high
+        sig
     };
+    assert!(high.normalize_s() != high, "the input is high-S");
     let env = u.into_envelope(&high.to_bytes()).unwrap();
     verify(&a, &env).unwrap();
+    let sign1 =
+        <coset::CoseSign1 as coset::TaggedCborSerializable>::from_tagged_slice(&env).unwrap();
+    let out = p256::ecdsa::Signature::from_slice(&sign1.signature).unwrap();
+    assert_eq!(
+        out,
+        high.normalize_s(),
+        "the envelope carries the low-S form"
+    );
 }
 
 #[test]

@@ -1103,7 +1103,7 @@ mod props {
     /// release, many minutes unoptimized, so on demand:
     /// `cargo test --release -p keybridge-protocol --test log -- --ignored`.
     #[test]
-    #[ignore = "225,000 parses; run with --release -- --ignored"]
+    #[ignore = "225,000 parses, minutes unoptimized: `cargo xtask bench` runs it in release"]
     fn every_edit_of_every_unsigned_byte_is_refused() {
         use coset::TaggedCborSerializable as _;
         let find = |hay: &[u8], needle: &[u8], from: usize| {

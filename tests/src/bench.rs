@@ -755,3 +755,27 @@ pub mod keybridge {
             .collect()
     }
 }
+
+/// Reads a bench binary's own arguments, `[--secs SECONDS]`: the length of
+/// each measurement, `default` when not given.
+pub fn secs_arg(name: &str, args: &[String], default: Duration) -> Result<Duration> {
+    match args {
+        [] => Ok(default),
+        [flag, secs] if flag == "--secs" => match secs.parse::<f64>() {
+            Ok(s) if s > 0.0 => Ok(Duration::from_secs_f64(s)),
+            _ => Err(anyhow::anyhow!("usage: {name} [--secs SECONDS]")),
+        },
+        _ => Err(anyhow::anyhow!("usage: {name} [--secs SECONDS]")),
+    }
+}
+
+/// A bench binary's exit: 0, or 1 with the error on stderr.
+pub fn exit(name: &str, outcome: Result<()>) -> std::process::ExitCode {
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

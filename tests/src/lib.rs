@@ -339,6 +339,26 @@ pub fn device(state: &Path, args: &[&str]) -> Output {
         .expect("running keybridge-device")
 }
 
+/// A device state folder `state` that trusts the key log `log` as device
+/// `device_id` (`keybridge-device trust init`); panics if it refuses.
+pub fn trust_device(state: &Path, log: &Path, device_id: &str) {
+    let out = device(
+        state,
+        &[
+            "trust",
+            "init",
+            log.to_str().unwrap(),
+            "--device-id",
+            device_id,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// True when running under CI, where nothing may skip.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")

@@ -30,21 +30,7 @@ fn setup() -> (Bridge, String, std::path::PathBuf) {
     unlock(&b, "alice", "daily");
     let log = b.account_log("acme", "alice");
     let state = b.home().join("device");
-    let out = device(
-        &state,
-        &[
-            "trust",
-            "init",
-            log.to_str().unwrap(),
-            "--device-id",
-            "dev-1",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    trust_device(&state, &log, "dev-1");
     (b, kid, state)
 }
 
@@ -139,10 +125,7 @@ fn batch_signs_once_and_every_device_verifies_its_copy() {
     let log = b.home().join("acme.log");
     for id in ["dev-a", "dev-b", "dev-c"] {
         let state = b.home().join(format!("state-{id}"));
-        device(
-            &state,
-            &["trust", "init", log.to_str().unwrap(), "--device-id", id],
-        );
+        trust_device(&state, &log, id);
         let v = verify_on_device(&state, &out.join(format!("{id}.cose")), &[]);
         assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
         let c: Value = serde_json::from_slice(&v.stdout).unwrap();

@@ -44,6 +44,20 @@ fn create(b: &Bridge, hsm: &SoftHsm, agent: &str, alg: &str, extra: &[&str]) -> 
     v["kid"].as_str().unwrap().to_owned()
 }
 
+/// `keybridge --json keys list --backend pkcs11 --module SOFTHSM_MODULE`.
+fn token_listing(b: &Bridge) -> Value {
+    let args = [
+        "--json",
+        "keys",
+        "list",
+        "--backend",
+        "pkcs11",
+        "--module",
+        SOFTHSM_MODULE,
+    ];
+    serde_json::from_str(&b.ok(&args, None)).unwrap()
+}
+
 fn unlock(b: &Bridge, key: &str, mode: &str) {
     b.ok(
         &["unlock", key, "--remember", mode, "--secret-stdin"],
@@ -72,21 +86,7 @@ fn sign(b: &Bridge, key: &str, out: &Path) -> std::process::Output {
 fn device_for(b: &Bridge, key: &str) -> std::path::PathBuf {
     let log = b.account_log("acme", key);
     let state = b.home().join(format!("device-{key}"));
-    let out = device(
-        &state,
-        &[
-            "trust",
-            "init",
-            log.to_str().unwrap(),
-            "--device-id",
-            "dev-1",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    trust_device(&state, &log, "dev-1");
     state
 }
 
@@ -244,19 +244,7 @@ fn wrong_pin_is_reported_and_changes_nothing() {
     assert_eq!(status["keys"][0]["unlocked"], false);
     // SoftHSM2 keeps no retry counter; it flags "count low" after a failure,
     // which a right PIN clears. The token is not locked.
-    let listing: Value = serde_json::from_str(&b.ok(
-        &[
-            "--json",
-            "keys",
-            "list",
-            "--backend",
-            "pkcs11",
-            "--module",
-            SOFTHSM_MODULE,
-        ],
-        None,
-    ))
-    .unwrap();
+    let listing = token_listing(&b);
     assert_eq!(listing[0]["user_pin_locked"], false);
     unlock(&b, "bob", "each-task");
     assert!(sign(&b, "bob", &b.home().join("ok.cose")).status.success());
@@ -266,19 +254,7 @@ fn wrong_pin_is_reported_and_changes_nothing() {
 fn keys_list_shows_tokens_and_keys_like_pkcs11_tool() {
     let Some((hsm, b)) = hsm_bridge() else { return };
     let kid = create(&b, &hsm, "bob", "p256", &[]);
-    let v: Value = serde_json::from_str(&b.ok(
-        &[
-            "--json",
-            "keys",
-            "list",
-            "--backend",
-            "pkcs11",
-            "--module",
-            SOFTHSM_MODULE,
-        ],
-        None,
-    ))
-    .unwrap();
+    let v = token_listing(&b);
     assert_eq!(v[0]["label"], "agent-token");
     assert_eq!(v[0]["keys"][0]["kid"], kid);
     assert_eq!(v[0]["keys"][0]["label"], "bob");

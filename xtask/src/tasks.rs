@@ -3,10 +3,10 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use crate::deps::deps;
-use crate::util::{cargo, run, step, succeeds, target_dir, workspace_root};
+use crate::util::{cargo, run, step, succeeds, target_dir};
 
 /// Environment variable through which tests and benchmarks find the venv's
 /// Python (with pycose, cbor2 and cryptography).
@@ -96,19 +96,23 @@ pub fn bench(args: &[String]) -> Result<()> {
 ///   with through the daemon, through `ssh-agent` and in a raw cryptoki
 ///   loop; writes `target/bench/pkcs11.json`. Built by the step above.
 fn extra_benchmarks(python: &Path) -> Result<()> {
-    step("bridge bench", || {
+    // Too slow for every `xtask test` (225,000 parses, ~20 s in release):
+    // the exhaustive single-byte-edit sweep of a key log runs here.
+    step("exhaustive key-log edit sweep", || {
         run(cargo().args([
-            "build",
+            "test",
             "--quiet",
             "--release",
             "-p",
-            "keybridge",
-            "-p",
-            "keybridge-device",
-            "-p",
-            "keybridge-tests",
-            "--bins",
-        ]))?;
+            "keybridge-protocol",
+            "--test",
+            "log",
+            "--",
+            "--ignored",
+        ]))
+    })?;
+    step("bridge bench", || {
+        build_release(&["keybridge-tests"])?;
         run(
             std::process::Command::new(target_dir().join("release").join("bridge_bench"))
                 .env(PYTHON_ENV, python),
@@ -122,33 +126,20 @@ fn extra_benchmarks(python: &Path) -> Result<()> {
     })
 }
 
+/// Builds the release binaries of `keybridge` and `keybridge-device`, and
+/// those of the `extra` packages.
+fn build_release(extra: &[&str]) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--quiet", "--release", "--bins"]);
+    for package in ["keybridge", "keybridge-device"].iter().chain(extra) {
+        cmd.args(["-p", package]);
+    }
+    run(&mut cmd)
+}
+
 /// `cargo xtask demo`: builds the release binaries of the bridge and the
 /// device verifier and runs the demo with them.
 pub fn demo() -> Result<()> {
-    let root = workspace_root();
-    if !root.join("bridge").join("Cargo.toml").exists() {
-        bail!(
-            "the bridge crate is not built yet ({} does not exist), so there is \
-             nothing to demo",
-            root.join("bridge").join("Cargo.toml").display()
-        );
-    }
-    step("build release binaries", || {
-        run(cargo().args([
-            "build",
-            "--quiet",
-            "--release",
-            "-p",
-            "keybridge",
-            "-p",
-            "keybridge-device",
-        ]))
-    })?;
-    run_demo(&target_dir().join("release"))
-}
-
-/// Runs the demo with the `keybridge` and `keybridge-device` binaries found
-/// in `bin_dir`.
-fn run_demo(bin_dir: &Path) -> Result<()> {
-    crate::demo::run(bin_dir)
+    step("build release binaries", || build_release(&[]))?;
+    crate::demo::run(&target_dir().join("release"))
 }

@@ -125,7 +125,7 @@ pub async fn sign(
     let unsigned = UnsignedCommand::new(&claims, &entry.public)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let signature = entry.sign(unsigned.to_be_signed().to_vec(), now).await?;
-    let kid = entry.kid().to_hex();
+    let kid = entry.kid_hex.clone();
     let audit_entry = audit::Entry {
         time: now,
         kid: kid.clone(),

@@ -32,8 +32,8 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use keybridge_protocol::key::{hex, unhex};
 use keybridge_tests::bench::{
-    Goal, Measurement, Proc, Target, cpu_time, http_connect, http_request, json_ok, keybridge,
-    measure, run_ok, ssh_agent,
+    Goal, Measurement, Proc, Target, cpu_time, exit, http_connect, http_request, json_ok,
+    keybridge, measure, run_ok, secs_arg, ssh_agent,
 };
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -74,20 +74,9 @@ fn main() -> ExitCode {
             (Some(sock), Some(msg)) => floor::serve(Path::new(sock), msg),
             _ => Err(anyhow::anyhow!("usage: bridge_bench --floor SOCK HEX")),
         },
-        Some("--secs") => match args.get(1).and_then(|s| s.parse::<f64>().ok()) {
-            Some(s) if s > 0.0 => bench(Duration::from_secs_f64(s)),
-            _ => Err(anyhow::anyhow!("usage: bridge_bench [--secs SECONDS]")),
-        },
-        None => bench(Duration::from_secs(3)),
-        Some(_) => Err(anyhow::anyhow!("usage: bridge_bench [--secs SECONDS]")),
+        _ => secs_arg("bridge_bench", &args, Duration::from_secs(3)).and_then(bench),
     };
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bridge_bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exit("bridge_bench", outcome)
 }
 
 /// The whole benchmark; `secs` is the length of each measurement.

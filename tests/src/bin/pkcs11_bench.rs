@@ -32,7 +32,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use hyper::body::Bytes;
 use keybridge_protocol::key::{hex, unhex};
 use keybridge_protocol::{Algorithm, PublicKey};
-use keybridge_tests::bench::{Goal, Measurement, Proc, Target, keybridge, measure, ssh_agent};
+use keybridge_tests::bench::{
+    Goal, Measurement, Proc, Target, exit, keybridge, measure, secs_arg, ssh_agent,
+};
 use keybridge_tests::{SOFTHSM_MODULE, SoftHsm, TOKEN_PIN};
 use serde_json::{Value, json};
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -74,20 +76,9 @@ fn main() -> ExitCode {
                 "usage: pkcs11_bench --raw MODULE TOKEN OBJECT HEX (PIN on stdin)"
             )),
         },
-        Some("--secs") => match args.get(1).and_then(|s| s.parse::<f64>().ok()) {
-            Some(s) if s > 0.0 => bench(Duration::from_secs_f64(s)),
-            _ => Err(anyhow::anyhow!("usage: pkcs11_bench [--secs SECONDS]")),
-        },
-        None => bench(Duration::from_secs(4)),
-        Some(_) => Err(anyhow::anyhow!("usage: pkcs11_bench [--secs SECONDS]")),
+        _ => secs_arg("pkcs11_bench", &args, Duration::from_secs(4)).and_then(bench),
     };
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pkcs11_bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exit("pkcs11_bench", outcome)
 }
 
 /// The whole benchmark; `secs` is the length of each measurement.
