@@ -779,3 +779,16 @@ pub fn exit(name: &str, outcome: Result<()>) -> std::process::ExitCode {
         }
     }
 }
+
+/// The measurement of target `name` at `conns` connections among `rows`.
+pub fn row<'a>(
+    rows: &'a [(&'static str, Measurement)],
+    name: &str,
+    conns: usize,
+) -> &'a Measurement {
+    &rows
+        .iter()
+        .find(|(n, m)| *n == name && m.conns == conns)
+        .expect("every target is measured at every concurrency")
+        .1
+}

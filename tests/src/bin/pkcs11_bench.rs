@@ -516,12 +516,7 @@ struct Summary {
 
 impl Summary {
     fn row(&self, name: &str, conns: usize) -> &Measurement {
-        &self
-            .rows
-            .iter()
-            .find(|(n, m)| *n == name && m.conns == conns)
-            .expect("every target is measured at every concurrency")
-            .1
+        keybridge_tests::bench::row(&self.rows, name, conns)
     }
 
     fn goals(&self) -> Vec<Goal> {
