@@ -19,6 +19,7 @@
 
 use keybridge_protocol::PublicKey;
 
+mod modules;
 pub mod passphrase;
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
@@ -26,9 +27,10 @@ mod record;
 mod uri;
 pub mod worker;
 
+pub use modules::{DEFAULT_PKCS11_MODULES, ModuleAllowlist, set_module_allowlist};
 pub use record::{BackendKind, KeyRecord, RecordError, UnknownBackend};
 pub use secrecy::{ExposeSecret, SecretString};
-pub use uri::{KeyUri, UriError};
+pub use uri::{KeyUri, UriError, redact_uri};
 pub use worker::Worker;
 
 /// Hardware or software that holds one private key.
@@ -127,6 +129,17 @@ pub enum BackendError {
     /// hardware.
     #[error("{0}")]
     Unsupported(String),
+    /// A PKCS#11 module that the allowlist does not name (`policy_denied`):
+    /// it was not loaded.
+    #[error(
+        "the PKCS#11 module {path} is not allowed: it was not loaded. Allowed modules (pkcs11_modules in /etc/keybridge/policy.toml or ~/.config/keybridge/config.toml): {allowed}"
+    )]
+    ModuleNotAllowed {
+        /// The module as named.
+        path: String,
+        /// The allowlist's patterns.
+        allowed: String,
+    },
     /// Anything else: a broken record, a library error, a worker that stopped.
     #[error("backend failure: {0}")]
     Failed(String),

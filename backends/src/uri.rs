@@ -45,6 +45,34 @@ pub enum UriError {
     Passphrase(&'static str),
 }
 
+/// A key reference as it may appear in an error or a log line: attribute
+/// values of the query (`?module-path=…&pin-source=…`) and any `pin-value`
+/// replaced by `…`, so that no error ever carries a secret or a path from a
+/// URI. Names of attributes are kept: they say what was given.
+pub fn redact_uri(uri: &str) -> String {
+    let redact_attrs = |part: &str, sep: char, all: bool| -> String {
+        part.split(sep)
+            .map(|attr| match attr.split_once('=') {
+                Some((name, _)) if all || name.eq_ignore_ascii_case("pin-value") => {
+                    format!("{name}=…")
+                }
+                _ => attr.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(&sep.to_string())
+    };
+    let (path, query) = match uri.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (uri, None),
+    };
+    let mut out = redact_attrs(path, ';', false);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(&redact_attrs(q, '&', true));
+    }
+    out.chars().filter(|c| !c.is_control()).collect()
+}
+
 /// Characters written percent-encoded in attribute values: the delimiters of
 /// the URI forms, `%` itself, space and controls (non-ASCII is always encoded).
 const VALUE: &AsciiSet = &CONTROLS
@@ -166,6 +194,24 @@ impl fmt::Display for KeyUri {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacted_uris_keep_no_query_value_and_no_pin() {
+        let r = redact_uri(
+            "pkcs11:token=t;pin-value=123456;object=o?module-path=/x/y.so&pin-value=654321&pin-source=file:/p",
+        );
+        assert_eq!(
+            r,
+            "pkcs11:token=t;pin-value=…;object=o?module-path=…&pin-value=…&pin-source=…"
+        );
+        for secret in ["123456", "654321", "/x/y.so", "file:/p"] {
+            assert!(!r.contains(secret));
+        }
+        assert_eq!(
+            redact_uri("yubikey:serial=1;slot=9c"),
+            "yubikey:serial=1;slot=9c"
+        );
+    }
 
     fn pp(account: &str, agent: &str) -> KeyUri {
         KeyUri::Passphrase {

@@ -6,9 +6,8 @@
 //! skips.
 
 use serde::{Deserialize, Serialize};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufRead as _, Write as _};
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -47,11 +46,7 @@ pub struct AuditLog {
 impl AuditLog {
     /// Opens (creating, owner-only) the log at `path`.
     pub fn open(path: &Path) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(path)?;
+        let file = crate::paths::open_private(path, crate::paths::Open::Append)?;
         Ok(AuditLog {
             path: path.to_owned(),
             file: Mutex::new(file),
@@ -75,7 +70,7 @@ impl AuditLog {
 
 /// Reads every complete entry; the count of unreadable lines comes second.
 pub fn read(path: &Path) -> io::Result<(Vec<Entry>, usize)> {
-    let f = match File::open(path) {
+    let f = match crate::paths::open_private(path, crate::paths::Open::Read) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((vec![], 0)),
         Err(e) => return Err(e),

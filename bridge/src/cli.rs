@@ -11,13 +11,13 @@ use anyhow::{Context as _, anyhow, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use keybridge_protocol::device_id::check_device_id;
 use keybridge_protocol::key::hex;
 use keybridge_protocol::{KeyLog, Op};
 use serde_json::{Value, json};
 use sha2::Digest as _;
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use zeroize::Zeroizing;
 
 #[derive(Parser)]
@@ -90,10 +90,16 @@ pub struct ServeArgs {
     /// Origins allowed on --http (exact match).
     #[arg(long)]
     allow_origin: Vec<String>,
-    /// The administrator's policy file.
-    #[arg(long, default_value = SYSTEM_POLICY, env = "KEYBRIDGE_POLICY")]
-    policy: PathBuf,
-    /// Read "now" from this file (testing prompt-frequency deadlines).
+    /// Another policy file; it can only narrow /etc/keybridge/policy.toml,
+    /// which wins whenever it exists.
+    #[arg(long, env = "KEYBRIDGE_POLICY")]
+    policy: Option<PathBuf>,
+    /// Test hook: the system policy file instead of /etc/keybridge/policy.toml.
+    #[cfg(feature = "test-hooks")]
+    #[arg(long, hide = true, default_value = SYSTEM_POLICY)]
+    system_policy: PathBuf,
+    /// Test hook: read both clocks from this file ("WALL" or "WALL BOOT").
+    #[cfg(feature = "test-hooks")]
     #[arg(long, hide = true)]
     clock_file: Option<PathBuf>,
 }
@@ -264,6 +270,7 @@ pub struct SignArgs {
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<ClientError>() {
         Some(ClientError::NotRunning(_)) => 3,
+        Some(ClientError::Untrusted(_)) => 11,
         Some(ClientError::Problem { code, .. }) => match code.as_str() {
             "locked" => 4,
             "wrong_pin" | "last_attempt" => 5,
@@ -273,6 +280,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
             "policy_denied" => 9,
             "unknown_key" => 10,
             "forbidden" => 11,
+            "too_many_attempts" => 12,
             _ => 1,
         },
         _ => 1,
@@ -334,24 +342,19 @@ fn key_line(k: &Value) -> String {
     )
 }
 
+/// A validity: plain seconds (`300`) or a humantime duration (`5m`,
+/// `1h 30m`), at most 24 h. Overflow is an error, never a wrap.
 fn parse_ttl(s: &str) -> anyhow::Result<i64> {
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
+    let secs = match s.parse::<u64>() {
+        Ok(n) => n,
+        Err(_) => humantime::parse_duration(s)
+            .with_context(|| format!("bad ttl {s:?}: seconds, or a duration such as 5m or 1h"))?
+            .as_secs(),
     };
-    let n: i64 = num.parse().with_context(|| format!("bad ttl {s:?}"))?;
-    let mult = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        _ => bail!("bad ttl {s:?}: use seconds, or a number with s, m or h"),
-    };
-    Ok(n * mult)
-}
-
-/// A device id that is safe as a file name in a batch output folder.
-fn file_safe(id: &str) -> bool {
-    !id.is_empty() && !id.starts_with('.') && !id.contains(['/', '\0']) && id.len() <= 200
+    match i64::try_from(secs) {
+        Ok(n) if (1..=keybridge_protocol::command::MAX_VALIDITY).contains(&n) => Ok(n),
+        _ => bail!("bad ttl {s:?}: a command is valid for 1 s to 24 h"),
+    }
 }
 
 /// Runs one command.
@@ -362,15 +365,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if args.http.is_some() || !args.allow_origin.is_empty() {
                 bail!("the browser console listener (--http) is not available in this build yet");
             }
-            let clock = match &args.clock_file {
-                Some(p) => Clock::File(Arc::new(p.clone())),
-                None => Clock::System,
-            };
+            #[cfg(feature = "test-hooks")]
+            let (clock, system_policy) = (
+                match &args.clock_file {
+                    Some(p) => Clock::File(std::sync::Arc::new(p.clone())),
+                    None => Clock::System,
+                },
+                args.system_policy.clone(),
+            );
+            #[cfg(not(feature = "test-hooks"))]
+            let (clock, system_policy) = (Clock::System, PathBuf::from(SYSTEM_POLICY));
             server::run(
                 paths.clone(),
                 server::Options {
                     socket: cli.socket.clone().unwrap_or_else(|| paths.socket()),
-                    policy: args.policy.clone(),
+                    system_policy,
+                    extra_policy: args.policy.clone(),
                     clock,
                 },
             )
@@ -608,19 +618,22 @@ async fn sign(cli: &Cli, paths: &Paths, a: &SignArgs) -> anyhow::Result<()> {
         body["body_sha256"] = json!(hex(&sha2::Sha256::digest(&bytes)));
     }
     match (&a.device, &a.devices) {
-        (Some(d), _) => body["device"] = json!(d),
+        (Some(d), _) => {
+            check_device_id(d).with_context(|| format!("--device {d:?}"))?;
+            body["device"] = json!(d);
+        }
         (None, Some(file)) => {
             let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
-            let ids: Vec<&str> = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .collect();
-            if let Some(bad) = ids.iter().find(|id| !file_safe(id)) {
-                bail!(
-                    "device id {bad:?} cannot be a file name in {}",
-                    a.out.display()
-                );
+            let mut ids = vec![];
+            for (n, line) in text.lines().enumerate() {
+                let id = line.trim();
+                if id.is_empty() || id.starts_with('#') {
+                    continue;
+                }
+                check_device_id(id).with_context(|| {
+                    format!("{} line {}: device id {id:?}", file.display(), n + 1)
+                })?;
+                ids.push(id);
             }
             body["devices"] = json!(ids);
         }
@@ -645,9 +658,9 @@ async fn sign(cli: &Cli, paths: &Paths, a: &SignArgs) -> anyhow::Result<()> {
             .context("daemon sent no envelopes")?;
         std::fs::create_dir_all(&a.out).with_context(|| a.out.display().to_string())?;
         for (id, env) in envs {
-            if !file_safe(id) {
-                bail!("daemon returned an unsafe device id {id:?}");
-            }
+            // The daemon's answer is checked like any input: an id becomes
+            // a file name.
+            check_device_id(id).with_context(|| format!("daemon returned device id {id:?}"))?;
             let bytes = B64.decode(env.as_str().unwrap_or_default())?;
             paths::write_atomic(&a.out.join(format!("{id}.cose")), &bytes)?;
         }
@@ -819,6 +832,13 @@ fn history(json_out: bool, log: &Path) -> anyhow::Result<()> {
 /// directly (public objects only, no PIN, no daemon).
 fn list_backend(json_out: bool, backend: BackendArg, module: Option<&Path>) -> anyhow::Result<()> {
     let module = module.context("--module PATH is needed")?;
+    // This process loads the module: the same allowlist as the daemon's.
+    let policy = crate::policy::Policy::load(
+        Path::new(SYSTEM_POLICY),
+        None,
+        &Paths::from_env().config_file(),
+    )?;
+    keybridge_backends::set_module_allowlist(policy.pkcs11_modules);
     match backend {
         #[cfg(feature = "pkcs11")]
         BackendArg::Pkcs11 => {

@@ -31,9 +31,19 @@ pub enum ClientError {
     /// Transport failure.
     #[error("talking to the daemon: {0}")]
     Transport(String),
+    /// The socket's folder or the process behind the socket is not this
+    /// user's: nothing was sent.
+    #[error("{0}")]
+    Untrusted(String),
 }
 
 /// A connection to the daemon.
+///
+/// Before a byte is sent (a request may carry a PIN or passphrase), the
+/// client checks that the socket's folder is this user's own and that the
+/// process at the other end runs as this user (`SO_PEERCRED`): another
+/// local user who got to create the folder first, or who listens on a
+/// socket we were pointed at, receives nothing.
 pub struct Client {
     socket: PathBuf,
 }
@@ -59,6 +69,36 @@ impl Client {
         self.call(Method::POST, path, bytes).await
     }
 
+    /// Connects after checking the folder, and checks the peer.
+    async fn connect(&self) -> Result<UnixStream, ClientError> {
+        let dir = self.socket.parent().unwrap_or(Path::new("."));
+        let not_running = || ClientError::NotRunning(self.socket.clone());
+        match crate::paths::check_private_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_running()),
+            Err(e) => return Err(ClientError::Untrusted(e.to_string())),
+        }
+        let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
+            use std::io::ErrorKind::*;
+            match e.kind() {
+                NotFound | ConnectionRefused => not_running(),
+                _ => ClientError::Transport(format!("{}: {e}", self.socket.display())),
+            }
+        })?;
+        let me = rustix::process::getuid().as_raw();
+        match stream.peer_cred().map(|c| c.uid()) {
+            Ok(uid) if uid == me => Ok(stream),
+            Ok(uid) => Err(ClientError::Untrusted(format!(
+                "the process listening on {} runs as uid {uid}, not as you (uid {me}): refusing to talk to it (another user may be impersonating the keybridge daemon)",
+                self.socket.display()
+            ))),
+            Err(e) => Err(ClientError::Untrusted(format!(
+                "cannot tell who listens on {}: {e}",
+                self.socket.display()
+            ))),
+        }
+    }
+
     async fn call(
         &self,
         method: Method,
@@ -66,13 +106,7 @@ impl Client {
         body: Zeroizing<Vec<u8>>,
     ) -> Result<Value, ClientError> {
         let t = |e: &dyn std::fmt::Display| ClientError::Transport(e.to_string());
-        let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
-            use std::io::ErrorKind::*;
-            match e.kind() {
-                NotFound | ConnectionRefused => ClientError::NotRunning(self.socket.clone()),
-                _ => ClientError::Transport(format!("{}: {e}", self.socket.display())),
-            }
-        })?;
+        let stream = self.connect().await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| t(&e))?;

@@ -41,7 +41,11 @@ fn main() -> ExitCode {
     .enable_all()
     .build()
     .expect("tokio runtime");
-    match runtime.block_on(cli::run(args)) {
+    let result = runtime.block_on(cli::run(args));
+    // A backend call stuck in hardware must not keep the process alive
+    // past the daemon's shutdown deadline.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("keybridge: {e:#}");

@@ -2,16 +2,22 @@
 //!
 //! An unlock lasts for one signature (`each-task`, the default), 24 h
 //! (`daily`) or 168 h (`weekly`). The administrator's
-//! `/etc/keybridge/policy.toml` restricts which of these users may choose and
-//! the longest validity a signed command may have; the user's
-//! `config.toml` can only narrow that further, never widen it.
+//! `/etc/keybridge/policy.toml` restricts which of these users may choose,
+//! the longest validity a signed command may have and which PKCS#11 modules
+//! may be loaded. It wins whenever it exists: another policy file
+//! (`serve --policy`, `KEYBRIDGE_POLICY`) and the user's `config.toml` can
+//! only narrow it, never widen it. Without a system policy file the
+//! defaults apply (every prompt frequency, 24 h, modules from the
+//! distribution's library folders).
 //!
 //! ```toml
 //! # /etc/keybridge/policy.toml
 //! allowed_remember = ["each-task", "daily"]
 //! max_ttl = 3600          # seconds
+//! pkcs11_modules = ["/usr/lib/x86_64-linux-gnu/*"]   # globs; * matches any characters
 //! ```
 
+use keybridge_backends::ModuleAllowlist;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -71,6 +77,7 @@ struct PolicyFile {
     allowed_remember: Option<Vec<Remember>>,
     max_ttl: Option<i64>,
     default_remember: Option<Remember>,
+    pkcs11_modules: Option<Vec<String>>,
 }
 
 /// The effective policy: system policy narrowed by the user's config.
@@ -82,6 +89,10 @@ pub struct Policy {
     pub max_ttl: i64,
     /// Mode used when an unlock names none (the user's choice, if allowed).
     pub default_remember: Remember,
+    /// Which PKCS#11 modules may be loaded: a module must match a pattern
+    /// of every list (system policy, extra policy, user config); with no
+    /// list anywhere, the distribution's library folders.
+    pub pkcs11_modules: ModuleAllowlist,
 }
 
 impl Default for Policy {
@@ -90,6 +101,7 @@ impl Default for Policy {
             allowed_remember: Remember::ALL.into_iter().collect(),
             max_ttl: keybridge_protocol::command::MAX_VALIDITY,
             default_remember: Remember::EachTask,
+            pkcs11_modules: ModuleAllowlist::default(),
         }
     }
 }
@@ -102,26 +114,45 @@ pub struct PolicyError {
     what: String,
 }
 
-fn read(path: &Path) -> Result<PolicyFile, PolicyError> {
+/// Reads a policy or config file; a missing file is `None` when
+/// `may_be_missing`, an error otherwise.
+fn read(path: &Path, may_be_missing: bool) -> Result<PolicyFile, PolicyError> {
     let err = |what: String| PolicyError {
         path: path.display().to_string(),
         what,
     };
     match std::fs::read_to_string(path) {
         Ok(text) => toml::from_str(&text).map_err(|e| err(e.to_string())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PolicyFile::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_be_missing => {
+            Ok(PolicyFile::default())
+        }
         Err(e) => Err(err(e.to_string())),
     }
 }
 
 impl Policy {
-    /// Loads the system policy, then narrows it with the user's config.
-    /// A broken policy file is an error (never silently "allow all").
-    pub fn load(system: &Path, user: &Path) -> Result<Self, PolicyError> {
-        let sys = read(system)?;
-        let usr = read(user)?;
+    /// Loads the system policy (defaults when it does not exist), then
+    /// narrows it with `extra` (which must exist when named) and the user's
+    /// config. A broken file is an error (never silently "allow all").
+    pub fn load(system: &Path, extra: Option<&Path>, user: &Path) -> Result<Self, PolicyError> {
+        let mut files = vec![read(system, true)?];
+        if let Some(extra) = extra {
+            files.push(read(extra, false)?);
+        }
+        let usr = read(user, true)?;
+        let default_remember = usr
+            .default_remember
+            .or_else(|| files.iter().find_map(|f| f.default_remember));
+        files.push(usr);
         let mut p = Policy::default();
-        for f in [&sys, &usr] {
+        let module_lists: Vec<Vec<String>> = files
+            .iter()
+            .filter_map(|f| f.pkcs11_modules.clone())
+            .collect();
+        if !module_lists.is_empty() {
+            p.pkcs11_modules = ModuleAllowlist::new(module_lists);
+        }
+        for f in &files {
             if let Some(allowed) = &f.allowed_remember {
                 let narrowed: BTreeSet<Remember> = allowed.iter().copied().collect();
                 p.allowed_remember = p
@@ -137,9 +168,7 @@ impl Policy {
         if p.allowed_remember.is_empty() {
             p.allowed_remember.insert(Remember::EachTask);
         }
-        p.default_remember = usr
-            .default_remember
-            .or(sys.default_remember)
+        p.default_remember = default_remember
             .filter(|r| p.allowed_remember.contains(r))
             .unwrap_or_else(|| *p.allowed_remember.first().expect("never empty"));
         Ok(p)
@@ -174,18 +203,39 @@ mod tests {
             "config.toml",
             "allowed_remember = [\"daily\", \"weekly\"]\nmax_ttl = 86400\ndefault_remember = \"weekly\"\n",
         );
-        let p = Policy::load(&sys, &usr).unwrap();
+        let p = Policy::load(&sys, None, &usr).unwrap();
         assert_eq!(p.allowed_remember, [Remember::Daily].into());
         assert_eq!(p.max_ttl, 3600);
         assert_eq!(p.default_remember, Remember::Daily);
     }
 
     #[test]
+    fn another_policy_file_narrows_the_system_policy_but_cannot_widen_it() {
+        let d = tempfile::tempdir().unwrap();
+        let none = d.path().join("none.toml");
+        let sys = write(
+            d.path(),
+            "policy.toml",
+            "allowed_remember = [\"each-task\"]\nmax_ttl = 600\n",
+        );
+        let extra = write(
+            d.path(),
+            "extra.toml",
+            "allowed_remember = [\"each-task\", \"weekly\"]\nmax_ttl = 86400\n",
+        );
+        let p = Policy::load(&sys, Some(&extra), &none).unwrap();
+        assert_eq!(p.allowed_remember, [Remember::EachTask].into());
+        assert_eq!(p.max_ttl, 600);
+        // A named policy file that is missing is an error, not "allow all".
+        assert!(Policy::load(&sys, Some(&d.path().join("typo.toml")), &none).is_err());
+    }
+
+    #[test]
     fn missing_files_mean_the_defaults_and_broken_ones_are_errors() {
         let d = tempfile::tempdir().unwrap();
         let none = d.path().join("none.toml");
-        assert_eq!(Policy::load(&none, &none).unwrap(), Policy::default());
+        assert_eq!(Policy::load(&none, None, &none).unwrap(), Policy::default());
         let bad = write(d.path(), "bad.toml", "allowed_remember = [\"forever\"]\n");
-        assert!(Policy::load(&bad, &none).is_err());
+        assert!(Policy::load(&bad, None, &none).is_err());
     }
 }

@@ -1,5 +1,14 @@
-//! The daemon's lifecycle, in one place: take the per-user lock, bind the
-//! socket, serve, drain on SIGTERM/SIGINT, lock every key, remove the socket.
+//! The daemon's lifecycle, in one place: check and lock the folders, bind
+//! the socket, serve with limits, drain on SIGTERM/SIGINT within a
+//! deadline, lock every key, remove the socket.
+//!
+//! Limits, so that no client can hold the daemon (or its shutdown) hostage:
+//! a request's headers must arrive within [`Limits::header_read`] (an idle
+//! keep-alive connection waiting for its next request counts the same), its
+//! body within [`Limits::body_read`], at most [`Limits::max_connections`]
+//! connections are served at once (further ones wait in the listen
+//! backlog), and shutdown waits at most [`Limits::shutdown_grace`] for
+//! in-flight requests before the keys are locked and the process exits.
 
 use crate::api::{self, AppState, PeerUid};
 use crate::audit::AuditLog;
@@ -8,44 +17,86 @@ use crate::keys::Keys;
 use crate::paths::{self, Paths};
 use crate::policy::Policy;
 use anyhow::{Context as _, bail};
-use std::fs::{self, File};
+use axum::extract::connect_info::ConnectInfo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
+use tower_service::Service as _;
 
 /// How the daemon was asked to run.
 pub struct Options {
     /// Socket path (default: from [`Paths`]).
     pub socket: PathBuf,
-    /// System policy file.
-    pub policy: PathBuf,
+    /// The administrator's policy file (wins whenever it exists).
+    pub system_policy: PathBuf,
+    /// Another policy file that can only narrow the system policy.
+    pub extra_policy: Option<PathBuf>,
     /// Time source.
     pub clock: Clock,
 }
 
+/// The daemon's limits (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest wait for a request's headers, idle keep-alive included.
+    pub header_read: Duration,
+    /// Longest wait for a request's body.
+    pub body_read: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Longest wait for in-flight requests at shutdown.
+    pub shutdown_grace: Duration,
+    /// Longest wait for the backends to lock at shutdown.
+    pub lock_deadline: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read: Duration::from_secs(10),
+            body_read: Duration::from_secs(10),
+            max_connections: 128,
+            // Long enough for a signature that waits for a touch (a
+            // YubiKey gives up after 15 s).
+            shutdown_grace: Duration::from_secs(20),
+            lock_deadline: Duration::from_secs(5),
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(paths: Paths, opts: Options) -> anyhow::Result<()> {
+    let limits = Limits::default();
     let runtime_dir = opts
         .socket
         .parent()
         .context("socket path has no folder")?
         .to_owned();
     for dir in [&runtime_dir, &paths.state, &paths.keys_dir()] {
-        paths::private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+        paths::private_dir(dir).with_context(|| format!("{}", dir.display()))?;
     }
 
-    // One daemon per socket: the lock is held for the daemon's lifetime and
-    // released by the kernel however it exits, even on kill -9.
-    let lock_path = runtime_dir.join("bridge.lock");
-    let lock = File::create(&lock_path).with_context(|| lock_path.display().to_string())?;
-    if lock.try_lock().is_err() {
-        bail!(
+    // One daemon per home and one per socket: both locks are held for the
+    // daemon's lifetime and released by the kernel however it exits, even
+    // on kill -9. Two daemons on one home would write one audit log and
+    // key folder; two on one socket would take each other's socket away.
+    let _home_lock = take_lock(&paths.state.join("daemon.lock"), || {
+        format!(
+            "a keybridge daemon is already running on the state folder {}",
+            paths.state.display()
+        )
+    })?;
+    let _socket_lock = take_lock(&runtime_dir.join("bridge.lock"), || {
+        format!(
             "a keybridge daemon is already running on {}",
             opts.socket.display()
-        );
-    }
+        )
+    })?;
     // We hold the lock, so a socket file left here is stale (a crash).
     match fs::remove_file(&opts.socket) {
         Ok(()) => tracing::info!(socket = %opts.socket.display(), "removed a stale socket"),
@@ -53,7 +104,12 @@ pub async fn run(paths: Paths, opts: Options) -> anyhow::Result<()> {
         Err(e) => return Err(e).context("removing the stale socket"),
     }
 
-    let policy = Policy::load(&opts.policy, &paths.config_file())?;
+    let policy = Policy::load(
+        &opts.system_policy,
+        opts.extra_policy.as_deref(),
+        &paths.config_file(),
+    )?;
+    keybridge_backends::set_module_allowlist(policy.pkcs11_modules.clone());
     let keys = Keys::load(&paths)?;
     let audit = AuditLog::open(&paths.audit_log())
         .with_context(|| paths.audit_log().display().to_string())?;
@@ -69,6 +125,7 @@ pub async fn run(paths: Paths, opts: Options) -> anyhow::Result<()> {
         uid: rustix::process::getuid().as_raw(),
         socket: opts.socket.clone(),
         started: opts.clock.now(),
+        body_read: limits.body_read,
     });
     tracing::info!(
         socket = %opts.socket.display(),
@@ -85,27 +142,92 @@ pub async fn run(paths: Paths, opts: Options) -> anyhow::Result<()> {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                state.keys.expire_all(state.clock.now()).await;
+                state.keys.expire_all(state.clock.boot()).await;
             }
         })
     };
 
-    let app = api::router(state.clone());
-    axum::serve(
+    serve(
         listener,
-        app.into_make_service_with_connect_info::<PeerUid>(),
+        api::router(state.clone()),
+        limits,
+        shutdown_signal(),
     )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("serving")?;
+    .await;
 
-    // Drained: every in-flight signature has been answered.
     sweeper.abort();
-    state.keys.lock_all().await;
+    state.keys.lock_all(limits.lock_deadline).await;
     let _ = fs::remove_file(&opts.socket);
     tracing::info!("keybridge daemon stopped; keys locked");
-    drop(lock);
     Ok(())
+}
+
+/// Opens (creating owner-only, never through a symlink) and locks `path`.
+fn take_lock(path: &Path, busy: impl FnOnce() -> String) -> anyhow::Result<fs::File> {
+    let lock =
+        paths::open_private(path, paths::Open::Lock).with_context(|| path.display().to_string())?;
+    if lock.try_lock().is_err() {
+        bail!(busy());
+    }
+    Ok(lock)
+}
+
+/// Accepts and serves connections until `shutdown` completes, then waits
+/// at most `limits.shutdown_grace` for the connections to finish.
+async fn serve(
+    listener: UnixListener,
+    app: axum::Router,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors or memory: wait instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let peer = PeerUid(stream.peer_cred().ok().map(|c| c.uid()));
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().call(request)
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    // No new connections from here on; a client now sees "not running".
+    drop(listener);
+    tracing::info!("shutting down: finishing in-flight requests");
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace = ?limits.shutdown_grace,
+            "connections still open after the shutdown deadline; exiting anyway"
+        );
+    }
 }
 
 async fn shutdown_signal() {
@@ -116,5 +238,4 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    tracing::info!("shutting down: finishing in-flight requests");
 }

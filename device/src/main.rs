@@ -4,17 +4,30 @@
 //! verifies signed commands against it (`verify`). Exit 0 and the verified
 //! claims as JSON on stdout, or a one-line reason on stderr and an exit code
 //! of its own for each refusal (see `--help`).
+//!
+//! Every input file is read only up to a limit: a signed command up to
+//! [`MAX_ENVELOPE_LEN`] (64 KiB), a body up to [`MAX_BODY_LEN`] (64 MiB), a
+//! key log up to [`state::MAX_LOG_LEN`] (16 MiB). Larger files are refused
+//! without being read whole.
+//!
+//! With the cargo feature `test-hooks` (never in a shipped build), `verify
+//! --now UNIX_SECONDS` replaces the system clock.
 
 mod state;
 
 use clap::{Parser, Subcommand};
-use keybridge_protocol::command::inspect;
 use keybridge_protocol::key::hex;
-use keybridge_protocol::{ArgValue, KeyLog, LogError, Verified, Verifier, VerifyError};
+use keybridge_protocol::{
+    ArgValue, KeyLog, LogError, MAX_ENVELOPE_LEN, Verified, Verifier, VerifyError, check_device_id,
+    unverified_account,
+};
 use serde_json::{Value, json};
-use state::{Settings, State, StateError};
-use std::path::PathBuf;
+use state::{ReadError, Settings, State, StateError};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+/// Largest detached body (`verify --body`) read: 64 MiB.
+const MAX_BODY_LEN: usize = 64 * 1024 * 1024;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -62,7 +75,9 @@ enum Command {
         /// This device's id, instead of the one stored at `trust init`.
         #[arg(long)]
         device_id: Option<String>,
-        /// Verify at this unix time instead of the system clock (testing).
+        /// Verify at this unix time instead of the system clock (test
+        /// builds only: cargo feature `test-hooks`).
+        #[cfg(feature = "test-hooks")]
         #[arg(long, hide = true)]
         now: Option<i64>,
     },
@@ -137,8 +152,24 @@ fn log_failure(e: LogError) -> Failure {
     Failure(format!("key log refused: {e}"), code)
 }
 
-fn read(path: &PathBuf) -> Result<Vec<u8>, Failure> {
-    std::fs::read(path).map_err(|e| Failure(format!("{}: {e}", path.display()), 3))
+/// Reads `path` (`what` it is, for the message), at most `limit` bytes: a
+/// larger file fails with exit code `too_large`, any other problem with 3.
+fn read(path: &Path, what: &str, limit: usize, too_large: u8) -> Result<Vec<u8>, Failure> {
+    let failure = |e: ReadError, code| Failure(format!("{} ({what}): {e}", path.display()), code);
+    let file = std::fs::File::open(path).map_err(|e| failure(e.into(), 3))?;
+    state::read_bounded(file, limit).map_err(|e| match e {
+        e @ ReadError::TooLarge { .. } => failure(e, too_large),
+        e => failure(e, 3),
+    })
+}
+
+fn read_log(path: &Path) -> Result<Vec<u8>, Failure> {
+    read(path, "key log", state::MAX_LOG_LEN, 3)
+}
+
+/// Refuses a `--device-id` that is not a device id (exit 2).
+fn check_id(id: &str) -> Result<(), Failure> {
+    check_device_id(id).map_err(|e| Failure(format!("--device-id {id:?} is refused: {e}"), 2))
 }
 
 fn main() -> ExitCode {
@@ -163,10 +194,8 @@ fn run(cli: Cli) -> Result<String, Failure> {
             device_id,
             skew,
         }) => {
-            if device_id.is_empty() {
-                return Err(Failure("--device-id must not be empty".into(), 2));
-            }
-            let log = KeyLog::from_bytes(&read(&log)?).map_err(log_failure)?;
+            check_id(&device_id)?;
+            let log = KeyLog::from_bytes(&read_log(&log)?).map_err(log_failure)?;
             let settings = Settings {
                 device_id,
                 skew: skew.max(0),
@@ -181,7 +210,7 @@ fn run(cli: Cli) -> Result<String, Failure> {
             ))
         }
         Command::Trust(Trust::Update { log }) => {
-            let bytes = read(&log)?;
+            let bytes = read_log(&log)?;
             // Parse once to learn the account; the extension check below is
             // what decides.
             let offered = KeyLog::from_bytes(&bytes).map_err(log_failure)?;
@@ -220,15 +249,22 @@ fn run(cli: Cli) -> Result<String, Failure> {
             command,
             body,
             device_id,
+            #[cfg(feature = "test-hooks")]
             now,
         } => {
-            let envelope = read(&command)?;
-            let body = body.map(|b| read(&b)).transpose()?;
+            if let Some(id) = &device_id {
+                check_id(id)?;
+            }
+            let envelope = read(&command, "signed command", MAX_ENVELOPE_LEN, 10)?;
+            let body = body
+                .map(|b| read(&b, "body", MAX_BODY_LEN, 3))
+                .transpose()?;
             // The account named in the (not yet verified) claims only picks
-            // which trust store to check against.
-            let account_name = inspect(&envelope)
-                .map(|(_, c)| c.iss)
-                .map_err(|e| Failure(e.to_string(), 10))?;
+            // which trust store to check against; reading it checks only
+            // the envelope's structure and encoding, everything else is
+            // the verifier's, in its order.
+            let account_name = unverified_account(&envelope)
+                .map_err(|e| Failure(e.to_string(), verify_exit_code(&e)))?;
             let mut account = match state.open(&account_name) {
                 Err(StateError::NotTrusted(found)) => {
                     let known = state.accounts()?;
@@ -241,7 +277,10 @@ fn run(cli: Cli) -> Result<String, Failure> {
                 other => other?,
             };
             let device_id = device_id.unwrap_or_else(|| account.settings.device_id.clone());
+            #[cfg(feature = "test-hooks")]
             let now = now.unwrap_or_else(unix_now);
+            #[cfg(not(feature = "test-hooks"))]
+            let now = unix_now();
             let verifier = Verifier::new(&account.log, &device_id).with_skew(account.settings.skew);
             let verified = verifier
                 .verify(&envelope, body.as_deref(), now, &mut account.replay)

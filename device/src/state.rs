@@ -1,17 +1,107 @@
 //! The device's state folder: per account, the trusted key log, the replay
-//! cache and the settings. Every write is atomic (temp file, fsync, rename,
-//! fsync of the folder) and every read-modify-write holds an exclusive lock,
-//! so two `verify` processes can never both accept the same command.
+//! cache and the settings. Every write is atomic (a fresh temp file with an
+//! unpredictable name, fsync, rename, fsync of the folder) and every
+//! read-modify-write holds an exclusive lock, so two `verify` processes can
+//! never both accept the same command.
+//!
+//! The lock file and the state files are opened without following symbolic
+//! links (`O_NOFOLLOW`), are created mode 0600 whatever the umask, and are
+//! read at most up to a size limit each ([`MAX_LOG_LEN`],
+//! [`MAX_REPLAY_LEN`], [`MAX_SETTINGS_LEN`]).
 
 use keybridge_protocol::replay::{DEFAULT_CAPACITY, ReplayCache};
 use keybridge_protocol::verify::DEFAULT_SKEW;
 use keybridge_protocol::{KeyLog, LogError};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::{self, Read as _, Write as _};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 /// Default state folder.
 pub const DEFAULT_STATE: &str = "/var/lib/keybridge-device";
+/// Largest key log read, from a file given to `trust` or from the state
+/// folder (16 MiB: tens of thousands of events).
+pub const MAX_LOG_LEN: usize = 16 * 1024 * 1024;
+/// Largest replay cache file read (16 MiB; a full cache — 100,000 command
+/// and 10,000 time-sync entries of ~60 bytes — is under 7 MB).
+pub const MAX_REPLAY_LEN: usize = 16 * 1024 * 1024;
+/// Largest settings file read.
+pub const MAX_SETTINGS_LEN: usize = 64 * 1024;
+/// Mode of every file the device creates in its state folder.
+const FILE_MODE: u32 = 0o600;
+
+/// Why a size-limited read failed.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The file is larger than the limit; it was not read past it.
+    TooLarge {
+        /// The limit, bytes.
+        limit: usize,
+    },
+    /// Opening or reading failed.
+    Io(io::Error),
+}
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        ReadError::Io(e)
+    }
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::TooLarge { limit } => {
+                write!(f, "larger than the {limit}-byte limit; not read")
+            }
+            ReadError::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Reads all of `file`, but never more than `limit` bytes: a larger file
+/// (by its size, or by what it yields, for pipes and devices) is refused
+/// having read at most `limit + 1` bytes.
+pub fn read_bounded(mut file: File, limit: usize) -> Result<Vec<u8>, ReadError> {
+    let size = file.metadata()?.len();
+    if size > limit as u64 {
+        return Err(ReadError::TooLarge { limit });
+    }
+    let mut out = Vec::with_capacity(size as usize);
+    (&mut file).take(limit as u64 + 1).read_to_end(&mut out)?;
+    if out.len() > limit {
+        return Err(ReadError::TooLarge { limit });
+    }
+    Ok(out)
+}
+
+/// Opens `path` with `options`, never following a symbolic link at its
+/// last component (`O_NOFOLLOW`).
+fn open_nofollow(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
+    let nofollow = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+    options.custom_flags(nofollow).open(path).map_err(|e| {
+        if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+            io::Error::other("is a symbolic link; refusing to follow it")
+        } else {
+            e
+        }
+    })
+}
+
+/// Reads the state file `path` (no symbolic link) up to `limit` bytes.
+fn read_state_file(path: &Path, limit: usize) -> Result<Vec<u8>, StateError> {
+    let file = open_nofollow(path, OpenOptions::new().read(true)).map_err(io_err(path))?;
+    read_bounded(file, limit).map_err(|e| match e {
+        ReadError::Io(source) => StateError::Io {
+            path: path.to_owned(),
+            source,
+        },
+        too_large => StateError::Corrupt {
+            path: path.to_owned(),
+            what: too_large.to_string(),
+        },
+    })
+}
 
 /// State errors.
 #[derive(Debug, thiserror::Error)]
@@ -105,11 +195,15 @@ impl State {
     }
 
     /// Folder of `account`. Account ids that are not plain file names are
-    /// hex-encoded, so no id can escape the state folder.
+    /// hex-encoded, so no id can escape the state folder. A plain name never
+    /// starts with `hex-`, so that no two ids share a folder (the name
+    /// `hex-412042` is itself hex-encoded rather than taking the folder of
+    /// `A B`).
     fn account_dir(&self, account: &str) -> PathBuf {
         let plain = !account.is_empty()
             && account.len() <= 128
             && !account.starts_with('.')
+            && !account.starts_with("hex-")
             && account
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
@@ -123,11 +217,18 @@ impl State {
 
     fn lock(dir: &Path) -> Result<File, StateError> {
         let path = dir.join(".lock");
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
+        let f = open_nofollow(
+            &path,
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(FILE_MODE),
+        )
+        .map_err(io_err(&path))?;
+        // Exactly 0600, whatever the umask took away or an older version
+        // left.
+        f.set_permissions(Permissions::from_mode(FILE_MODE))
             .map_err(io_err(&path))?;
         f.lock().map_err(io_err(&path))?;
         Ok(f)
@@ -155,27 +256,27 @@ impl State {
             return Err(StateError::NotTrusted(account.to_owned()));
         }
         let lock = Self::lock(&dir)?;
-        let log_bytes = fs::read(&log_path).map_err(io_err(&log_path))?;
+        let log_bytes = read_state_file(&log_path, MAX_LOG_LEN)?;
         let log = KeyLog::from_bytes(&log_bytes).map_err(StateError::StoredLog)?;
         let replay_path = dir.join("replay.cbor");
-        let replay = match fs::read(&replay_path) {
-            Ok(b) => {
-                ReplayCache::from_bytes(&b, DEFAULT_CAPACITY).map_err(|e| StateError::Corrupt {
-                    path: replay_path.clone(),
-                    what: e.to_string(),
-                })?
-            }
-            Err(e) => return Err(io_err(&replay_path)(e)),
-        };
+        let replay = ReplayCache::from_bytes(
+            &read_state_file(&replay_path, MAX_REPLAY_LEN)?,
+            DEFAULT_CAPACITY,
+        )
+        .map_err(|e| StateError::Corrupt {
+            path: replay_path.clone(),
+            what: e.to_string(),
+        })?;
         let settings_path = dir.join("settings.json");
-        let settings = fs::read_to_string(&settings_path)
-            .map_err(io_err(&settings_path))
-            .and_then(|s| {
-                Settings::from_json(&s).ok_or_else(|| StateError::Corrupt {
+        let settings = read_state_file(&settings_path, MAX_SETTINGS_LEN).and_then(|s| {
+            std::str::from_utf8(&s)
+                .ok()
+                .and_then(Settings::from_json)
+                .ok_or_else(|| StateError::Corrupt {
                     path: settings_path.clone(),
                     what: "not valid settings JSON".into(),
                 })
-            })?;
+        })?;
         Ok(Account {
             dir,
             _lock: lock,
@@ -197,7 +298,7 @@ impl State {
         for entry in entries {
             let entry = entry.map_err(io_err(&dir))?;
             let log_path = entry.path().join("log.cbor");
-            if let Ok(bytes) = fs::read(&log_path) {
+            if let Ok(bytes) = read_state_file(&log_path, MAX_LOG_LEN) {
                 let log = KeyLog::from_bytes(&bytes).map_err(StateError::StoredLog)?;
                 out.push(log.account().to_owned());
             }
@@ -222,23 +323,82 @@ impl Account {
 }
 
 /// Writes `bytes` to `path` atomically: a reader sees the old file or the
-/// new one, never a mix, even across a crash.
+/// new one, never a mix, even across a crash. The temp file is created
+/// afresh (`O_EXCL`, so never through a planted symbolic link) under an
+/// unpredictable name in the same folder, mode 0600; on failure it is
+/// removed. The rename replaces a symbolic link at `path` itself, never
+/// writing through it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
-        std::process::id()
-    ));
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
     let write = || -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".tmp")
+            .permissions(Permissions::from_mode(FILE_MODE))
+            .tempfile_in(dir)?;
+        tmp.as_file()
+            .set_permissions(Permissions::from_mode(FILE_MODE))?;
+        tmp.write_all(bytes)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path).map_err(|e| e.error)?;
         File::open(dir)?.sync_all()
     };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        io_err(path)(e)
-    })
+    write().map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn write_atomic_does_not_write_through_a_symlink_at_a_temp_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let target = dir.path().join("replay.cbor");
+        // The temp name earlier versions used, predictable from the pid.
+        let planted = dir
+            .path()
+            .join(format!(".replay.cbor.tmp{}", std::process::id()));
+        symlink(&victim, &planted).unwrap();
+        write_atomic(&target, b"new").unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(fs::read(&target).unwrap(), b"new");
+        let meta = fs::symlink_metadata(&target).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, FILE_MODE);
+        // A link at the target itself is replaced, never written through.
+        fs::remove_file(&target).unwrap();
+        symlink(&victim, &target).unwrap();
+        write_atomic(&target, b"newer").unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert!(fs::symlink_metadata(&target).unwrap().file_type().is_file());
+        assert_eq!(fs::read(&target).unwrap(), b"newer");
+        // No temp file is left behind.
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 3, "{names:?}");
+    }
+
+    #[test]
+    fn state_files_are_not_read_through_symlinks_nor_past_their_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        fs::write(&real, b"0123456789").unwrap();
+        let link = dir.path().join("link");
+        symlink(&real, &link).unwrap();
+        let e = read_state_file(&link, 100).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(read_state_file(&real, 10).unwrap(), b"0123456789");
+        let e = read_state_file(&real, 9).unwrap_err();
+        assert!(e.to_string().contains("9-byte limit"), "{e}");
+    }
 }

@@ -1,12 +1,26 @@
 //! Batch commands (DESIGN.md §4): one signature for N devices.
 //!
-//! The payload's `"devs"` claim is the RFC 6962 Merkle Tree Hash over the
-//! sorted, unique device ids (leaf = SHA-256(0x00 ‖ id), node =
-//! SHA-256(0x01 ‖ left ‖ right)). Each device's envelope carries its audit
-//! path in the unprotected header under `"kbp"`:
-//! `[leaf_index, tree_size, [sibling hashes…]]`, verified with the algorithm
-//! of RFC 9162 §2.1.3.2.
+//! The tree is the RFC 6962 Merkle tree over the sorted, unique device ids
+//! (leaf = SHA-256(0x00 ‖ id), node = SHA-256(0x01 ‖ left ‖ right)); every
+//! id satisfies [`check_device_id`].
+//!
+//! The payload's `"devs"` claim signs the batch size *with* the tree head
+//! ([`BatchRoot`]), as the CBOR array
+//!
+//! ```text
+//! "devs": [tree_size, root]     ; tree_size: uint, 1..=MAX_BATCH
+//!                               ; root: bstr .size 32, the Merkle Tree Hash
+//! ```
+//!
+//! e.g. `82 05 58 20 <32 bytes>` for a batch of 5 devices. Each device's
+//! envelope carries its audit path in the *unprotected* header under
+//! `"kbp"`: `[leaf_index, tree_size, [sibling hashes…]]`, verified with the
+//! algorithm of RFC 9162 §2.1.3.2. That header is not signed, and the walk
+//! of §2.1.3.2 depends on `tree_size`: a proof for leaf 4 of 5, relabelled
+//! "leaf 2 of 3", still reaches the same root. So the verifier requires the
+//! proof's `tree_size` to equal the signed size, and reports the signed one.
 
+use crate::device_id::{DeviceIdError, check_device_id};
 use ciborium::value::Value;
 use sha2::{Digest, Sha256};
 
@@ -14,6 +28,21 @@ use sha2::{Digest, Sha256};
 pub const PROOF_LABEL: &str = "kbp";
 /// Most devices one batch may address (keeps a proof at most 24 hashes).
 pub const MAX_BATCH: usize = 1 << 24;
+/// Most sibling hashes in a proof of a batch of at most [`MAX_BATCH`]
+/// devices: ceil(log2(MAX_BATCH)).
+pub const MAX_PROOF_HASHES: usize = MAX_BATCH.trailing_zeros() as usize;
+/// Upper bound of the encoded unprotected header of a batch envelope,
+/// `{"kbp": [leaf_index, tree_size, [hash…]]}`, whatever the two integers
+/// (each counted at 9 bytes, the longest CBOR uint) with
+/// [`MAX_PROOF_HASHES`] hashes. [`crate::UnsignedCommand::new`] reserves
+/// it so that every envelope of a batch fits in
+/// [`crate::MAX_ENVELOPE_LEN`].
+pub const MAX_PROOF_HEADER_LEN: usize = 1 // map(1)
+    + 1 + PROOF_LABEL.len() // "kbp"
+    + 1 // array(3)
+    + 9 + 9 // leaf_index, tree_size
+    + crate::cbor::head_len(MAX_PROOF_HASHES as u64) // array(n)
+    + MAX_PROOF_HASHES * (crate::cbor::head_len(32) + 32); // bstr(32) each
 
 /// Why a batch could not be formed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,9 +50,14 @@ pub enum BatchError {
     /// A batch needs at least one device.
     #[error("a batch needs at least one device")]
     Empty,
-    /// Device ids are non-empty.
-    #[error("empty device id")]
-    EmptyId,
+    /// A device id is not one ([`check_device_id`]).
+    #[error("device id #{position} (counting from 0, as given) is not valid: {error}")]
+    BadDeviceId {
+        /// Its position (from 0) in the ids as given, before sorting.
+        position: usize,
+        /// What is wrong with it.
+        error: DeviceIdError,
+    },
     /// More than [`MAX_BATCH`] devices.
     #[error("too many devices for one batch")]
     TooLarge,
@@ -31,6 +65,46 @@ pub enum BatchError {
 
 /// A hash in the tree.
 pub type Hash = [u8; 32];
+
+/// What a batch command signs in its `"devs"` claim: the number of devices
+/// and the Merkle tree head over them, encoded `[size, root]` (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BatchRoot {
+    /// Number of devices in the batch (the tree size), 1..=[`MAX_BATCH`].
+    pub size: u64,
+    /// RFC 6962 Merkle Tree Hash over the sorted, unique device ids.
+    pub root: Hash,
+}
+
+impl BatchRoot {
+    /// `[size, root]`.
+    pub fn to_value(&self) -> Value {
+        Value::Array(vec![
+            Value::Integer(self.size.into()),
+            Value::Bytes(self.root.to_vec()),
+        ])
+    }
+
+    /// Reads `[size, root]`; `None` unless exactly a uint in
+    /// 1..=[`MAX_BATCH`] and 32 bytes.
+    pub fn from_value(v: &Value) -> Option<Self> {
+        let Value::Array(items) = v else { return None };
+        let [Value::Integer(size), Value::Bytes(root)] = items.as_slice() else {
+            return None;
+        };
+        let size = u64::try_from(*size).ok()?;
+        let root = BatchRoot {
+            size,
+            root: root.as_slice().try_into().ok()?,
+        };
+        root.size_is_valid().then_some(root)
+    }
+
+    /// True when `size` is 1..=[`MAX_BATCH`].
+    pub fn size_is_valid(&self) -> bool {
+        (1..=MAX_BATCH as u64).contains(&self.size)
+    }
+}
 
 /// RFC 6962 leaf hash of a device id.
 pub fn leaf_hash(device_id: &str) -> Hash {
@@ -62,20 +136,24 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Builds the tree over the sorted, de-duplicated `device_ids`.
+    /// Builds the tree over the sorted, de-duplicated `device_ids`. Every
+    /// id must pass [`check_device_id`]; the first that does not is named
+    /// with its position in `device_ids`.
     pub fn new<I, S>(device_ids: I) -> Result<Self, BatchError>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
         let mut ids: Vec<String> = device_ids.into_iter().map(Into::into).collect();
+        for (position, id) in ids.iter().enumerate() {
+            if let Err(error) = check_device_id(id) {
+                return Err(BatchError::BadDeviceId { position, error });
+            }
+        }
         ids.sort_unstable();
         ids.dedup();
         if ids.is_empty() {
             return Err(BatchError::Empty);
-        }
-        if ids.iter().any(String::is_empty) {
-            return Err(BatchError::EmptyId);
         }
         if ids.len() > MAX_BATCH {
             return Err(BatchError::TooLarge);
@@ -100,9 +178,17 @@ impl Batch {
         })
     }
 
-    /// The Merkle tree head, the `"devs"` claim.
+    /// The Merkle tree head.
     pub fn root(&self) -> Hash {
         self.root
+    }
+
+    /// The `"devs"` claim of a command for this batch: its size and root.
+    pub fn signed_root(&self) -> BatchRoot {
+        BatchRoot {
+            size: self.ids.len() as u64,
+            root: self.root,
+        }
     }
 
     /// Number of distinct devices.
@@ -190,7 +276,7 @@ impl InclusionProof {
         let [Value::Integer(i), Value::Integer(n), Value::Array(path)] = items.as_slice() else {
             return None;
         };
-        if path.len() > 64 {
+        if path.len() > MAX_PROOF_HASHES {
             return None;
         }
         Some(InclusionProof {
@@ -235,9 +321,17 @@ impl InclusionProof {
         (snode == 0).then_some(r)
     }
 
-    /// True when this proof places `device_id` under `root`.
+    /// True when this proof places `device_id` under `root`. This does not
+    /// look at whether `tree_size` is the batch's: see
+    /// [`InclusionProof::verify_signed`].
     pub fn verify(&self, device_id: &str, root: &Hash) -> bool {
         self.root_from(&leaf_hash(device_id)).as_ref() == Some(root)
+    }
+
+    /// True when this proof is for a tree of exactly the signed size and
+    /// places `device_id` under the signed root.
+    pub fn verify_signed(&self, device_id: &str, signed: &BatchRoot) -> bool {
+        self.tree_size == signed.size && self.verify(device_id, &signed.root)
     }
 }
 
@@ -284,6 +378,81 @@ mod tests {
     }
 
     #[test]
+    fn bad_device_ids_are_refused_with_their_position_in_the_input() {
+        assert_eq!(
+            Batch::new(["dev-2", "dev-1", "a/b", "\0"]).unwrap_err(),
+            BatchError::BadDeviceId {
+                position: 2,
+                error: DeviceIdError::Slash(1)
+            }
+        );
+        let e = Batch::new(["ok", ".."]).unwrap_err();
+        assert_eq!(
+            e,
+            BatchError::BadDeviceId {
+                position: 1,
+                error: DeviceIdError::DotName
+            }
+        );
+        assert!(e.to_string().contains("#1"), "{e}");
+        let long = "x".repeat(257);
+        assert!(matches!(
+            Batch::new([long.as_str()]).unwrap_err(),
+            BatchError::BadDeviceId {
+                position: 0,
+                error: DeviceIdError::TooLong { .. },
+            }
+        ));
+    }
+
+    #[test]
+    fn signed_root_is_size_and_root_as_a_two_array() {
+        let b = Batch::new(["c", "a", "b", "a"]).unwrap();
+        let signed = b.signed_root();
+        assert_eq!(
+            signed,
+            BatchRoot {
+                size: 3,
+                root: b.root()
+            }
+        );
+        let mut expected = vec![0x82, 0x03, 0x58, 0x20];
+        expected.extend_from_slice(&b.root());
+        assert_eq!(crate::cbor::encode(&mut signed.to_value()), expected);
+        assert_eq!(BatchRoot::from_value(&signed.to_value()), Some(signed));
+        for bad in [
+            Value::Bytes(b.root().to_vec()),
+            BatchRoot { size: 0, ..signed }.to_value(),
+            BatchRoot {
+                size: MAX_BATCH as u64 + 1,
+                ..signed
+            }
+            .to_value(),
+            Value::Array(vec![Value::Integer(3.into()), Value::Bytes(vec![0; 31])]),
+            Value::Array(vec![Value::Integer((-1).into()), Value::Bytes(vec![0; 32])]),
+            Value::Array(vec![Value::Bytes(vec![0; 32]), Value::Integer(3.into())]),
+        ] {
+            assert_eq!(BatchRoot::from_value(&bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn proof_header_reserve_bounds_the_largest_proof() {
+        assert_eq!(MAX_PROOF_HASHES, 24);
+        let worst = InclusionProof {
+            leaf_index: u64::MAX,
+            tree_size: u64::MAX,
+            path: vec![[0xff; 32]; MAX_PROOF_HASHES],
+        };
+        let mut header = coset::Header::default();
+        header
+            .rest
+            .push((coset::Label::Text(PROOF_LABEL.into()), worst.to_value()));
+        let len = coset::CborSerializable::to_vec(header).unwrap().len();
+        assert_eq!(len, MAX_PROOF_HEADER_LEN);
+    }
+
+    #[test]
     fn single_device_batch_has_empty_path_and_leaf_root() {
         let b = Batch::new(["only"]).unwrap();
         assert_eq!(b.root(), leaf_hash("only"));
@@ -298,7 +467,13 @@ mod tests {
             Batch::new(Vec::<String>::new()).unwrap_err(),
             BatchError::Empty
         );
-        assert_eq!(Batch::new([""]).unwrap_err(), BatchError::EmptyId);
+        assert_eq!(
+            Batch::new(["a", "b", ""]).unwrap_err(),
+            BatchError::BadDeviceId {
+                position: 2,
+                error: DeviceIdError::Empty
+            }
+        );
     }
 
     proptest! {
@@ -314,9 +489,9 @@ mod tests {
             let batch = Batch::new(ids.clone()).unwrap();
             let i = pick.index(n);
             let mut proof = batch.proof(i);
-            // tree_size is not tampered with here: it only shapes the
-            // walk, and a walk that still reaches the root proves the same
-            // membership (leaf and node hashes are domain-separated).
+            // tree_size is not tampered with here: a walk with another
+            // size may still reach the root, which is why the size is
+            // signed in "devs" and checked by the verifier (tested there).
             if tamper_path {
                 let j = which.index(proof.path.len());
                 proof.path[j][0] ^= 1 << bit;

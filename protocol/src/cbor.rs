@@ -39,6 +39,22 @@ pub fn encode(value: &mut Value) -> Vec<u8> {
     out
 }
 
+/// Length of a CBOR item head (major type and argument) for the argument
+/// `n`: for a byte string of `n` bytes, the bytes before its content.
+pub const fn head_len(n: u64) -> usize {
+    if n < 24 {
+        1
+    } else if n <= u8::MAX as u64 {
+        2
+    } else if n <= u16::MAX as u64 {
+        3
+    } else if n <= u32::MAX as u64 {
+        5
+    } else {
+        9
+    }
+}
+
 /// Encodes an already-sorted value.
 fn encode_into(value: &Value, out: &mut Vec<u8>) {
     // Writing into a Vec cannot fail and every `Value` is serializable.
@@ -251,6 +267,26 @@ mod tests {
             ]
         );
         assert_eq!(decode_deterministic(&bytes).unwrap(), v);
+    }
+
+    #[test]
+    fn head_len_matches_ciborium() {
+        for n in [
+            0u64,
+            23,
+            24,
+            255,
+            256,
+            65_535,
+            65_536,
+            u32::MAX as u64,
+            u32::MAX as u64 + 1,
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            encode_into(&Value::Integer(n.into()), &mut out);
+            assert_eq!(head_len(n), out.len(), "{n}");
+        }
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Signed commands (DESIGN.md §2): claims, their deterministic payload, and
 //! the builder that turns claims plus one 64-byte signature into envelopes.
 
-use crate::batch::Batch;
+use crate::batch::{Batch, BatchRoot, MAX_PROOF_HEADER_LEN};
 use crate::cbor::{self, Key};
-use crate::envelope::{self, EnvelopeError};
+use crate::device_id::check_device_id;
+use crate::envelope::{self, EnvelopeError, MAX_ENVELOPE_LEN};
 use crate::key::{BadSignature, Kid, PublicKey};
 use ciborium::value::Value;
 use std::collections::BTreeMap;
@@ -26,7 +27,7 @@ pub const KNOWN_COMMANDS: [&str; 6] = [
 /// The command a device accepts outside its time window (once).
 pub const TIME_SYNC: &str = "time-sync";
 
-const ISS: Key = Key::Int(1);
+pub(crate) const ISS: Key = Key::Int(1);
 const SUB: Key = Key::Int(2);
 const AUD: Key = Key::Int(3);
 const EXP: Key = Key::Int(4);
@@ -127,8 +128,9 @@ pub struct Claims {
     pub args: BTreeMap<String, ArgValue>,
     /// `"body"`: SHA-256 of a detached body, when there is one.
     pub body: Option<[u8; 32]>,
-    /// `"devs"`: batch Merkle root over the target device ids.
-    pub devs: Option<[u8; 32]>,
+    /// `"devs"`: a batch's size and Merkle root over its device ids,
+    /// encoded `[size, root]` (see [`crate::batch`]).
+    pub devs: Option<BatchRoot>,
 }
 
 /// Why claims cannot be signed or were refused on reading.
@@ -137,9 +139,20 @@ pub enum ClaimsError {
     /// A field is missing, of the wrong type, or unknown.
     #[error("malformed claims: {0}")]
     Malformed(&'static str),
-    /// `exp - nbf` is over 24 hours.
+    /// `exp - nbf` is over 24 hours (saturated at `i64::MAX` when it does
+    /// not even fit an `i64`).
     #[error("validity window of {0} s is longer than the 24 h maximum")]
     WindowTooLong(i64),
+    /// The envelope would be larger than [`MAX_ENVELOPE_LEN`], which no
+    /// device accepts. For a batch, room for the largest inclusion proof
+    /// ([`MAX_PROOF_HEADER_LEN`]) is counted in.
+    #[error("the signed command would be {len} bytes, over the {max}-byte limit")]
+    TooLarge {
+        /// The envelope's length (with a batch's proof reserve).
+        len: usize,
+        /// [`MAX_ENVELOPE_LEN`].
+        max: usize,
+    },
     /// The command kind is not a known one nor `x-…`.
     #[error("unknown command kind {0:?} (known kinds, or x-… for extensions)")]
     UnknownCommand(String),
@@ -147,23 +160,34 @@ pub enum ClaimsError {
 
 impl Claims {
     /// Checks everything a well-formed command needs: non-empty ids, one of
-    /// `aud` and `devs`, `nbf <= exp`, a window of at most 24 h, a known
-    /// command kind.
+    /// `aud` (a valid device id) and `devs` (a size in 1..=`MAX_BATCH`),
+    /// `nbf <= exp`, a window of at most 24 h, `nbf <= iat <= exp`, a known
+    /// command kind. Never overflows, whatever the times.
     pub fn validate(&self) -> Result<(), ClaimsError> {
+        use ClaimsError::Malformed as M;
         if self.iss.is_empty() || self.sub.is_empty() {
-            return Err(ClaimsError::Malformed("empty account or agent"));
+            return Err(M("empty account or agent"));
         }
         match (&self.aud, &self.devs) {
-            (Some(a), None) if !a.is_empty() => {}
+            (Some(aud), None) => {
+                check_device_id(aud).map_err(|_| M("aud is not a valid device id"))?
+            }
+            (None, Some(devs)) if !devs.size_is_valid() => {
+                return Err(M("devs size is not 1..=MAX_BATCH"));
+            }
             (None, Some(_)) => {}
-            _ => return Err(ClaimsError::Malformed("exactly one of aud and devs")),
+            _ => return Err(M("exactly one of aud and devs")),
         }
         if self.exp < self.nbf {
-            return Err(ClaimsError::Malformed("exp before nbf"));
+            return Err(M("exp before nbf"));
         }
-        let window = self.exp - self.nbf;
+        // exp >= nbf: the difference only fails to fit when it is huge.
+        let window = self.exp.checked_sub(self.nbf).unwrap_or(i64::MAX);
         if window > MAX_VALIDITY {
             return Err(ClaimsError::WindowTooLong(window));
+        }
+        if self.iat < self.nbf || self.iat > self.exp {
+            return Err(M("iat outside [nbf, exp]"));
         }
         if !is_valid_command(&self.cmd) {
             return Err(ClaimsError::UnknownCommand(self.cmd.clone()));
@@ -192,7 +216,7 @@ impl Claims {
             m.push((BODY.to_value(), Value::Bytes(body.to_vec())));
         }
         if let Some(devs) = &self.devs {
-            m.push((DEVS.to_value(), Value::Bytes(devs.to_vec())));
+            m.push((DEVS.to_value(), devs.to_value()));
         }
         cbor::encode(&mut Value::Map(m))
     }
@@ -229,7 +253,10 @@ impl Claims {
                 Some(_) => return Err(M("args is a map")),
             },
             body: m.array32(&BODY).map_err(|_| M("body is 32 bytes"))?,
-            devs: m.array32(&DEVS).map_err(|_| M("devs is 32 bytes"))?,
+            devs: m
+                .take(&DEVS)
+                .map(|v| BatchRoot::from_value(&v).ok_or(M("devs is [size, root]")))
+                .transpose()?,
         };
         if !m.is_exhausted() {
             return Err(M("unknown claim"));
@@ -262,8 +289,9 @@ pub enum AssembleError {
     /// verify against the key (a faulty backend or a wrong key).
     #[error("the signature does not verify against the key")]
     BadSignature,
-    /// A batch command must carry the batch's root.
-    #[error("devs claim does not match the batch root")]
+    /// A batch command must carry the batch's size and root
+    /// ([`Batch::signed_root`]); a single-device command none.
+    #[error("devs claim does not match the batch (size and root)")]
     BatchMismatch,
 }
 
@@ -278,15 +306,30 @@ impl From<BadSignature> for AssembleError {
 #[derive(Debug, Clone)]
 pub struct UnsignedCommand {
     inner: envelope::Unsigned,
-    devs: Option<[u8; 32]>,
+    devs: Option<BatchRoot>,
 }
 
 impl UnsignedCommand {
     /// Validates `claims` and prepares the bytes to sign with `key`.
+    /// Refuses claims whose envelope would be over [`MAX_ENVELOPE_LEN`]
+    /// (for a batch, counting the largest possible inclusion proof), so
+    /// that nothing signed is too large for a device to read.
     pub fn new(claims: &Claims, key: &PublicKey) -> Result<Self, ClaimsError> {
         claims.validate()?;
+        let inner = envelope::Unsigned::new(key, CONTENT_TYPE, claims.to_payload());
+        let unprotected = match claims.devs {
+            None => envelope::EMPTY_HEADER_LEN,
+            Some(_) => MAX_PROOF_HEADER_LEN,
+        };
+        let len = inner.envelope_len(unprotected);
+        if len > MAX_ENVELOPE_LEN {
+            return Err(ClaimsError::TooLarge {
+                len,
+                max: MAX_ENVELOPE_LEN,
+            });
+        }
         Ok(UnsignedCommand {
-            inner: envelope::Unsigned::new(key, CONTENT_TYPE, claims.to_payload()),
+            inner,
             devs: claims.devs,
         })
     }
@@ -313,7 +356,7 @@ impl UnsignedCommand {
 
     /// One envelope per device of `batch`, all carrying the same signature,
     /// each with its inclusion proof in the unprotected header (`"kbp"`).
-    /// The claims must have been built with `devs = batch.root()`.
+    /// The claims must have been built with `devs = batch.signed_root()`.
     pub fn into_batch_envelopes(
         self,
         signature: &[u8],
@@ -336,7 +379,7 @@ impl UnsignedCommand {
         batch: &Batch,
         mut f: impl FnMut(&str, &[u8]),
     ) -> Result<(), AssembleError> {
-        if self.devs != Some(batch.root()) {
+        if self.devs != Some(batch.signed_root()) {
             return Err(AssembleError::BatchMismatch);
         }
         let sig = self.inner.checked_signature(signature)?;
@@ -401,7 +444,7 @@ mod tests {
             cmd: "run-script".into(),
             args: BTreeMap::new(),
             body: None,
-            devs: Some(batch.root()),
+            devs: Some(batch.signed_root()),
         };
         let u = UnsignedCommand::new(&claims, &key).unwrap();
         use ed25519_dalek::Signer as _;

@@ -15,9 +15,15 @@ use coset::{
     SignatureContext, TaggedCborSerializable as _,
 };
 
-/// Largest envelope accepted, before any parsing. A batch proof for a
-/// million devices is 20 hashes; 64 KiB leaves room for large `args`.
+/// Largest envelope accepted, before any parsing, in bytes (64 KiB): the
+/// one size limit of signed objects. A device refuses larger files before
+/// reading them whole; [`crate::UnsignedCommand::new`] refuses claims that
+/// would not fit. A batch proof for a million devices is 20 hashes; 64 KiB
+/// leaves room for large `args`.
 pub const MAX_ENVELOPE_LEN: usize = 64 * 1024;
+
+/// Encoded length of an empty unprotected header (`{}`).
+pub(crate) const EMPTY_HEADER_LEN: usize = 1;
 
 /// Why bytes are not a well-formed keybridge envelope.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -134,6 +140,16 @@ impl Unsigned {
     /// The key that must sign.
     pub fn key(&self) -> &PublicKey {
         &self.key
+    }
+
+    /// Length of the envelope [`Unsigned::into_bytes`] makes, with an
+    /// unprotected header of `unprotected_len` encoded bytes instead of the
+    /// empty one: tag 18 and array(4) (one byte each), the protected header
+    /// and payload as byte strings, and the 64-byte signature.
+    pub(crate) fn envelope_len(&self, unprotected_len: usize) -> usize {
+        let bstr = |n: usize| cbor::head_len(n as u64) + n;
+        let protected = self.protected.original_data.as_ref().map_or(0, Vec::len);
+        2 + bstr(protected) + unprotected_len + bstr(self.payload.len()) + bstr(64)
     }
 
     /// Checks `signature` against the key and normalizes ES256 to low-S, so

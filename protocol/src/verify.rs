@@ -4,6 +4,11 @@
 //! and active; alg matches the key; signature; iss/sub; aud or batch proof;
 //! time window (with skew); body hash; replay. The first failure is the
 //! answer, and each has its own [`VerifyError`] variant.
+//!
+//! A device that trusts several accounts first learns which one a command
+//! claims with [`unverified_account`], which checks only the envelope's
+//! structure and encoding and reads nothing but `iss`; everything else is
+//! left to [`Verifier::check`].
 
 use crate::batch::{InclusionProof, PROOF_LABEL};
 use crate::command::{CONTENT_TYPE, Claims, ClaimsError, TIME_SYNC};
@@ -15,9 +20,11 @@ use sha2::{Digest, Sha256};
 
 /// Default tolerance between the signer's and the device's clocks, seconds.
 pub const DEFAULT_SKEW: i64 = 120;
-/// How long a `time-sync` command is remembered past `max(exp, now)`: a
-/// device whose clock was wrong must not take the same one twice.
-pub const TIME_SYNC_RETENTION: i64 = 30 * 24 * 60 * 60;
+/// How long a `time-sync` command is remembered past `max(exp, now)`
+/// (366 days): a device whose clock was wrong must not take the same one
+/// twice, for at least a year of device time. These entries live in their
+/// own bounded set of the [`ReplayCache`].
+pub const TIME_SYNC_RETENTION: i64 = 366 * 24 * 60 * 60;
 
 /// Why a command was refused. Each refusal is its own variant; none
 /// carries secret material.
@@ -99,7 +106,8 @@ pub enum VerifyError {
         /// Device clock minus the command's `iat` (negative: behind).
         offset: i64,
     },
-    /// The command's validity window is over 24 h.
+    /// The command's validity window is over 24 h (saturated at
+    /// `i64::MAX` when it does not fit an `i64`).
     #[error("validity window of {0} s is longer than 24 h")]
     WindowTooLong(i64),
     /// The body does not hash to the signed `body` claim, or a body is
@@ -109,7 +117,7 @@ pub enum VerifyError {
     /// Already accepted once.
     #[error("command was already accepted once (replay)")]
     Replay,
-    /// The replay cache is full of live entries.
+    /// The replay cache (or its time-sync set) is full of live entries.
     #[error("replay cache is full; refusing rather than forgetting")]
     ReplayCacheFull,
 }
@@ -158,7 +166,8 @@ pub struct Verified {
     pub role: Role,
     /// The claims.
     pub claims: Claims,
-    /// For a batch command, the number of devices in it.
+    /// For a batch command, the number of devices in it (the signed size,
+    /// which the proof's matches).
     pub batch_size: Option<u64>,
     /// For a `time-sync` accepted outside the window: device clock minus
     /// the signer's `iat`, seconds.
@@ -261,12 +270,14 @@ impl<'a> Verifier<'a> {
                 }
                 None
             }
-            (None, Some(root), Some((_, proof))) => {
+            (None, Some(signed), Some((_, proof))) => {
                 let proof = InclusionProof::from_value(&proof).ok_or(VerifyError::BadBatchProof)?;
-                if !proof.verify(self.device_id, root) {
+                // The proof's tree_size is unsigned and shapes the walk:
+                // it must be the signed size.
+                if !proof.verify_signed(self.device_id, signed) {
                     return Err(VerifyError::BadBatchProof);
                 }
-                Some(proof.tree_size)
+                Some(signed.size)
             }
             (None, Some(_), None) => return Err(VerifyError::BadBatchProof),
             _ => {
@@ -276,10 +287,12 @@ impl<'a> Verifier<'a> {
             }
         };
 
-        let offset = now - claims.iat;
+        // The times are signed but arbitrary: saturate rather than wrap
+        // (order is preserved, so the comparisons below stay exact).
+        let offset = now.saturating_sub(claims.iat);
         let mut clock_offset = None;
-        let late = now - claims.exp;
-        let early = claims.nbf - now;
+        let late = now.saturating_sub(claims.exp);
+        let early = claims.nbf.saturating_sub(now);
         if late > self.skew || early > self.skew {
             if claims.cmd == TIME_SYNC {
                 clock_offset = Some(offset);
@@ -319,7 +332,9 @@ impl<'a> Verifier<'a> {
     }
 
     /// [`Verifier::check`], then the replay check: on success (kid, cti) is
-    /// recorded in `replay` (the caller persists it before acting).
+    /// recorded in `replay` (the caller persists it before acting). A
+    /// `time-sync` is kept [`TIME_SYNC_RETENTION`] past `max(exp, now)` in
+    /// the cache's time-sync set, any other command until `exp + skew`.
     pub fn verify(
         &self,
         envelope: &[u8],
@@ -328,17 +343,36 @@ impl<'a> Verifier<'a> {
         replay: &mut ReplayCache,
     ) -> Result<Verified, VerifyError> {
         let v = self.check(envelope, body, now)?;
-        let keep_until = if v.claims.cmd == TIME_SYNC {
-            v.claims.exp.max(now).saturating_add(TIME_SYNC_RETENTION)
+        let (kid, cti) = (v.kid, v.claims.cti);
+        let inserted = if v.claims.cmd == TIME_SYNC {
+            let keep_until = v.claims.exp.max(now).saturating_add(TIME_SYNC_RETENTION);
+            replay.insert_time_sync(kid, cti, keep_until, now)
         } else {
-            v.claims.exp.saturating_add(self.skew)
+            let keep_until = v.claims.exp.saturating_add(self.skew);
+            replay.insert(kid, cti, keep_until, now)
         };
-        replay
-            .insert(v.kid, v.claims.cti, keep_until, now)
-            .map_err(|e| match e {
-                ReplayError::Replay => VerifyError::Replay,
-                _ => VerifyError::ReplayCacheFull,
-            })?;
+        inserted.map_err(|e| match e {
+            ReplayError::Replay => VerifyError::Replay,
+            _ => VerifyError::ReplayCacheFull,
+        })?;
         Ok(v)
     }
+}
+
+/// The account a command *claims* to be for (its `iss`), to pick which
+/// trust store to verify it against. Nothing is verified: never act on the
+/// answer. Only the envelope's structure and deterministic encoding are
+/// checked (the first checks of [`Verifier::check`], with the same errors:
+/// [`VerifyError::NotDeterministic`] for a non-deterministic envelope or
+/// payload) and only `iss` is read; every other refusal is left to
+/// [`Verifier::check`], in its order. A payload without a text `iss` names
+/// no trust store and is [`VerifyError::Malformed`].
+pub fn unverified_account(envelope: &[u8]) -> Result<String, VerifyError> {
+    let parsed = Parsed::parse(envelope, CONTENT_TYPE)?;
+    let mut payload = parsed.payload_map()?;
+    payload
+        .text(&crate::command::ISS)
+        .ok()
+        .flatten()
+        .ok_or_else(|| VerifyError::Malformed("claims: iss missing or not text".into()))
 }

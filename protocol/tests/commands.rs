@@ -243,7 +243,7 @@ fn batch_envelopes(a: &Account, ids: &[&str]) -> Vec<(String, Vec<u8>)> {
     let batch = Batch::new(ids.iter().copied()).unwrap();
     let mut c = claims("alice", "x");
     c.aud = None;
-    c.devs = Some(batch.root());
+    c.devs = Some(batch.signed_root());
     let u = UnsignedCommand::new(&c, &a.alice.public()).unwrap();
     let sig = a.alice.sign(u.to_be_signed());
     u.into_batch_envelopes(&sig, &batch).unwrap()
@@ -291,7 +291,7 @@ fn refuses_bad_batch_proof() {
     let batch = Batch::new(["dev-1", "dev-2"]).unwrap();
     let mut c = claims("alice", "x");
     c.aud = None;
-    c.devs = Some(batch.root());
+    c.devs = Some(batch.signed_root());
     let env = raw_envelope(
         &a.alice,
         -8,
@@ -525,5 +525,393 @@ mod fuzz {
             bad[i] ^= xor;
             prop_assert!(verify(a, &bad).is_err(), "edit at {} accepted", i);
         }
+    }
+}
+
+// --- times are checked, never wrapped ------------------------------------------
+
+#[test]
+fn overflowing_windows_are_refused_as_too_long() {
+    let a = Account::new();
+    for (nbf, exp) in [
+        (-1, i64::MAX),
+        (-(1i64 << 62), 1i64 << 62),
+        (i64::MIN, i64::MAX),
+    ] {
+        let mut c = claims("alice", "dev-1");
+        (c.nbf, c.exp, c.iat) = (nbf, exp, 0);
+        assert_eq!(
+            c.validate(),
+            Err(keybridge_protocol::ClaimsError::WindowTooLong(i64::MAX)),
+            "{nbf}..{exp}"
+        );
+        let env = raw_envelope(
+            &a.alice,
+            -8,
+            CONTENT_TYPE,
+            c.to_payload(),
+            Default::default(),
+        );
+        assert_eq!(verify(&a, &env), Err(VerifyError::WindowTooLong(i64::MAX)));
+    }
+}
+
+#[test]
+fn extreme_times_saturate_instead_of_wrapping() {
+    let a = Account::new();
+    let v = Verifier::new(&a.log, "dev-1");
+    // A command at the very end of time, checked at the very beginning:
+    // late/early/offset would overflow.
+    let mut c = claims("alice", "dev-1");
+    (c.nbf, c.iat, c.exp) = (i64::MAX - 300, i64::MAX - 300, i64::MAX);
+    let env = sign_command(&a.alice, &c);
+    assert_eq!(
+        v.check(&env, None, i64::MIN),
+        Err(VerifyError::NotYetValid {
+            early: i64::MAX,
+            offset: i64::MIN
+        })
+    );
+    let mut c = claims("alice", "dev-1");
+    (c.nbf, c.iat, c.exp) = (i64::MIN, i64::MIN, i64::MIN + 300);
+    let env = sign_command(&a.alice, &c);
+    assert_eq!(
+        v.check(&env, None, i64::MAX),
+        Err(VerifyError::Expired {
+            late: i64::MAX,
+            offset: i64::MAX
+        })
+    );
+    // A time-sync there is accepted once and kept (saturating) as long as
+    // anything can be.
+    c.cmd = "time-sync".into();
+    let env = sign_command(&a.alice, &c);
+    let mut replay = ReplayCache::default();
+    let ok = v.verify(&env, None, i64::MAX, &mut replay).unwrap();
+    assert_eq!(ok.clock_offset, Some(i64::MAX));
+    assert_eq!(
+        v.verify(&env, None, i64::MAX, &mut replay),
+        Err(VerifyError::Replay)
+    );
+}
+
+#[test]
+fn iat_outside_nbf_exp_is_malformed() {
+    let a = Account::new();
+    for iat in [NOW - 1, NOW + 301, i64::MIN, i64::MAX] {
+        let mut c = claims("alice", "dev-1");
+        c.iat = iat;
+        assert_eq!(
+            c.validate(),
+            Err(keybridge_protocol::ClaimsError::Malformed(
+                "iat outside [nbf, exp]"
+            ))
+        );
+        assert!(UnsignedCommand::new(&c, &a.alice.public()).is_err());
+        let env = raw_envelope(
+            &a.alice,
+            -8,
+            CONTENT_TYPE,
+            c.to_payload(),
+            Default::default(),
+        );
+        assert!(
+            matches!(verify(&a, &env), Err(VerifyError::Malformed(m)) if m.contains("iat")),
+            "iat {iat}"
+        );
+    }
+}
+
+// --- time-sync is remembered for a year, in its own bounded set -------------------
+
+#[test]
+fn time_sync_is_remembered_366_days_past_max_exp_now() {
+    let a = Account::new();
+    let mut c = claims("alice", "dev-1");
+    c.cmd = "time-sync".into();
+    let env = sign_command(&a.alice, &c);
+    let v = Verifier::new(&a.log, "dev-1");
+    let day = 24 * 3600;
+    let mut replay = ReplayCache::default();
+    v.verify(&env, None, NOW, &mut replay).unwrap();
+    for days in [31, 365, 366] {
+        let mut reloaded = ReplayCache::from_bytes(&replay.to_bytes(), 1000).unwrap();
+        assert_eq!(
+            v.verify(&env, None, NOW + 300 + days * day, &mut reloaded),
+            Err(VerifyError::Replay),
+            "day {days}"
+        );
+    }
+    // And only then forgotten.
+    v.verify(&env, None, NOW + 300 + 366 * day + 1, &mut replay)
+        .unwrap();
+}
+
+#[test]
+fn full_time_sync_store_refuses_as_replay_cache_full() {
+    let a = Account::new();
+    let v = Verifier::new(&a.log, "dev-1");
+    let mut replay = ReplayCache::with_capacities(10, 2);
+    let sync = |n: u8| {
+        let mut c = claims("alice", "dev-1");
+        c.cmd = "time-sync".into();
+        c.cti = [n; 16];
+        sign_command(&a.alice, &c)
+    };
+    v.verify(&sync(1), None, NOW, &mut replay).unwrap();
+    v.verify(&sync(2), None, NOW, &mut replay).unwrap();
+    assert_eq!(
+        v.verify(&sync(3), None, NOW, &mut replay),
+        Err(VerifyError::ReplayCacheFull)
+    );
+    // Ordinary commands still have their room.
+    v.verify(
+        &sign_command(&a.alice, &claims("alice", "dev-1")),
+        None,
+        NOW,
+        &mut replay,
+    )
+    .unwrap();
+    assert_eq!((replay.len(), replay.time_sync_len()), (3, 2));
+}
+
+// --- the account is read from iss alone, with the verifier's encoding errors -------
+
+#[test]
+fn unverified_account_reads_iss_and_reports_non_deterministic_encoding() {
+    use keybridge_protocol::unverified_account;
+    let a = Account::new();
+    let env = sign_command(&a.alice, &claims("alice", "dev-1"));
+    assert_eq!(unverified_account(&env).unwrap(), "acme");
+    // Claims the verifier refuses later still name their account.
+    let mut c = claims("alice", "dev-1");
+    c.exp = c.nbf + 24 * 3600 + 1;
+    c.cmd = "not a command".into();
+    let env = raw_envelope(
+        &a.alice,
+        -8,
+        CONTENT_TYPE,
+        c.to_payload(),
+        Default::default(),
+    );
+    assert_eq!(unverified_account(&env).unwrap(), "acme");
+    // Non-deterministic encodings are NotDeterministic, as in check().
+    let good = sign_command(&a.alice, &claims("alice", "dev-1"));
+    let mut two_byte_tag = vec![0xd8, 0x12];
+    two_byte_tag.extend_from_slice(&good[1..]);
+    assert_eq!(
+        unverified_account(&two_byte_tag),
+        Err(VerifyError::NotDeterministic("envelope"))
+    );
+    assert_eq!(
+        verify(&a, &two_byte_tag),
+        Err(VerifyError::NotDeterministic("envelope"))
+    );
+    let Value::Map(mut entries) = claims_value(&claims("alice", "dev-1")) else {
+        panic!()
+    };
+    entries.swap(0, 1);
+    let mut payload = Vec::new();
+    ciborium::ser::into_writer(&Value::Map(entries), &mut payload).unwrap();
+    let env = raw_envelope(&a.alice, -8, CONTENT_TYPE, payload, Default::default());
+    assert_eq!(
+        unverified_account(&env),
+        Err(VerifyError::NotDeterministic("payload"))
+    );
+    // No iss: no trust store to pick.
+    let Value::Map(mut entries) = claims_value(&claims("alice", "dev-1")) else {
+        panic!()
+    };
+    entries.remove(0);
+    let payload = cbor::encode(&mut Value::Map(entries));
+    let env = raw_envelope(&a.alice, -8, CONTENT_TYPE, payload, Default::default());
+    assert!(matches!(
+        unverified_account(&env),
+        Err(VerifyError::Malformed(_))
+    ));
+    assert!(matches!(
+        unverified_account(b"junk"),
+        Err(VerifyError::Malformed(_))
+    ));
+}
+
+// --- the batch size is signed -------------------------------------------------------
+
+/// `env` with its inclusion proof replaced by `proof`.
+fn with_proof(env: &[u8], proof: &keybridge_protocol::InclusionProof) -> Vec<u8> {
+    use coset::TaggedCborSerializable as _;
+    let mut sign1 = coset::CoseSign1::from_tagged_slice(env).unwrap();
+    sign1.unprotected.rest[0].1 = proof.to_value();
+    sign1.to_tagged_vec().unwrap()
+}
+
+#[test]
+fn batch_proofs_relabelled_with_another_size_are_refused_for_trees_of_2_to_16() {
+    use keybridge_protocol::InclusionProof;
+    let a = Account::new();
+    // Rewrites whose walk still reaches the signed root: what an unsigned
+    // size would let through.
+    let mut reaching = Vec::new();
+    for n in 2..=16usize {
+        let ids: Vec<String> = (0..n).map(|i| format!("dev-{i:02}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let batch = Batch::new(refs.iter().copied()).unwrap();
+        let signed = batch.signed_root();
+        let envs = batch_envelopes(&a, &refs);
+        for (i, (id, env)) in envs.iter().enumerate() {
+            let honest = batch.proof(i);
+            // A path of L hashes completes no walk for a size over 2^L.
+            for size in 1..=32u64 {
+                for index in 0..size {
+                    if (index, size) == (i as u64, n as u64) {
+                        continue;
+                    }
+                    let proof = InclusionProof {
+                        leaf_index: index,
+                        tree_size: size,
+                        path: honest.path.clone(),
+                    };
+                    assert!(
+                        !proof.verify_signed(id, &signed),
+                        "{index}/{size} for {i}/{n}"
+                    );
+                    if proof.verify(id, &signed.root) {
+                        assert_ne!(
+                            size, n as u64,
+                            "same size, other index: {index} for {i}/{n}"
+                        );
+                        let got =
+                            Verifier::new(&a.log, id).check(&with_proof(env, &proof), None, NOW);
+                        assert_eq!(
+                            got,
+                            Err(VerifyError::BadBatchProof),
+                            "{index}/{size} for {i}/{n}"
+                        );
+                        reaching.push((i, n, index, size));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        reaching.contains(&(4, 5, 2, 3)),
+        "leaf 4 of 5 relabelled leaf 2 of 3 reaches the root: {reaching:?}"
+    );
+    assert!(reaching.len() > 10, "{reaching:?}");
+}
+
+// --- device ids ----------------------------------------------------------------------
+
+#[test]
+fn aud_must_be_a_valid_device_id() {
+    let a = Account::new();
+    for bad in ["", "a/b", ".", "..", "dev\n1", "dev\0x"] {
+        let mut c = claims("alice", "dev-1");
+        c.aud = Some(bad.into());
+        assert!(
+            UnsignedCommand::new(&c, &a.alice.public()).is_err(),
+            "{bad:?}"
+        );
+        let env = raw_envelope(
+            &a.alice,
+            -8,
+            CONTENT_TYPE,
+            c.to_payload(),
+            Default::default(),
+        );
+        assert!(
+            matches!(verify(&a, &env), Err(VerifyError::Malformed(m)) if m.contains("aud")),
+            "{bad:?}"
+        );
+    }
+}
+
+// --- one size limit ---------------------------------------------------------------------
+
+/// The largest `"pad"` argument length `make` accepts, by bisection.
+fn largest_accepted(
+    make: impl Fn(usize) -> Result<UnsignedCommand, keybridge_protocol::ClaimsError>,
+) -> usize {
+    use keybridge_protocol::{ClaimsError, MAX_ENVELOPE_LEN};
+    let (mut lo, mut hi) = (0, MAX_ENVELOPE_LEN);
+    assert!(make(lo).is_ok());
+    assert!(make(hi).is_err());
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if make(mid).is_ok() {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    match make(hi) {
+        Err(ClaimsError::TooLarge { len, max }) => {
+            assert_eq!(max, MAX_ENVELOPE_LEN);
+            assert!(len > max);
+        }
+        other => panic!("{other:?}"),
+    }
+    lo
+}
+
+fn padded(mut c: keybridge_protocol::Claims, pad: usize) -> keybridge_protocol::Claims {
+    c.args.insert("pad".into(), ArgValue::Text("x".repeat(pad)));
+    c
+}
+
+#[test]
+fn largest_accepted_single_command_fits_and_verifies() {
+    use keybridge_protocol::MAX_ENVELOPE_LEN;
+    let a = Account::new();
+    for signer in [&a.alice, &a.bob] {
+        let agent = if std::ptr::eq(signer, &a.alice) {
+            "alice"
+        } else {
+            "bob"
+        };
+        let c = claims(agent, "dev-1");
+        let pad =
+            largest_accepted(|n| UnsignedCommand::new(&padded(c.clone(), n), &signer.public()));
+        let env = sign_command(signer, &padded(c.clone(), pad));
+        assert!(env.len() <= MAX_ENVELOPE_LEN, "{}", env.len());
+        // The bound is exact for a single command.
+        assert!(env.len() > MAX_ENVELOPE_LEN - 4, "{}", env.len());
+        let v = verify(&a, &env).unwrap();
+        assert_eq!(v.claims, padded(c, pad));
+    }
+}
+
+#[test]
+fn largest_accepted_batch_command_fits_and_verifies() {
+    use keybridge_protocol::MAX_ENVELOPE_LEN;
+    use keybridge_protocol::batch::MAX_PROOF_HEADER_LEN;
+    let a = Account::new();
+    let ids: Vec<String> = (0..37).map(|i| format!("dev-{i}")).collect();
+    let batch = Batch::new(ids.clone()).unwrap();
+    let mut c = claims("alice", "x");
+    c.aud = None;
+    c.devs = Some(batch.signed_root());
+    let pad = largest_accepted(|n| UnsignedCommand::new(&padded(c.clone(), n), &a.alice.public()));
+    let u = UnsignedCommand::new(&padded(c.clone(), pad), &a.alice.public()).unwrap();
+    let sig = a.alice.sign(u.to_be_signed());
+    for (i, (id, env)) in u
+        .into_batch_envelopes(&sig, &batch)
+        .unwrap()
+        .into_iter()
+        .enumerate()
+    {
+        assert!(env.len() <= MAX_ENVELOPE_LEN, "{}", env.len());
+        let v = Verifier::new(&a.log, &id).check(&env, None, NOW).unwrap();
+        assert_eq!(v.batch_size, Some(37));
+        // With the longest possible proof (24 hashes, 9-byte integers)
+        // instead of this one, it would still fit, exactly.
+        let mut header = coset::Header::default();
+        header
+            .rest
+            .push((coset::Label::Text("kbp".into()), batch.proof(i).to_value()));
+        let this = coset::CborSerializable::to_vec(header).unwrap().len();
+        let worst = env.len() - this + MAX_PROOF_HEADER_LEN;
+        assert!(worst <= MAX_ENVELOPE_LEN, "{worst}");
+        assert!(worst > MAX_ENVELOPE_LEN - 4, "{worst}");
     }
 }

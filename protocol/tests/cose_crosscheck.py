@@ -20,9 +20,14 @@ Request:
           encoding is deterministic), payload built with cbor2 canonical=True,
           for a batch one envelope per device with its "kbp" proof.
 
+    In "claims", "devs" is {"size": n, "root": hex} | null. On the wire it is
+    the CBOR array [size, root]: the batch size is signed with the root,
+    because the proof's own tree_size is in the unsigned header.
+
 Answer:
     {"verified": [name...], "errors": [text...],
-     "signed": [{"name", "envelopes": {device: hex}, "root": hex | null}]}
+     "signed": [{"name", "envelopes": {device: hex}, "root": hex | null,
+                 "size": n | null}]}
 
 Nothing here imports or mirrors the Rust code: the claim encoding, the
 thumbprint and the Merkle tree follow DESIGN.md and the RFCs directly.
@@ -115,7 +120,7 @@ def claims_map(c):
     if c.get("body") is not None:
         m["body"] = unhex(c["body"])
     if c.get("devs") is not None:
-        m["devs"] = unhex(c["devs"])
+        m["devs"] = [c["devs"]["size"], unhex(c["devs"]["root"])]
     return m
 
 
@@ -277,14 +282,24 @@ def check(case):
         expect(uhdr == {}, f"unprotected header {uhdr!r}")
         expect(decoded.get(3) == case["device"], "aud")
     else:
+        # devs is [size, root], both recomputed here from the ids alone.
         ids = batch_ids(case["batch"])
         leaves = [leaf_hash(i) for i in ids]
         root = mth(leaves)
-        expect(decoded.get("devs") == root, "devs is not the MTH of the ids")
+        devs = decoded.get("devs")
+        shaped = isinstance(devs, list) and len(devs) == 2
+        expect(shaped, f"devs is not a [size, root] array: {devs!r}")
+        signed_size, signed_root = devs if shaped else (None, None)
+        expect(signed_root == root, "devs root is not the MTH of the ids")
+        expect(
+            type(signed_size) is int and signed_size == len(ids),
+            f"devs size {signed_size!r} is not the number of ids ({len(ids)})",
+        )
         expect(set(uhdr) == {PROOF_LABEL}, f"unprotected header {uhdr!r}")
         index, size, proof = uhdr[PROOF_LABEL]
         m = ids.index(case["device"])
         expect((index, size) == (m, len(ids)), f"proof index/size {index}/{size}")
+        expect(size == signed_size, f"proof tree_size {size} is not the signed size")
         expect(proof == path(m, leaves), "proof is not PATH(m, D[n])")
         own = root_from_proof(index, size, proof, leaf_hash(case["device"]))
         expect(own == root, "proof does not lead to devs")
@@ -308,13 +323,15 @@ def sign(job):
     claims = claims_map(job["claims"])
     devices = {}
     root = None
+    size = None
     if job["batch"] is None:
         targets = [(job["claims"]["aud"], {})]
     else:
         ids = batch_ids(job["batch"])
         leaves = [leaf_hash(i) for i in ids]
         root = mth(leaves)
-        claims["devs"] = root
+        size = len(ids)
+        claims["devs"] = [size, root]
         targets = [
             (d, {PROOF_LABEL: [m, len(ids), path(m, leaves)]}) for m, d in enumerate(ids)
         ]
@@ -325,7 +342,12 @@ def sign(job):
         phdr = {Algorithm: alg, ContentType: CONTENT_TYPE, KID: kid}
         msg = Sign1Message(phdr=phdr, uhdr=uhdr, payload=payload, key=key)
         devices[device] = msg.encode().hex()
-    return {"name": job["name"], "envelopes": devices, "root": root.hex() if root else None}
+    return {
+        "name": job["name"],
+        "envelopes": devices,
+        "root": root.hex() if root else None,
+        "size": size,
+    }
 
 
 def main():

@@ -9,9 +9,11 @@
 mod common;
 
 use common::*;
+use keybridge_protocol::command::CONTENT_TYPE;
 use keybridge_protocol::key::{hex, unhex};
 use keybridge_protocol::{
-    Algorithm, ArgValue, Batch, Claims, KeyLog, PublicKey, Role, UnsignedCommand, Verifier,
+    Algorithm, ArgValue, Batch, BatchRoot, Claims, KeyLog, PublicKey, Role, UnsignedCommand,
+    Verifier, VerifyError,
 };
 use serde_json::{Value as Json, json};
 use sha2::{Digest, Sha256};
@@ -99,7 +101,7 @@ fn claims_json(c: &Claims) -> Json {
         "cmd": c.cmd,
         "args": Json::Object(c.args.iter().map(|(k, v)| (k.clone(), arg_json(v))).collect()),
         "body": c.body.map(|b| hex(&b)),
-        "devs": c.devs.map(|d| hex(&d)),
+        "devs": c.devs.map(|d| json!({ "size": d.size, "root": hex(&d.root) })),
     })
 }
 
@@ -212,7 +214,7 @@ fn rust_made_cases(a: &Account) -> Vec<Json> {
             let batch = Batch::new(ids.clone()).unwrap();
             let mut c = claims(agent, "x");
             c.aud = None;
-            c.devs = Some(batch.root());
+            c.devs = Some(batch.signed_root());
             c.args = rich_args();
             let u = UnsignedCommand::new(&c, &key).unwrap();
             let sig = signer.sign(u.to_be_signed());
@@ -228,6 +230,65 @@ fn rust_made_cases(a: &Account) -> Vec<Json> {
         }
     }
     cases
+}
+
+/// Batch envelopes whose size is not the signed one, which Python must
+/// refuse as keybridge does: leaf 4 of 5 relabelled leaf 2 of 3 (the walk
+/// still reaches the root), and a `"devs"` that signs 6 devices for a tree
+/// of 5.
+fn rust_made_bad_cases(a: &Account) -> Vec<Json> {
+    let key = a.alice.public();
+    let ids: Vec<String> = (0..5).map(|i| format!("dev-{i}")).collect();
+    let batch = Batch::new(ids.clone()).unwrap();
+    let device = batch.device_ids()[4].clone();
+    let mut c = claims("alice", "x");
+    c.aud = None;
+    c.devs = Some(batch.signed_root());
+    let u = UnsignedCommand::new(&c, &key).unwrap();
+    let sig = a.alice.sign(u.to_be_signed());
+    let env = u.into_batch_envelopes(&sig, &batch).unwrap().remove(4).1;
+    let mut sign1 =
+        <coset::CoseSign1 as coset::TaggedCborSerializable>::from_tagged_slice(&env).unwrap();
+    let mut proof = batch.proof(4);
+    (proof.leaf_index, proof.tree_size) = (2, 3);
+    assert!(
+        proof.verify(&device, &batch.root()),
+        "the relabelled walk reaches the root"
+    );
+    sign1.unprotected.rest[0].1 = proof.to_value();
+    let relabelled = coset::TaggedCborSerializable::to_tagged_vec(sign1).unwrap();
+
+    let mut six = c.clone();
+    six.devs = Some(BatchRoot {
+        size: 6,
+        ..batch.signed_root()
+    });
+    let mut honest_proof = coset::Header::default();
+    honest_proof.rest.push((
+        coset::Label::Text(keybridge_protocol::batch::PROOF_LABEL.into()),
+        batch.proof(4).to_value(),
+    ));
+    let oversized = raw_envelope(&a.alice, -8, CONTENT_TYPE, six.to_payload(), honest_proof);
+
+    [
+        ("bad relabelled 4/5 as 2/3", relabelled, c),
+        ("bad devs size 6 of 5", oversized, six),
+    ]
+    .into_iter()
+    .map(|(name, env, c)| {
+        assert_eq!(
+            Verifier::new(&a.log, &device).check(&env, None, NOW),
+            Err(VerifyError::BadBatchProof),
+            "{name}"
+        );
+        json!({
+            "name": name, "envelope": hex(&env), "alg": cose_alg(&key),
+            "cose_key": hex(&key.to_cose_key_bytes()), "spki_pem": key.to_spki_pem(),
+            "kid": key.kid().to_hex(), "claims": claims_json(&c), "device": device,
+            "batch": ids,
+        })
+    })
+    .collect()
 }
 
 /// The keys pycose signs with in direction (b), all in one account's log.
@@ -278,7 +339,8 @@ fn python_jobs(s: &Signers) -> (Vec<Json>, BTreeMap<String, Vec<Claims>>) {
             c.aud = None;
             c.cti = [n as u8; 16];
             c.args = rich_args();
-            // devs is left for Python to compute from the ids.
+            // devs (size and root) is left for Python to compute from the
+            // ids.
             job(format!("{agent} batch {n}"), c, Some(batch_ids(n)));
         }
     }
@@ -290,12 +352,33 @@ fn independent_cose_implementation_agrees_both_ways() {
     let Some(python) = python() else { return };
     let a = Account::new();
     let cases = rust_made_cases(&a);
+    let bad = rust_made_bad_cases(&a);
     let s = signers();
     let (jobs, expected) = python_jobs(&s);
-    let answer = run_python(&python, &json!({ "verify": cases, "sign": jobs }));
+    let all: Vec<&Json> = cases.iter().chain(&bad).collect();
+    let answer = run_python(&python, &json!({ "verify": all, "sign": jobs }));
 
-    // (a) Every Rust-made envelope passed every Python check.
-    let errors = answer["errors"].as_array().unwrap();
+    // (a) Every Rust-made envelope passed every Python check, and Python
+    // refused, as keybridge does, the batch sizes the signature does not
+    // cover.
+    let (bad_errors, errors): (Vec<&Json>, Vec<&Json>) = answer["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .partition(|e| e.as_str().unwrap().starts_with("bad "));
+    for (case, words) in bad
+        .iter()
+        .zip(["tree_size 3 is not the signed size", "devs size 6"])
+    {
+        let name = case["name"].as_str().unwrap();
+        assert!(
+            bad_errors
+                .iter()
+                .any(|e| e.as_str().unwrap().starts_with(name)
+                    && e.as_str().unwrap().contains(words)),
+            "Python did not refuse {name} ({words}): {bad_errors:?}"
+        );
+    }
     assert!(
         errors.is_empty(),
         "{} Python check(s) failed:\n{}",
@@ -314,7 +397,7 @@ fn independent_cose_implementation_agrees_both_ways() {
     assert_eq!(
         answer["verified"].as_array().unwrap().len(),
         cases.len(),
-        "Python verified every Rust-made envelope"
+        "Python verified every Rust-made envelope, and none of the bad ones"
     );
 
     // (b) Every pycose-made envelope passes keybridge's verifier, carries
@@ -343,12 +426,13 @@ fn independent_cose_implementation_agrees_both_ways() {
                 json!(hex(&batch.root())),
                 "{name}: Merkle root"
             );
+            assert_eq!(job["size"], json!(batch.len()), "{name}: batch size");
             assert_eq!(
                 envelopes.len(),
                 batch.len(),
                 "{name}: one envelope per device"
             );
-            c.devs = Some(batch.root());
+            c.devs = Some(batch.signed_root());
         }
         let body = c.body.is_some().then_some(&b"#!/bin/sh\necho hi\n"[..]);
         for (device, env) in envelopes {

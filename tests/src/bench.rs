@@ -641,7 +641,7 @@ pub mod keybridge {
         std::fs::create_dir_all(home)?;
         let log = std::fs::File::create(home.join("daemon.log"))?;
         let child = Command::new(&bin)
-            .args(["serve", "--policy", "/nonexistent"])
+            .arg("serve")
             .env("KEYBRIDGE_HOME", home)
             .envs(env.iter().copied())
             .stdin(Stdio::null())

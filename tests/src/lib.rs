@@ -35,6 +35,8 @@ pub fn bin_dir() -> PathBuf {
                 "keybridge",
                 "-p",
                 "keybridge-device",
+                "--features",
+                TEST_HOOKS,
             ]);
             if profile_release {
                 cmd.arg("--release");
@@ -46,6 +48,11 @@ pub fn bin_dir() -> PathBuf {
     })
     .clone()
 }
+
+/// The cargo features the end-to-end tests need in the binaries: hidden
+/// test hooks (a clock file, a system policy path, `verify --now`) that
+/// shipped builds do not have. `cargo xtask test` builds with them.
+pub const TEST_HOOKS: &str = "keybridge/test-hooks,keybridge-device/test-hooks";
 
 /// Path of a workspace binary.
 pub fn bin(name: &str) -> PathBuf {
@@ -59,7 +66,9 @@ pub const PASSPHRASE: &str = "correct horse battery staple";
 pub struct Bridge {
     home: tempfile::TempDir,
     child: Option<Child>,
-    policy: PathBuf,
+    /// The system policy file the daemon reads instead of
+    /// /etc/keybridge/policy.toml (absent unless a test writes it).
+    system_policy: PathBuf,
     clock: PathBuf,
     env: Vec<(String, PathBuf)>,
 }
@@ -70,7 +79,8 @@ impl Bridge {
         Self::start_with_policy(now, None)
     }
 
-    /// Starts a daemon whose system policy file says `policy`.
+    /// Starts a daemon whose system policy file says `policy` (the
+    /// machine's /etc/keybridge/policy.toml is never read by tests).
     pub fn start_with_policy(now: i64, policy: Option<&str>) -> Self {
         Self::start_with_env(now, policy, &[])
     }
@@ -79,7 +89,7 @@ impl Bridge {
     /// the CLI runs also get.
     pub fn start_with_env(now: i64, policy: Option<&str>, env: &[(&str, &Path)]) -> Self {
         let home = tempfile::tempdir().expect("temp dir");
-        let policy_path = home.path().join("policy.toml");
+        let policy_path = home.path().join("system-policy.toml");
         if let Some(p) = policy {
             std::fs::write(&policy_path, p).unwrap();
         }
@@ -88,7 +98,7 @@ impl Bridge {
         let mut b = Bridge {
             home,
             child: None,
-            policy: policy_path,
+            system_policy: policy_path,
             clock,
             env: env
                 .iter()
@@ -111,10 +121,22 @@ impl Bridge {
 
     /// Starts the daemon (again) and waits until it answers.
     pub fn restart(&mut self) {
+        self.restart_with(&[]);
+    }
+
+    /// The system policy file the daemon reads.
+    pub fn system_policy(&self) -> &Path {
+        &self.system_policy
+    }
+
+    /// Starts the daemon (again) with extra `serve` arguments and waits
+    /// until it answers.
+    pub fn restart_with(&mut self, extra: &[&str]) {
         let log = std::fs::File::create(self.home().join("daemon.log")).unwrap();
         let child = Command::new(bin("keybridge"))
-            .args(["serve", "--policy"])
-            .arg(&self.policy)
+            .args(["serve", "--system-policy"])
+            .arg(&self.system_policy)
+            .args(extra)
             .arg("--clock-file")
             .arg(&self.clock)
             .env("KEYBRIDGE_HOME", self.home())
@@ -159,9 +181,14 @@ impl Bridge {
         status
     }
 
-    /// Sets the daemon's clock.
+    /// Sets the daemon's clocks (wall and boot) to `now`.
     pub fn set_time(&self, now: i64) {
         std::fs::write(&self.clock, now.to_string()).unwrap();
+    }
+
+    /// Sets the wall clock and the boot clock apart.
+    pub fn set_clocks(&self, wall: i64, boot: i64) {
+        std::fs::write(&self.clock, format!("{wall} {boot}")).unwrap();
     }
 
     /// Runs the `keybridge` CLI against this daemon, with `stdin`.
@@ -301,10 +328,21 @@ impl Conn {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), String> {
-        self.sender.ready().await.map_err(|e| e.to_string())?;
         let bytes = body
             .map(|b| serde_json::to_vec(b).unwrap())
             .unwrap_or_default();
+        self.request_raw(method, path, bytes).await
+    }
+
+    /// Sends one request with a body of raw bytes (for input no JSON
+    /// serializer would write, such as duplicate keys).
+    pub async fn request_raw(
+        &mut self,
+        method: &str,
+        path: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(u16, Value), String> {
+        self.sender.ready().await.map_err(|e| e.to_string())?;
         let req = hyper::Request::builder()
             .method(method)
             .uri(path)

@@ -246,6 +246,8 @@ fn wrong_pin_is_reported_and_changes_nothing() {
     // which a right PIN clears. The token is not locked.
     let listing = token_listing(&b);
     assert_eq!(listing[0]["user_pin_locked"], false);
+    // Past the backoff after a wrong PIN, the right one works.
+    b.set_time(NOW + 1);
     unlock(&b, "bob", "each-task");
     assert!(sign(&b, "bob", &b.home().join("ok.cose")).status.success());
 }

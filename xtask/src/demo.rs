@@ -99,8 +99,7 @@ pub fn run(bin_dir: &Path) -> Result<()> {
     let log = std::fs::File::create(home.join("daemon.log"))?;
     let daemon = Daemon(
         Command::new(&kb)
-            .args(["serve", "--policy"])
-            .arg(home.join("no-policy.toml"))
+            .arg("serve")
             .env("KEYBRIDGE_HOME", &home)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -270,6 +269,22 @@ pub fn run(bin_dir: &Path) -> Result<()> {
     say(9, "The audit log, then stop the bridge");
     step(&kb, &home, &["audit"], None)?;
     drop(daemon);
+
+    // What ships has no test hooks: a clock file or a fake "now" would let
+    // anyone who can start the daemon or the verifier move time.
+    for (bin, args) in [
+        (&kb, &["serve", "--clock-file", "/dev/null"][..]),
+        (&dev, &["verify", "x.cose", "--now", "0"][..]),
+    ] {
+        let out = exec(bin, &home, args, None)?;
+        if !String::from_utf8_lossy(&out.stderr).contains("unexpected argument") {
+            bail!(
+                "{} {} is accepted: a release build carries a test hook",
+                bin.display(),
+                args.join(" ")
+            );
+        }
+    }
     println!("\ndemo complete: files are in {}", home.display());
     Ok(())
 }

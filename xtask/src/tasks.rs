@@ -12,6 +12,10 @@ use crate::util::{cargo, run, step, succeeds, target_dir};
 /// Python (with pycose, cbor2 and cryptography).
 const PYTHON_ENV: &str = "KEYBRIDGE_PYTHON";
 
+/// Hidden test hooks the end-to-end tests need in the binaries (see
+/// `keybridge_tests::TEST_HOOKS`); never in a release or demo build.
+const TEST_HOOKS: &str = "keybridge/test-hooks,keybridge-device/test-hooks";
+
 /// True if `cargo nextest` is installed.
 fn nextest_available() -> bool {
     succeeds(cargo().args(["nextest", "--version"]))
@@ -27,6 +31,7 @@ pub fn test(args: &[String]) -> Result<()> {
         run(cargo().args(["fmt", "--all", "--", "--check"]))
     })?;
     step("clippy", || {
+        // Both ways: the shipped code without the hooks, and with them.
         run(cargo().args([
             "clippy",
             "--workspace",
@@ -34,27 +39,38 @@ pub fn test(args: &[String]) -> Result<()> {
             "--",
             "-D",
             "warnings",
+        ]))?;
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--features",
+            TEST_HOOKS,
+            "--",
+            "-D",
+            "warnings",
         ]))
     })?;
     step("build binaries", || {
-        run(cargo().args(["build", "--workspace", "--bins"]))
+        run(cargo().args(["build", "--workspace", "--bins", "--features", TEST_HOOKS]))
     })?;
     if nextest_available() {
         step("tests (nextest)", || {
             run(cargo()
                 .args(["nextest", "run", "--workspace", "--no-tests=warn"])
+                .args(["--features", TEST_HOOKS])
                 .args(args)
                 .env(PYTHON_ENV, &python))
         })?;
         step("doctests", || {
             run(cargo()
-                .args(["test", "--workspace", "--doc"])
+                .args(["test", "--workspace", "--doc", "--features", TEST_HOOKS])
                 .env(PYTHON_ENV, &python))
         })?;
     } else {
         step("tests", || {
             run(cargo()
-                .args(["test", "--workspace"])
+                .args(["test", "--workspace", "--features", TEST_HOOKS])
                 .args(args)
                 .env(PYTHON_ENV, &python))
         })?;

@@ -82,6 +82,8 @@ pub(crate) fn load(path: &Path) -> Result<Arc<Module>, BackendError> {
             path.display()
         )));
     }
+    // Loading runs the module's code: only modules on the allowlist.
+    crate::modules::check_module(path)?;
     let key = std::fs::canonicalize(path).map_err(|e| {
         BackendError::Failed(format!(
             "cannot use the PKCS#11 module {}: {e}",

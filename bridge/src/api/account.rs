@@ -46,7 +46,9 @@ pub async fn init(
         &entry.stored.agent,
         &recovery,
     );
-    let signature = entry.sign(unsigned.to_be_signed().to_vec(), now).await?;
+    let signature = entry
+        .sign(unsigned.to_be_signed().to_vec(), s.clock.boot())
+        .await?;
     let event = unsigned
         .into_bytes(&signature)
         .map_err(|e| ApiError::Internal(e.to_string()))?;

@@ -3,6 +3,7 @@
 
 use super::problem::ApiError;
 use super::{Json, Shared};
+use crate::clock::Clock;
 use crate::keys::{KeyEntry, StoredKey};
 use crate::policy::Remember;
 use axum::body::Bytes;
@@ -14,9 +15,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// The JSON a key is shown as.
-pub fn key_json(e: &KeyEntry, now: i64) -> Value {
+pub fn key_json(e: &KeyEntry, clock: &Clock) -> Value {
     let r = &e.stored.record;
-    let unlocked = e.unlocked(now);
+    let unlocked = e.unlocked(clock.boot());
     json!({
         "kid": e.kid().to_hex(),
         "label": r.label,
@@ -35,9 +36,8 @@ pub fn key_json(e: &KeyEntry, now: i64) -> Value {
 
 /// `GET /v1/keys`
 pub async fn list(State(s): State<Shared>) -> Json<Value> {
-    let now = s.clock.now();
     Json(Value::Array(
-        s.keys.all().iter().map(|e| key_json(e, now)).collect(),
+        s.keys.all().iter().map(|e| key_json(e, &s.clock)).collect(),
     ))
 }
 
@@ -47,7 +47,7 @@ pub async fn show(
     Path(sel): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let e = s.keys.resolve(&sel)?;
-    let mut v = key_json(&e, s.clock.now());
+    let mut v = key_json(&e, &s.clock);
     let comment = format!("{}@{}", e.stored.agent, e.stored.account);
     v["public_key"] = json!({
         "cose": keybridge_protocol::key::hex(&e.public.to_cose_key_bytes()),
@@ -156,8 +156,11 @@ pub async fn create(
                     "a PKCS#11 key needs --uri 'pkcs11:token=…;object=…?module-path=…'".into(),
                 )
             })?;
-            uri.parse::<pkcs11::Pkcs11Uri>()
-                .map_err(|e| ApiError::BadRequest(format!("{uri}: {e}")))?;
+            // The error names the URI without its query values: a refused
+            // URI may carry a PIN (`pin-value`) or a path.
+            uri.parse::<pkcs11::Pkcs11Uri>().map_err(|e| {
+                ApiError::BadRequest(format!("{}: {e}", keybridge_backends::redact_uri(&uri)))
+            })?;
             let alg = match req.alg.as_deref() {
                 None | Some("p256") => Algorithm::Es256,
                 Some("ed25519") => Algorithm::Ed25519,
@@ -208,7 +211,7 @@ pub async fn create(
         remember: req.remember,
     };
     let (entry, created) = s.keys.add(stored, signer)?;
-    let mut v = key_json(&entry, now);
+    let mut v = key_json(&entry, &s.clock);
     v["created"] = json!(created);
     tracing::info!(kid = %entry.kid(), created, "key created");
     Ok((
@@ -256,9 +259,8 @@ pub async fn unlock(
             allowed.join(", ")
         )));
     }
-    let now = s.clock.now();
     let until = e
-        .unlock(req.secret, mode, req.spend_last_attempt, now)
+        .unlock(req.secret, mode, req.spend_last_attempt, &s.clock)
         .await?;
     tracing::info!(kid = %e.kid(), mode = mode.name(), until, "key unlocked");
     Ok(Json(json!({

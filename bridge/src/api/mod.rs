@@ -8,6 +8,7 @@
 //! | `POST /v1/account/init` | [`account`] |
 
 pub mod account;
+mod args;
 pub mod keys;
 pub mod problem;
 pub mod sign;
@@ -18,16 +19,14 @@ use crate::clock::Clock;
 use crate::keys::Keys;
 use crate::policy::Policy;
 use axum::Router;
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::IncomingStream;
 use problem::ApiError;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::net::UnixListener;
 
 /// What every handler can reach.
 pub struct AppState {
@@ -45,7 +44,13 @@ pub struct AppState {
     pub socket: PathBuf,
     /// When it started.
     pub started: i64,
+    /// Longest wait for a request's body.
+    pub body_read: std::time::Duration,
 }
+
+/// Largest request body (a sign request for a batch of devices is the
+/// largest there is).
+pub const MAX_BODY: usize = 2 * 1024 * 1024;
 
 /// Shared state.
 pub type Shared = Arc<AppState>;
@@ -53,12 +58,6 @@ pub type Shared = Arc<AppState>;
 /// The connecting process's uid, from `SO_PEERCRED`.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerUid(pub Option<u32>);
-
-impl Connected<IncomingStream<'_, UnixListener>> for PeerUid {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        PeerUid(stream.io().peer_cred().ok().map(|c| c.uid()))
-    }
-}
 
 /// Refuses any peer that is not the daemon's own user (the socket is 0600,
 /// but root or a leaked descriptor could still connect).
@@ -75,6 +74,25 @@ async fn same_user_only(
     next.run(request).await
 }
 
+/// Reads the whole body before the handler runs, within the body deadline
+/// and the size limit: a client that sends headers and then trickles (or
+/// never sends) its body is cut off instead of holding a connection — and
+/// the daemon's shutdown — forever.
+async fn body_in_time(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(state.body_read, axum::body::to_bytes(body, MAX_BODY)).await {
+        Err(_) => ApiError::RequestTimeout.into_response(),
+        Ok(Err(_)) => ApiError::BadRequest(format!(
+            "the request body is unreadable or larger than {MAX_BODY} bytes"
+        ))
+        .into_response(),
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+    }
+}
+
 /// The router.
 pub fn router(state: Shared) -> Router {
     Router::new()
@@ -86,6 +104,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/sign", post(sign::sign))
         .route("/v1/account/init", post(account::init))
         .fallback(|| async { ApiError::BadRequest("no such route".into()) })
+        .layer(middleware::from_fn_with_state(state.clone(), body_in_time))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             same_user_only,

@@ -38,6 +38,21 @@ pub enum ApiError {
     /// No such key.
     #[error("no key matches {0:?}")]
     UnknownKey(String),
+    /// A name that several keys answer to.
+    #[error("{0:?} names several keys; use more of the kid")]
+    Ambiguous(String),
+    /// Something with that name or id exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// Wrong secrets in a row: the next attempt must wait.
+    #[error("too many wrong attempts in a row; try again in {retry_after} s (nothing was tried)")]
+    TooManyAttempts {
+        /// Seconds until the next attempt is taken.
+        retry_after: u64,
+    },
+    /// The request did not arrive in time.
+    #[error("the request was not received in time")]
+    RequestTimeout,
     /// The request is malformed or impossible.
     #[error("{0}")]
     BadRequest(String),
@@ -61,6 +76,10 @@ impl ApiError {
             ApiError::TouchTimeout => "touch_timeout",
             ApiError::PolicyDenied(_) => "policy_denied",
             ApiError::UnknownKey(_) => "unknown_key",
+            ApiError::Ambiguous(_) => "ambiguous",
+            ApiError::AlreadyExists(_) => "already_exists",
+            ApiError::TooManyAttempts { .. } => "too_many_attempts",
+            ApiError::RequestTimeout => "request_timeout",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Forbidden => "forbidden",
             ApiError::Internal(_) => "internal",
@@ -77,6 +96,9 @@ impl ApiError {
             ApiError::TouchTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PolicyDenied(_) | ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::UnknownKey(_) => StatusCode::NOT_FOUND,
+            ApiError::Ambiguous(_) | ApiError::AlreadyExists(_) => StatusCode::CONFLICT,
+            ApiError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -94,6 +116,7 @@ impl From<BackendError> for ApiError {
             BackendError::TouchTimeout => ApiError::TouchTimeout,
             BackendError::InvalidSecret(why) => ApiError::BadRequest(why),
             BackendError::Unsupported(why) => ApiError::BadRequest(why),
+            e @ BackendError::ModuleNotAllowed { .. } => ApiError::PolicyDenied(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -117,6 +140,7 @@ impl IntoResponse for ApiError {
                 retries_left: Some(n),
             } => body["retries_left"] = json!(n),
             ApiError::LastAttempt => body["retries_left"] = json!(1),
+            ApiError::TooManyAttempts { retry_after } => body["retry_after"] = json!(retry_after),
             _ => {}
         }
         let mut resp = (status, body.to_string()).into_response();
@@ -124,6 +148,10 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let ApiError::TooManyAttempts { retry_after } = self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
         resp
     }
 }

@@ -13,11 +13,11 @@ use axum::response::{IntoResponse as _, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use keybridge_protocol::command::{DEFAULT_TTL, MAX_VALIDITY, is_valid_command};
+use keybridge_protocol::device_id::check_device_id;
 use keybridge_protocol::key::{hex, unhex};
-use keybridge_protocol::{ArgValue, Batch, Claims, UnsignedCommand};
+use keybridge_protocol::{Batch, Claims, UnsignedCommand};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
-use std::collections::BTreeMap;
+use serde_json::{Value, json};
 
 /// Body of `POST /v1/sign`.
 #[derive(Deserialize)]
@@ -30,32 +30,11 @@ pub struct SignRequest {
     devices: Option<Vec<String>>,
     command: String,
     #[serde(default)]
-    args: Map<String, Value>,
+    args: super::args::Args,
     #[serde(default)]
     body_sha256: Option<String>,
     #[serde(default)]
     ttl: Option<i64>,
-}
-
-fn arg_value(v: Value) -> Result<ArgValue, ApiError> {
-    Ok(match v {
-        Value::String(s) => ArgValue::Text(s),
-        Value::Bool(b) => ArgValue::Bool(b),
-        Value::Number(n) => ArgValue::Int(n.as_i64().ok_or_else(|| {
-            ApiError::BadRequest(format!("argument {n} is not an integer (no floats)"))
-        })?),
-        Value::Array(a) => ArgValue::List(a.into_iter().map(arg_value).collect::<Result<_, _>>()?),
-        Value::Object(m) => ArgValue::Map(args(m)?),
-        Value::Null => {
-            return Err(ApiError::BadRequest(
-                "null arguments are not allowed".into(),
-            ));
-        }
-    })
-}
-
-fn args(m: Map<String, Value>) -> Result<BTreeMap<String, ArgValue>, ApiError> {
-    m.into_iter().map(|(k, v)| Ok((k, arg_value(v)?))).collect()
 }
 
 /// The answer: a JSON value, or (a batch) JSON already rendered.
@@ -88,6 +67,9 @@ pub async fn sign(
             s.policy.max_ttl
         )));
     }
+    for id in req.device.iter().chain(req.devices.iter().flatten()) {
+        check_device_id(id).map_err(|e| ApiError::BadRequest(format!("device id {id:?}: {e}")))?;
+    }
     let body = match &req.body_sha256 {
         None => None,
         Some(h) => Some(
@@ -107,24 +89,29 @@ pub async fn sign(
         _ => return Err(bad("give exactly one of device and devices (non-empty)")),
     };
     let now = s.clock.now();
+    let exp = now
+        .checked_add(ttl)
+        .ok_or_else(|| bad("the clock is past the end of time"))?;
     let mut cti = [0u8; 16];
     getrandom::fill(&mut cti).map_err(|e| ApiError::Internal(e.to_string()))?;
     let claims = Claims {
         iss: entry.stored.account.clone(),
         sub: entry.stored.agent.clone(),
         aud: batch.as_ref().err().cloned(),
-        exp: now + ttl,
+        exp,
         nbf: now,
         iat: now,
         cti,
         cmd: req.command,
-        args: args(req.args)?,
+        args: req.args.0,
         body,
-        devs: batch.as_ref().ok().map(Batch::root),
+        devs: batch.as_ref().ok().map(Batch::signed_root),
     };
     let unsigned = UnsignedCommand::new(&claims, &entry.public)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let signature = entry.sign(unsigned.to_be_signed().to_vec(), now).await?;
+    let signature = entry
+        .sign(unsigned.to_be_signed().to_vec(), s.clock.boot())
+        .await?;
     let kid = entry.kid_hex.clone();
     let audit_entry = audit::Entry {
         time: now,

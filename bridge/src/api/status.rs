@@ -16,6 +16,6 @@ pub async fn status(State(s): State<Shared>) -> Json<Value> {
         "now": now,
         "audit_log": s.audit.path().display().to_string(),
         "policy": s.policy,
-        "keys": s.keys.all().iter().map(|e| super::keys::key_json(e, now)).collect::<Vec<_>>(),
+        "keys": s.keys.all().iter().map(|e| super::keys::key_json(e, &s.clock)).collect::<Vec<_>>(),
     }))
 }
