@@ -82,14 +82,14 @@ pub(crate) fn load(path: &Path) -> Result<Arc<Module>, BackendError> {
             path.display()
         )));
     }
-    // Loading runs the module's code: only modules on the allowlist.
-    crate::modules::check_module(path)?;
     let key = std::fs::canonicalize(path).map_err(|e| {
         BackendError::Failed(format!(
             "cannot use the PKCS#11 module {}: {e}",
             path.display()
         ))
     })?;
+    // Loading runs the module's code: only modules on the allowlist.
+    crate::modules::check_module(path)?;
     let mut modules = registry().lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(module) = modules.get(&key) {
         return Ok(Arc::clone(module));
