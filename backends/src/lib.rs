@@ -1,15 +1,19 @@
 //! # keybridge-backends
 //!
 //! The signer abstraction the bridge uses, and one module per backend
-//! (DESIGN.md §1, §3, §6). The bridge never names a backend beyond handing a
-//! [`KeyRecord`] to [`open`] (or creating a key); after that it only sees a
-//! [`Signer`], usually behind a [`Worker`] thread that owns it.
+//! (DESIGN.md §1, §3, §6). The bridge never names a backend: it creates
+//! keys with [`create`], lists what a backend shows with [`list`], hands a
+//! stored [`KeyRecord`] to [`open`], and after that only sees a [`Signer`],
+//! usually behind a [`Worker`] thread that owns it.
 //!
 //! - [`Signer`]: one private key in hardware or derived from a passphrase:
 //!   unlock, lock, sign the exact COSE `Sig_structure` bytes.
+//! - [`create`], [`needs_secret`], [`list`], [`open`]: the backend-neutral
+//!   entry points, the one place that dispatches on a [`BackendKind`].
 //! - [`KeyRecord`]: what the bridge writes to disk per key (public key and
 //!   reference only, never a secret).
-//! - [`KeyUri`]: the key references of DESIGN.md §3.
+//! - [`KeyUri`]: the key references of DESIGN.md §3, parsed once.
+//! - [`BackendError`]: one variant per cause a caller must tell apart.
 //! - [`passphrase`]: the memorized key, Argon2id → Ed25519.
 //! - [`pkcs11`]: keys on PKCS#11 tokens, RFC 7512 URIs (feature `pkcs11`).
 //! - [`worker`]: one thread per key that owns its session; requests queue to it.
@@ -19,6 +23,8 @@
 
 use keybridge_protocol::PublicKey;
 
+mod dispatch;
+mod error;
 mod modules;
 pub mod passphrase;
 #[cfg(feature = "pkcs11")]
@@ -27,9 +33,12 @@ mod record;
 mod uri;
 pub mod worker;
 
+pub use dispatch::{CreateSpec, ListedKey, TokenListing, create, list, needs_secret, open};
+pub use error::BackendError;
 pub use modules::{DEFAULT_PKCS11_MODULES, ModuleAllowlist, set_module_allowlist};
 pub use record::{BackendKind, KeyRecord, RecordError, UnknownBackend};
 pub use secrecy::{ExposeSecret, SecretString};
+pub use uri::pkcs11::{ObjectType, Pkcs11Uri, Pkcs11UriError};
 pub use uri::{KeyUri, UriError, redact_uri};
 pub use worker::Worker;
 
@@ -87,131 +96,4 @@ pub struct Evidence {
     pub kind: String,
     /// DER certificates (or statements), leaf first.
     pub der_chain: Vec<Vec<u8>>,
-}
-
-/// What went wrong in a backend. Messages never contain a secret; the bridge
-/// maps each variant once to a stable problem code (DESIGN.md §6).
-#[derive(Debug, thiserror::Error)]
-pub enum BackendError {
-    /// The key must be unlocked first (`locked`).
-    #[error("the key is locked: unlock it first")]
-    Locked,
-    /// The PIN or passphrase is wrong (`wrong_pin`); hardware says how many
-    /// attempts remain, a passphrase has no counter.
-    #[error("wrong PIN or passphrase{}", retries_note(*.retries_left))]
-    WrongSecret {
-        /// Attempts left before the PIN blocks, when the backend counts them.
-        retries_left: Option<u32>,
-    },
-    /// Only the last PIN attempt is left and the caller did not allow
-    /// spending it (`wrong_pin` with `retries_left`).
-    #[error(
-        "only {retries_left} PIN attempt left: not trying it unless the caller allows spending the last attempt"
-    )]
-    LastAttempt {
-        /// Attempts left (normally 1).
-        retries_left: u32,
-    },
-    /// The PIN is blocked (`pin_blocked`).
-    #[error("the PIN is blocked after too many wrong attempts: unblock or reset the token")]
-    PinBlocked,
-    /// The token is not there (`token_absent`); the text says which.
-    #[error("the token is not present: {0}")]
-    TokenAbsent(String),
-    /// The user did not touch the key in time (`touch_timeout`).
-    #[error("the security key was not touched in time")]
-    TouchTimeout,
-    /// The secret is not acceptable for a new key, e.g. a passphrase that is
-    /// too short (`bad_request`).
-    #[error("unacceptable secret: {0}")]
-    InvalidSecret(String),
-    /// The backend or operation is not available in this build or on this
-    /// hardware.
-    #[error("{0}")]
-    Unsupported(String),
-    /// A PKCS#11 module that the allowlist does not name (`policy_denied`):
-    /// it was not loaded.
-    #[error(
-        "the PKCS#11 module {path} is not allowed: it was not loaded. Allowed modules (pkcs11_modules in /etc/keybridge/policy.toml or ~/.config/keybridge/config.toml): {allowed}"
-    )]
-    ModuleNotAllowed {
-        /// The module as named.
-        path: String,
-        /// The allowlist's patterns.
-        allowed: String,
-    },
-    /// Anything else: a broken record, a library error, a worker that stopped.
-    #[error("backend failure: {0}")]
-    Failed(String),
-}
-
-fn retries_note(retries_left: Option<u32>) -> String {
-    match retries_left {
-        Some(1) => " (1 attempt left)".to_owned(),
-        Some(n) => format!(" ({n} attempts left)"),
-        None => String::new(),
-    }
-}
-
-/// Opens the signer a key record describes, locked.
-///
-/// This is the one place that dispatches on the backend. Backends that are
-/// not built yet (or not compiled in) answer [`BackendError::Unsupported`].
-pub fn open(record: &KeyRecord) -> Result<Box<dyn Signer>, BackendError> {
-    match record.backend {
-        BackendKind::Passphrase => Ok(Box::new(passphrase::PassphraseSigner::from_record(record)?)),
-        #[cfg(feature = "pkcs11")]
-        BackendKind::Pkcs11 => Ok(Box::new(pkcs11::Pkcs11Signer::from_record(record)?)),
-        #[cfg(not(feature = "pkcs11"))]
-        BackendKind::Pkcs11 => Err(not_built(BackendKind::Pkcs11)),
-        kind @ (BackendKind::Yubikey | BackendKind::Tpm) => Err(not_built(kind)),
-    }
-}
-
-fn not_built(kind: BackendKind) -> BackendError {
-    let compiled_in = match kind {
-        BackendKind::Passphrase => true,
-        BackendKind::Pkcs11 => cfg!(feature = "pkcs11"),
-        BackendKind::Yubikey => cfg!(feature = "yubikey"),
-        BackendKind::Tpm => cfg!(feature = "tpm"),
-    };
-    BackendError::Unsupported(if compiled_in {
-        format!("the {kind} backend is not built yet")
-    } else {
-        format!("keybridge was built without the {kind} feature")
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hardware_backends_say_they_are_not_built_yet() {
-        let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
-        let public = PublicKey::ed25519(key.verifying_key().as_bytes()).unwrap();
-        for (kind, uri) in [
-            (BackendKind::Yubikey, "yubikey:serial=1;slot=9c"),
-            (BackendKind::Tpm, "tpm:handle=0x81000101"),
-        ] {
-            let record =
-                KeyRecord::new(uri.into(), kind, &public, None, 0, serde_json::Value::Null);
-            let err = open(&record).err().expect("not built");
-            assert!(matches!(err, BackendError::Unsupported(_)));
-            assert_eq!(
-                err.to_string(),
-                format!("the {kind} backend is not built yet")
-            );
-        }
-    }
-
-    #[test]
-    fn wrong_secret_message_counts_attempts() {
-        let e = BackendError::WrongSecret {
-            retries_left: Some(2),
-        };
-        assert_eq!(e.to_string(), "wrong PIN or passphrase (2 attempts left)");
-        let e = BackendError::WrongSecret { retries_left: None };
-        assert_eq!(e.to_string(), "wrong PIN or passphrase");
-    }
 }

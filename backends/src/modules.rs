@@ -98,6 +98,7 @@ pub fn set_module_allowlist(list: ModuleAllowlist) {
 }
 
 /// Checks `path` against the process-wide allowlist.
+#[cfg(feature = "pkcs11")]
 pub(crate) fn check_module(path: &Path) -> Result<(), crate::BackendError> {
     let guard = ALLOWLIST.read().unwrap_or_else(PoisonError::into_inner);
     let default;

@@ -16,7 +16,7 @@
 
 use crate::record::{BackendKind, KeyRecord};
 use crate::uri::KeyUri;
-use crate::{BackendError, Signer};
+use crate::{BackendError, CreateSpec, Signer};
 use ed25519_dalek::SigningKey;
 use keybridge_protocol::{Algorithm, PublicKey};
 use secrecy::{ExposeSecret, SecretString};
@@ -175,7 +175,7 @@ pub fn create(
         )));
     }
     let uri = KeyUri::passphrase(account, agent)
-        .map_err(|e| BackendError::Failed(format!("cannot name the key: {e}")))?;
+        .map_err(|e| BackendError::InvalidUri(format!("cannot name the key: {e}")))?;
     let params = PassphraseParams::new(account, agent);
     let key = derive_key(passphrase, &params)?;
     let public = PublicKey::ed25519(key.verifying_key().as_bytes())
@@ -194,6 +194,32 @@ pub fn create(
         key: Some(key),
     };
     Ok((signer, record))
+}
+
+/// What [`crate::create`] does for a passphrase key: the checks on `spec`
+/// (the URI, if given, is the key's own; Ed25519 only, never `existing`; a
+/// passphrase is needed), then [`create`].
+pub(crate) fn create_from_spec(
+    spec: CreateSpec,
+) -> Result<(PassphraseSigner, KeyRecord), BackendError> {
+    if let Some(given) = &spec.uri {
+        let expected = KeyUri::passphrase(&spec.account, &spec.agent)
+            .map_err(|e| BackendError::InvalidUri(e.to_string()))?;
+        if given != &expected {
+            return Err(BackendError::InvalidUri(format!(
+                "a passphrase key's URI is {expected}; it names the account and agent"
+            )));
+        }
+    }
+    if spec.existing || spec.alg.is_some_and(|a| a != Algorithm::Ed25519) {
+        return Err(BackendError::Unsupported(
+            "a passphrase key is always a derived Ed25519 key".into(),
+        ));
+    }
+    let secret = spec.secret.ok_or_else(|| {
+        BackendError::InvalidSecret("a passphrase key needs its passphrase".into())
+    })?;
+    create(&spec.account, &spec.agent, &secret, spec.label, spec.now)
 }
 
 /// The memorized Ed25519 key of one agent.
@@ -417,7 +443,7 @@ mod tests {
     fn bad_account_or_agent_is_refused_before_deriving() {
         for (account, agent) in [("", "alice"), ("ACME", ""), ("AC\0ME", "alice")] {
             let err = create(account, agent, &secret(PASSPHRASE), None, 0).unwrap_err();
-            assert!(matches!(err, BackendError::Failed(_)));
+            assert!(matches!(err, BackendError::InvalidUri(_)), "{err:?}");
         }
     }
 

@@ -1,9 +1,27 @@
-//! The CLI's side of the API: HTTP/1.1 over the daemon's Unix socket.
+//! The one client of the daemon's API: HTTP/1.1 over its Unix socket. The
+//! CLI, the tests and the benchmarks all use it.
+//!
+//! Before a byte is sent (a request may carry a PIN or passphrase), the
+//! client checks that the socket's folder is this user's own and that the
+//! process at the other end runs as this user (`SO_PEERCRED`): another
+//! local user who got to create the folder first, or who listens on a
+//! socket we were pointed at, receives nothing.
+//!
+//! Answers are read into the [`crate::wire`] types; a problem answer
+//! becomes [`ClientError::Problem`]. A request body is zeroized after it
+//! was sent: it may carry a secret.
 
+use crate::wire::{
+    AccountInit, AccountLog, CreateKey, CreatedKey, KeyView, LockState, Problem, SignRequest,
+    Signed, Status, Unlock,
+};
 use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
-use serde_json::Value;
+use keybridge_backends::TokenListing;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use tokio::net::UnixStream;
 use zeroize::Zeroizing;
@@ -17,18 +35,9 @@ pub enum ClientError {
     )]
     NotRunning(PathBuf),
     /// The daemon answered with a problem.
-    #[error("{detail}")]
-    Problem {
-        /// HTTP status.
-        status: u16,
-        /// Stable code.
-        code: String,
-        /// Human-readable detail.
-        detail: String,
-        /// PIN attempts left, when known.
-        retries_left: Option<u64>,
-    },
-    /// Transport failure.
+    #[error("{}", .0.detail)]
+    Problem(Box<Problem>),
+    /// Transport failure, or an answer that is not what the API promises.
     #[error("talking to the daemon: {0}")]
     Transport(String),
     /// The socket's folder or the process behind the socket is not this
@@ -37,15 +46,36 @@ pub enum ClientError {
     Untrusted(String),
 }
 
-/// A connection to the daemon.
-///
-/// Before a byte is sent (a request may carry a PIN or passphrase), the
-/// client checks that the socket's folder is this user's own and that the
-/// process at the other end runs as this user (`SO_PEERCRED`): another
-/// local user who got to create the folder first, or who listens on a
-/// socket we were pointed at, receives nothing.
+impl ClientError {
+    /// The problem's stable code, if the daemon answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Problem(p) => Some(&p.code),
+            _ => None,
+        }
+    }
+}
+
+/// The daemon at one socket.
+#[derive(Debug, Clone)]
 pub struct Client {
     socket: PathBuf,
+}
+
+/// One open (keep-alive) connection.
+pub struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<Full<std::io::Cursor<Zeroizing<Vec<u8>>>>>,
+}
+
+/// An answer as it came: status and body bytes.
+#[derive(Debug, Clone)]
+pub struct RawAnswer {
+    /// HTTP status.
+    pub status: u16,
+    /// The body.
+    pub body: Bytes,
+    /// When the answer's head arrived (before its body): for measuring.
+    pub head_at: std::time::Instant,
 }
 
 impl Client {
@@ -56,22 +86,26 @@ impl Client {
         }
     }
 
-    /// `GET path`.
-    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
-        self.call(Method::GET, path, Zeroizing::new(Vec::new()))
-            .await
-    }
-
-    /// `POST path` with a JSON body. The body buffer is zeroized after the
-    /// request: it may carry a PIN or passphrase.
-    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
-        let bytes = Zeroizing::new(serde_json::to_vec(body).expect("JSON serializes"));
-        self.call(Method::POST, path, bytes).await
+    /// The socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
     /// Connects after checking the folder, and checks the peer.
-    async fn connect(&self) -> Result<UnixStream, ClientError> {
-        let dir = self.socket.parent().unwrap_or(Path::new("."));
+    pub async fn connect(&self) -> Result<Connection, ClientError> {
+        let stream = self.connect_checked().await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        tokio::spawn(conn);
+        Ok(Connection { sender })
+    }
+
+    async fn connect_checked(&self) -> Result<UnixStream, ClientError> {
+        let dir = match self.socket.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
         let not_running = || ClientError::NotRunning(self.socket.clone());
         match crate::paths::check_private_dir(dir) {
             Ok(()) => {}
@@ -99,50 +133,150 @@ impl Client {
         }
     }
 
-    async fn call(
+    /// One request on a fresh connection.
+    async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
-        body: Zeroizing<Vec<u8>>,
-    ) -> Result<Value, ClientError> {
-        let t = |e: &dyn std::fmt::Display| ClientError::Transport(e.to_string());
-        let stream = self.connect().await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        self.connect().await?.call(method, path, body).await
+    }
+
+    /// `GET /v1/status`
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        self.call(Method::GET, "/v1/status", None::<&()>).await
+    }
+
+    /// `GET /v1/keys`
+    pub async fn keys(&self) -> Result<Vec<KeyView>, ClientError> {
+        self.call(Method::GET, "/v1/keys", None::<&()>).await
+    }
+
+    /// `GET /v1/keys/{name}`
+    pub async fn key(&self, name: &str) -> Result<KeyView, ClientError> {
+        self.call(Method::GET, &key_path(name, ""), None::<&()>)
             .await
-            .map_err(|e| t(&e))?;
-        let conn = tokio::spawn(conn);
+    }
+
+    /// `POST /v1/keys`
+    pub async fn create_key(&self, req: &CreateKey) -> Result<CreatedKey, ClientError> {
+        self.call(Method::POST, "/v1/keys", Some(req)).await
+    }
+
+    /// `POST /v1/keys/{name}/unlock`
+    pub async fn unlock(&self, name: &str, req: &Unlock) -> Result<LockState, ClientError> {
+        self.call(Method::POST, &key_path(name, "/unlock"), Some(req))
+            .await
+    }
+
+    /// `POST /v1/keys/{name}/lock`
+    pub async fn lock(&self, name: &str) -> Result<LockState, ClientError> {
+        self.call(Method::POST, &key_path(name, "/lock"), None::<&()>)
+            .await
+    }
+
+    /// `POST /v1/sign`
+    pub async fn sign(&self, req: &SignRequest) -> Result<Signed, ClientError> {
+        self.call(Method::POST, "/v1/sign", Some(req)).await
+    }
+
+    /// `POST /v1/account/init`
+    pub async fn account_init(&self, req: &AccountInit) -> Result<AccountLog, ClientError> {
+        self.call(Method::POST, "/v1/account/init", Some(req)).await
+    }
+
+    /// `GET /v1/backends/{backend}/tokens?location=…`
+    pub async fn tokens(
+        &self,
+        backend: &str,
+        location: Option<&str>,
+    ) -> Result<Vec<TokenListing>, ClientError> {
+        let mut path = format!("/v1/backends/{}/tokens", encode(backend));
+        if let Some(l) = location {
+            path.push_str("?location=");
+            path.push_str(&encode(l));
+        }
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+}
+
+/// `/v1/keys/NAME…` with the name percent-encoded (a label may hold any
+/// character).
+fn key_path(name: &str, rest: &str) -> String {
+    format!("/v1/keys/{}{rest}", encode(name))
+}
+
+fn encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+impl Connection {
+    /// Sends one request whose body is `body` (zeroized once sent) and
+    /// returns the answer as it came, whatever its status.
+    pub async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Zeroizing<Vec<u8>>,
+    ) -> Result<RawAnswer, ClientError> {
+        let t = |e: &dyn std::fmt::Display| ClientError::Transport(e.to_string());
+        self.sender.ready().await.map_err(|e| t(&e))?;
         let req = Request::builder()
             .method(method)
             .uri(path)
             .header("host", "keybridge")
             .header("content-type", "application/json")
-            // The body is handed over as is, and zeroized when hyper drops it.
             .body(Full::new(std::io::Cursor::new(body)))
             .map_err(|e| t(&e))?;
-        let resp = sender.send_request(req).await.map_err(|e| t(&e))?;
-        let status = resp.status();
-        let bytes = resp
+        let resp = self.sender.send_request(req).await.map_err(|e| t(&e))?;
+        let head_at = std::time::Instant::now();
+        let status = resp.status().as_u16();
+        let body = resp
             .into_body()
             .collect()
             .await
             .map_err(|e| t(&e))?
             .to_bytes();
-        drop(sender);
-        let _ = conn.await;
-        let value: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ClientError::Transport(format!("daemon answered non-JSON: {e}")))?;
-        if status.is_success() {
-            Ok(value)
-        } else {
-            Err(ClientError::Problem {
-                status: status.as_u16(),
-                code: value["code"].as_str().unwrap_or("unknown").to_owned(),
-                detail: value["detail"]
-                    .as_str()
-                    .unwrap_or("the daemon refused")
-                    .to_owned(),
-                retries_left: value["retries_left"].as_u64(),
+        Ok(RawAnswer {
+            status,
+            body,
+            head_at,
+        })
+    }
+
+    /// Sends `body` as JSON and reads the answer as `T`, or its problem.
+    pub async fn call<T: DeserializeOwned>(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        let bytes = Zeroizing::new(match body {
+            Some(b) => serde_json::to_vec(b).map_err(|e| ClientError::Transport(e.to_string()))?,
+            None => Vec::new(),
+        });
+        let answer = self.send(method, path, bytes).await?;
+        answer.read()
+    }
+}
+
+impl RawAnswer {
+    /// The body as `T` on success, else the problem it carries.
+    pub fn read<T: DeserializeOwned>(&self) -> Result<T, ClientError> {
+        if (200..300).contains(&self.status) {
+            serde_json::from_slice(&self.body).map_err(|e| {
+                ClientError::Transport(format!("the daemon's answer is not what the API says: {e}"))
             })
+        } else {
+            Err(ClientError::Problem(Box::new(
+                serde_json::from_slice(&self.body).map_err(|e| {
+                    ClientError::Transport(format!(
+                        "the daemon answered {} without a problem body: {e}",
+                        self.status
+                    ))
+                })?,
+            )))
         }
     }
 }

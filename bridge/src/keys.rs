@@ -1,22 +1,45 @@
-//! The daemon's keys: their records on disk, one worker per key, and the
-//! unlock grant that implements prompt frequency.
-//!
-//! The bridge holds no key material: a backend's worker thread does. What
-//! lives here is *whether* a key may sign right now — a grant with a mode
-//! and a deadline. `each-task` grants are taken by the one signature they
-//! allow (the worker signs and locks in one job, so nothing slips between);
-//! timed grants lapse at their deadline, when the worker is told to lock and
-//! the backend zeroizes what it cached.
+//! The daemon's keys: their records on disk, one worker per key, names
+//! (labels and kid prefixes) that resolve to exactly one key, and the
+//! unlock state of each ([`crate::unlock`]).
 
-use crate::api::problem::ApiError;
 use crate::clock::Clock;
 use crate::paths::{self, Paths};
-use crate::policy::Remember;
+use crate::unlock::{Remember, Unlocker};
 use keybridge_backends::{BackendError, KeyRecord, SecretString, Worker};
 use keybridge_protocol::{Kid, PublicKey};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
+
+/// What can go wrong with the daemon's keys; mapped once to problem codes
+/// in `api::problem`.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The key must be unlocked first.
+    #[error("the key is locked; unlock it first (keybridge unlock KID)")]
+    Locked,
+    /// No key answers to the name.
+    #[error("no key matches {0:?}")]
+    Unknown(String),
+    /// Several keys answer to the name.
+    #[error("{0:?} names several keys; use more of the kid")]
+    Ambiguous(String),
+    /// The label is taken.
+    #[error("{0}")]
+    LabelTaken(String),
+    /// Wrong secrets in a row: the next attempt must wait.
+    #[error("too many wrong attempts in a row; try again in {retry_after} s (nothing was tried)")]
+    TooManyAttempts {
+        /// Seconds until the next attempt is taken.
+        retry_after: u64,
+    },
+    /// The backend refused or failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The key's record could not be written, or does not match its backend.
+    #[error("key storage: {0}")]
+    Storage(String),
+}
 
 /// What the bridge stores per key: the backend's record plus who the key
 /// speaks for. Public data only.
@@ -34,31 +57,6 @@ pub struct StoredKey {
     pub remember: Option<Remember>,
 }
 
-/// An unlock: its mode, when it ends on the boot clock (the deadline that
-/// is enforced), and the same instant in wall-clock seconds (what is shown).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Grant {
-    mode: Remember,
-    until_boot: i64,
-    until: i64,
-}
-
-/// Consecutive wrong secrets, for backoff.
-#[derive(Debug, Clone, Copy, Default)]
-struct Failures {
-    count: u32,
-    last_boot: i64,
-}
-
-/// The wait after `count` consecutive wrong secrets: 1 s, 2 s, 4 s, … up to
-/// a minute.
-pub fn backoff(count: u32) -> i64 {
-    if count == 0 {
-        return 0;
-    }
-    1i64.checked_shl(count - 1).map_or(60, |d| d.min(60))
-}
-
 /// One key the daemon serves.
 pub struct KeyEntry {
     /// Its stored description.
@@ -68,14 +66,8 @@ pub struct KeyEntry {
     /// The kid in hex, computed once: requests name keys by hex prefix.
     pub kid_hex: String,
     worker: Worker,
-    /// The one source of truth for "unlocked". Changed only while
-    /// `transition` is held, together with the worker's state, so that what
-    /// the API shows is what a signature finds.
-    grant: Mutex<Option<Grant>>,
-    /// Serializes unlock, lock, expiry and `each-task` signatures: each
-    /// changes the grant and the worker together.
-    transition: tokio::sync::Mutex<()>,
-    failures: Mutex<Failures>,
+    /// Whether it may sign now (prompt frequency).
+    unlock: Unlocker,
 }
 
 impl KeyEntry {
@@ -84,136 +76,38 @@ impl KeyEntry {
         self.public.kid()
     }
 
-    fn grant(&self) -> std::sync::MutexGuard<'_, Option<Grant>> {
-        self.grant.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The unlock state at boot-clock time `boot`: mode and wall-clock
     /// deadline, if unlocked.
     pub fn unlocked(&self, boot: i64) -> Option<(Remember, i64)> {
-        let g = *self.grant();
-        g.filter(|g| g.until_boot > boot).map(|g| (g.mode, g.until))
+        self.unlock.unlocked(boot)
     }
 
-    /// Unlocks with `secret` for `mode`. On a wrong secret nothing changes:
-    /// an existing grant stays, a locked key stays locked; consecutive wrong
-    /// secrets make the next attempt wait ([`backoff`]), and an attempt
-    /// that comes too early is not tried at all.
+    /// Unlocks for `mode` (see [`Unlocker::unlock`]); the wall-clock end.
     pub async fn unlock(
         &self,
         secret: SecretString,
         mode: Remember,
         spend_last_attempt: bool,
         clock: &Clock,
-    ) -> Result<i64, ApiError> {
-        let _transition = self.transition.lock().await;
-        let boot = clock.boot();
-        let failures = *self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let next = failures.last_boot.saturating_add(backoff(failures.count));
-        if failures.count > 0 && boot < next {
-            return Err(ApiError::TooManyAttempts {
-                retry_after: u64::try_from(next - boot).unwrap_or(1),
-            });
-        }
-        let result = self.worker.unlock(secret, spend_last_attempt).await;
-        {
-            let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-            match &result {
-                Ok(()) => *f = Failures::default(),
-                Err(BackendError::WrongSecret { .. }) => {
-                    *f = Failures {
-                        count: f.count.saturating_add(1),
-                        last_boot: clock.boot(),
-                    }
-                }
-                Err(_) => {}
-            }
-        }
-        result?;
-        let until = clock.now().saturating_add(mode.lifetime());
-        *self.grant() = Some(Grant {
-            mode,
-            until_boot: clock.boot().saturating_add(mode.lifetime()),
-            until,
-        });
-        Ok(until)
+    ) -> Result<i64, KeyError> {
+        self.unlock
+            .unlock(&self.worker, secret, mode, spend_last_attempt, clock)
+            .await
     }
 
     /// Locks now; the backend forgets its secret.
     pub async fn lock(&self) {
-        let _transition = self.transition.lock().await;
-        self.grant().take();
-        self.worker.lock().await;
+        self.unlock.lock(&self.worker).await;
     }
 
-    /// Forgets the grant without waiting for the worker (shutdown: a
-    /// worker stuck in a hardware operation must not keep the key usable).
-    pub fn revoke_grant(&self) {
-        self.grant().take();
-    }
-
-    /// Locks if the grant's deadline has passed. Returns true if it did.
+    /// Locks if the grant lapsed by boot-clock time `boot`; true if it did.
     pub async fn expire(&self, boot: i64) -> bool {
-        let current = *self.grant();
-        if current.is_none_or(|g| g.until_boot > boot) {
-            return false;
-        }
-        let _transition = self.transition.lock().await;
-        let lapsed = {
-            let mut g = self.grant();
-            match *g {
-                Some(grant) if grant.until_boot <= boot => {
-                    *g = None;
-                    true
-                }
-                _ => false,
-            }
-        };
-        if lapsed {
-            self.worker.lock().await;
-        }
-        lapsed
+        self.unlock.expire(&self.worker, boot).await
     }
 
-    /// Signs `tbs` if the grant allows: an `each-task` grant is spent by
-    /// this signature whatever its outcome.
-    pub async fn sign(&self, tbs: Vec<u8>, boot: i64) -> Result<Vec<u8>, ApiError> {
-        let current = *self.grant();
-        let mode = match current {
-            None => return Err(ApiError::Locked),
-            Some(g) if g.until_boot <= boot => {
-                self.expire(boot).await;
-                return Err(ApiError::Locked);
-            }
-            Some(g) => g.mode,
-        };
-        if mode != Remember::EachTask {
-            // A lock racing this signature wins: the worker answers Locked.
-            return Ok(self.worker.sign(tbs).await?);
-        }
-        // Spending an each-task grant changes the key's state: under the
-        // transition lock, and only if the grant is still the one we saw.
-        let _transition = self.transition.lock().await;
-        let grant = {
-            let mut g = self.grant();
-            match *g {
-                Some(grant) if grant.mode == Remember::EachTask && grant.until_boot > boot => {
-                    g.take()
-                }
-                _ => None,
-            }
-        };
-        if grant.is_some() {
-            return Ok(self.worker.sign_then_lock(tbs).await?);
-        }
-        // Another request spent it, or replaced it: a timed grant now
-        // allows this signature, anything else does not.
-        let current = *self.grant();
-        if current.is_none_or(|g| g.until_boot <= boot) {
-            return Err(ApiError::Locked);
-        }
-        drop(_transition);
-        Ok(self.worker.sign(tbs).await?)
+    /// Signs `tbs` if the grant allows (see [`Unlocker::sign`]).
+    pub async fn sign(&self, tbs: Vec<u8>, boot: i64) -> Result<Vec<u8>, KeyError> {
+        self.unlock.sign(&self.worker, tbs, boot).await
     }
 }
 
@@ -281,13 +175,13 @@ impl Keys {
         &self,
         stored: StoredKey,
         signer: Box<dyn keybridge_backends::Signer>,
-    ) -> Result<Arc<KeyEntry>, ApiError> {
+    ) -> Result<Arc<KeyEntry>, KeyError> {
         let public = stored
             .record
             .public()
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            .map_err(|e| KeyError::Storage(e.to_string()))?;
         if signer.public_key() != &public {
-            return Err(ApiError::Internal(
+            return Err(KeyError::Storage(
                 "the backend's key is not the recorded key".into(),
             ));
         }
@@ -298,9 +192,7 @@ impl Keys {
             public,
             kid_hex,
             worker,
-            grant: Mutex::new(None),
-            transition: tokio::sync::Mutex::new(()),
-            failures: Mutex::new(Failures::default()),
+            unlock: Unlocker::default(),
         });
         self.entries
             .write()
@@ -315,7 +207,7 @@ impl Keys {
         &self,
         stored: StoredKey,
         signer: Box<dyn keybridge_backends::Signer>,
-    ) -> Result<(Arc<KeyEntry>, bool), ApiError> {
+    ) -> Result<(Arc<KeyEntry>, bool), KeyError> {
         let _adding = self.adding.lock().unwrap_or_else(|p| p.into_inner());
         let kid = signer.public_key().kid();
         if let Some(existing) = self.get(&kid) {
@@ -329,16 +221,16 @@ impl Keys {
                 .iter()
                 .find(|e| e.stored.record.label.as_ref() == Some(label))
         {
-            return Err(ApiError::AlreadyExists(format!(
+            return Err(KeyError::LabelTaken(format!(
                 "the label {label:?} already names key {} ({}/{}); choose another label",
                 other.kid_hex, other.stored.account, other.stored.agent
             )));
         }
         let dir = self.paths.keys_dir();
-        paths::private_dir(&dir).map_err(|e| ApiError::Internal(e.to_string()))?;
+        paths::private_dir(&dir).map_err(|e| KeyError::Storage(e.to_string()))?;
         let json = serde_json::to_vec_pretty(&stored).expect("a key record serializes");
         paths::write_atomic(&dir.join(format!("{}.json", kid.to_hex())), &json)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            .map_err(|e| KeyError::Storage(e.to_string()))?;
         Ok((self.start(stored, signer)?, true))
     }
 
@@ -364,25 +256,25 @@ impl Keys {
     /// Never ambiguous: labels cannot look like hex, and a name that
     /// several keys answer to (labels written by an older version) is
     /// refused rather than resolved to one of them.
-    pub fn resolve(&self, selector: &str) -> Result<Arc<KeyEntry>, ApiError> {
+    pub fn resolve(&self, selector: &str) -> Result<Arc<KeyEntry>, KeyError> {
         let all = self.all();
         let mut labelled = all
             .iter()
             .filter(|e| e.stored.record.label.as_deref() == Some(selector));
         match (labelled.next(), labelled.next()) {
             (Some(e), None) => return Ok(e.clone()),
-            (Some(_), Some(_)) => return Err(ApiError::Ambiguous(selector.to_owned())),
+            (Some(_), Some(_)) => return Err(KeyError::Ambiguous(selector.to_owned())),
             (None, _) => {}
         }
         let sel = selector.to_ascii_lowercase();
         if sel.is_empty() || !sel.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(ApiError::UnknownKey(selector.to_owned()));
+            return Err(KeyError::Unknown(selector.to_owned()));
         }
         let mut matches = all.iter().filter(|e| e.kid_hex.starts_with(&sel));
         match (matches.next(), matches.next()) {
             (Some(e), None) => Ok(e.clone()),
-            (None, _) => Err(ApiError::UnknownKey(selector.to_owned())),
-            (Some(_), Some(_)) => Err(ApiError::Ambiguous(selector.to_owned())),
+            (None, _) => Err(KeyError::Unknown(selector.to_owned())),
+            (Some(_), Some(_)) => Err(KeyError::Ambiguous(selector.to_owned())),
         }
     }
 
@@ -391,7 +283,7 @@ impl Keys {
     /// worker stuck in a hardware operation is not waited for longer).
     pub async fn lock_all(&self, deadline: std::time::Duration) {
         let all = self.all();
-        all.iter().for_each(|e| e.revoke_grant());
+        all.iter().for_each(|e| e.unlock.revoke());
         let locks = async {
             for e in &all {
                 e.worker.lock().await;

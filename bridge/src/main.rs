@@ -1,17 +1,7 @@
-//! `keybridge`: the signing bridge daemon and its command line.
-//!
-//! `keybridge serve` runs the daemon; every other subcommand talks to it
-//! over its Unix socket (DESIGN.md §6, §9).
+//! `keybridge`: the signing bridge daemon and its command line — a thin
+//! binary over the `keybridge` library (parse, log, run, exit code).
 
-mod api;
-mod audit;
-mod cli;
-mod client;
-mod clock;
-mod keys;
-mod paths;
-mod policy;
-mod server;
+use keybridge::cli;
 
 use clap::Parser as _;
 use std::process::ExitCode;

@@ -26,7 +26,19 @@ pub struct Paths {
 impl Paths {
     /// From the environment, as described in the module docs.
     pub fn from_env() -> Self {
-        if let Some(home) = std::env::var_os("KEYBRIDGE_HOME").filter(|h| !h.is_empty()) {
+        Self::from_vars(
+            |name| std::env::var_os(name),
+            rustix::process::getuid().as_raw(),
+        )
+    }
+
+    /// From the variables `var` gives, for user `uid`. The XDG Base
+    /// Directory rules: an empty or relative value is invalid and ignored
+    /// (the default applies). Written out rather than taken from a crate:
+    /// the XDG crates have no `/tmp/keybridge-<uid>` runtime fallback and no
+    /// `KEYBRIDGE_HOME`, which are most of this, and the rule is tested.
+    pub fn from_vars(var: impl Fn(&str) -> Option<std::ffi::OsString>, uid: u32) -> Self {
+        if let Some(home) = var("KEYBRIDGE_HOME").filter(|h| !h.is_empty()) {
             let home = PathBuf::from(home);
             return Paths {
                 config: home.join("config"),
@@ -34,31 +46,19 @@ impl Paths {
                 runtime: home.join("run"),
             };
         }
-        let user_home = std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/"));
-        // The XDG spec: a relative value is invalid and must be ignored.
-        let absolute = |v: &std::ffi::OsString| Path::new(v).is_absolute();
-        let xdg = |var: &str, default: &str| {
-            std::env::var_os(var)
-                .filter(absolute)
-                .map(PathBuf::from)
+        let valid = |name: &str| var(name).map(PathBuf::from).filter(|p| p.is_absolute());
+        let user_home = valid("HOME").unwrap_or_else(|| PathBuf::from("/"));
+        let xdg = |name: &str, default: &str| {
+            valid(name)
                 .unwrap_or_else(|| user_home.join(default))
                 .join("keybridge")
         };
-        let runtime = std::env::var_os("XDG_RUNTIME_DIR")
-            .filter(absolute)
-            .map(|d| PathBuf::from(d).join("keybridge"))
-            .unwrap_or_else(|| {
-                PathBuf::from(format!(
-                    "/tmp/keybridge-{}",
-                    rustix::process::getuid().as_raw()
-                ))
-            });
         Paths {
             config: xdg("XDG_CONFIG_HOME", ".config"),
             state: xdg("XDG_STATE_HOME", ".local/state"),
-            runtime,
+            runtime: valid("XDG_RUNTIME_DIR")
+                .map(|d| d.join("keybridge"))
+                .unwrap_or_else(|| PathBuf::from(format!("/tmp/keybridge-{uid}"))),
         }
     }
 
@@ -180,4 +180,78 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn paths(vars: &[(&str, &str)]) -> Paths {
+        let vars: HashMap<String, std::ffi::OsString> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.into()))
+            .collect();
+        Paths::from_vars(|name| vars.get(name).cloned(), 1000)
+    }
+
+    #[test]
+    fn xdg_values_that_are_relative_or_empty_are_ignored() {
+        let p = paths(&[
+            ("HOME", "/home/u"),
+            ("XDG_CONFIG_HOME", "relative/cfg"),
+            ("XDG_STATE_HOME", ""),
+            ("XDG_RUNTIME_DIR", "run"),
+        ]);
+        assert_eq!(p.config, Path::new("/home/u/.config/keybridge"));
+        assert_eq!(p.state, Path::new("/home/u/.local/state/keybridge"));
+        assert_eq!(p.runtime, Path::new("/tmp/keybridge-1000"));
+        let p = paths(&[
+            ("HOME", "/home/u"),
+            ("XDG_CONFIG_HOME", "/c"),
+            ("XDG_STATE_HOME", "/s"),
+            ("XDG_RUNTIME_DIR", "/run/user/1000"),
+        ]);
+        assert_eq!(p.config, Path::new("/c/keybridge"));
+        assert_eq!(p.state, Path::new("/s/keybridge"));
+        assert_eq!(
+            p.socket(),
+            Path::new("/run/user/1000/keybridge/bridge.sock")
+        );
+    }
+
+    #[test]
+    fn keybridge_home_puts_everything_under_one_folder() {
+        let p = paths(&[("KEYBRIDGE_HOME", "/k"), ("XDG_STATE_HOME", "/s")]);
+        assert_eq!(
+            (p.config, p.state, p.runtime),
+            ("/k/config".into(), "/k/state".into(), "/k/run".into())
+        );
+    }
+
+    #[test]
+    fn foreign_or_open_folders_are_refused_and_atomic_writes_replace_links() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("private");
+        private_dir(&dir).unwrap();
+        check_private_dir(&dir).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(check_private_dir(&dir).is_err(), "world-writable");
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        assert!(check_private_dir(&link).is_err(), "a symlink");
+        // write_atomic replaces a symlink at the path instead of writing
+        // through it.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        let target = d.path().join("target");
+        fs::write(&target, "precious").unwrap();
+        let file = dir.join("state.json");
+        std::os::unix::fs::symlink(&target, &file).unwrap();
+        write_atomic(&file, b"new").unwrap();
+        assert_eq!(fs::read_to_string(&target).unwrap(), "precious");
+        assert_eq!(fs::read_to_string(&file).unwrap(), "new");
+        use std::os::unix::fs::MetadataExt as _;
+        assert_eq!(fs::metadata(&file).unwrap().mode() & 0o777, 0o600);
+    }
 }

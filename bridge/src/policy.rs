@@ -17,6 +17,7 @@
 //! pkcs11_modules = ["/usr/lib/x86_64-linux-gnu/*"]   # globs; * matches any characters
 //! ```
 
+use crate::unlock::Remember;
 use keybridge_backends::ModuleAllowlist;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -24,52 +25,6 @@ use std::path::Path;
 
 /// Default policy file.
 pub const SYSTEM_POLICY: &str = "/etc/keybridge/policy.toml";
-
-/// How long an unlock lasts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Remember {
-    /// One unlock allows exactly one signature.
-    EachTask,
-    /// 24 hours.
-    Daily,
-    /// 168 hours.
-    Weekly,
-}
-
-impl Remember {
-    /// Every mode, shortest first.
-    pub const ALL: [Remember; 3] = [Remember::EachTask, Remember::Daily, Remember::Weekly];
-
-    /// How long an unlock in this mode lasts, seconds. `each-task` unlocks
-    /// last until their one signature, or five minutes unused.
-    pub fn lifetime(self) -> i64 {
-        match self {
-            Remember::EachTask => 300,
-            Remember::Daily => 24 * 3600,
-            Remember::Weekly => 168 * 3600,
-        }
-    }
-
-    /// The wire name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Remember::EachTask => "each-task",
-            Remember::Daily => "daily",
-            Remember::Weekly => "weekly",
-        }
-    }
-}
-
-impl std::str::FromStr for Remember {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Remember::ALL
-            .into_iter()
-            .find(|r| r.name() == s)
-            .ok_or_else(|| format!("{s:?} is not each-task, daily or weekly"))
-    }
-}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

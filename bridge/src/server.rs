@@ -118,7 +118,7 @@ pub async fn run(paths: Paths, opts: Options) -> anyhow::Result<()> {
     fs::set_permissions(&opts.socket, fs::Permissions::from_mode(0o600))?;
 
     let state = Arc::new(AppState {
-        keys,
+        keys: Arc::new(keys),
         policy,
         audit,
         clock: opts.clock.clone(),
@@ -134,18 +134,7 @@ pub async fn run(paths: Paths, opts: Options) -> anyhow::Result<()> {
         "keybridge daemon listening"
     );
 
-    // Deadlines are enforced at every request too; this makes secrets leave
-    // memory on time even when no request comes.
-    let sweeper = {
-        let state = state.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                state.keys.expire_all(state.clock.boot()).await;
-            }
-        })
-    };
+    let sweeper = crate::unlock::spawn_expiry_sweep(state.keys.clone(), state.clock.clone());
 
     serve(
         listener,

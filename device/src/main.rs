@@ -13,6 +13,7 @@
 //! With the cargo feature `test-hooks` (never in a shipped build), `verify
 //! --now UNIX_SECONDS` replaces the system clock.
 
+mod exit_code;
 mod state;
 
 use clap::{Parser, Subcommand};
@@ -29,28 +30,12 @@ use std::process::ExitCode;
 /// Largest detached body (`verify --body`) read: 64 MiB.
 const MAX_BODY_LEN: usize = 64 * 1024 * 1024;
 
-const EXIT_CODES: &str = "\
-Exit codes:
-   0  accepted (verify) / done
-   2  usage error
-   3  state or file problem (nothing trusted, unreadable file)
-  10  malformed command            11  not deterministically encoded
-  12  unknown key                  13  revoked key
-  14  alg does not match the key   15  bad signature
-  16  wrong account                17  wrong agent
-  18  wrong device                 19  bad batch proof
-  20  expired (device clock ahead?) 21  not yet valid (device clock behind?)
-  22  validity window over 24 h    23  body mismatch
-  24  replay                       25  replay cache full
-  30  log update is a rollback     31  log update is a fork
-  32  log is invalid";
-
 #[derive(Parser)]
 #[command(
     name = "keybridge-device",
     version,
     about = "Verify keybridge signed commands on a managed device",
-    after_help = EXIT_CODES
+    after_help = exit_code::help()
 )]
 struct Cli {
     /// State folder (trusted logs, replay caches, settings).
@@ -115,61 +100,49 @@ struct Failure(String, u8);
 impl From<StateError> for Failure {
     fn from(e: StateError) -> Self {
         let code = match e {
-            StateError::StoredLog(_) => 32,
-            _ => 3,
+            StateError::StoredLog(_) => exit_code::LOG_INVALID,
+            _ => exit_code::STATE,
         };
         Failure(e.to_string(), code)
     }
 }
 
-fn verify_exit_code(e: &VerifyError) -> u8 {
-    match e {
-        VerifyError::Malformed(_) => 10,
-        VerifyError::NotDeterministic(_) => 11,
-        VerifyError::UnknownKid(_) => 12,
-        VerifyError::RevokedKid { .. } => 13,
-        VerifyError::AlgMismatch { .. } => 14,
-        VerifyError::BadSignature => 15,
-        VerifyError::WrongAccount { .. } => 16,
-        VerifyError::WrongAgent { .. } => 17,
-        VerifyError::WrongDevice { .. } => 18,
-        VerifyError::BadBatchProof => 19,
-        VerifyError::Expired { .. } => 20,
-        VerifyError::NotYetValid { .. } => 21,
-        VerifyError::WindowTooLong(_) => 22,
-        VerifyError::BodyMismatch(_) => 23,
-        VerifyError::Replay => 24,
-        VerifyError::ReplayCacheFull => 25,
+impl From<VerifyError> for Failure {
+    fn from(e: VerifyError) -> Self {
+        let (code, _) = exit_code::of_verify(&e);
+        Failure(e.to_string(), code)
     }
 }
 
 fn log_failure(e: LogError) -> Failure {
-    let code = match e {
-        LogError::Rollback { .. } => 30,
-        LogError::Fork { .. } => 31,
-        _ => 32,
-    };
+    let (code, _) = exit_code::of_log(&e);
     Failure(format!("key log refused: {e}"), code)
 }
 
 /// Reads `path` (`what` it is, for the message), at most `limit` bytes: a
-/// larger file fails with exit code `too_large`, any other problem with 3.
+/// larger file fails with exit code `too_large`, any other problem with
+/// [`exit_code::STATE`].
 fn read(path: &Path, what: &str, limit: usize, too_large: u8) -> Result<Vec<u8>, Failure> {
     let failure = |e: ReadError, code| Failure(format!("{} ({what}): {e}", path.display()), code);
-    let file = std::fs::File::open(path).map_err(|e| failure(e.into(), 3))?;
+    let file = std::fs::File::open(path).map_err(|e| failure(e.into(), exit_code::STATE))?;
     state::read_bounded(file, limit).map_err(|e| match e {
         e @ ReadError::TooLarge { .. } => failure(e, too_large),
-        e => failure(e, 3),
+        e => failure(e, exit_code::STATE),
     })
 }
 
 fn read_log(path: &Path) -> Result<Vec<u8>, Failure> {
-    read(path, "key log", state::MAX_LOG_LEN, 3)
+    read(path, "key log", state::MAX_LOG_LEN, exit_code::STATE)
 }
 
-/// Refuses a `--device-id` that is not a device id (exit 2).
+/// Refuses a `--device-id` that is not a device id ([`exit_code::USAGE`]).
 fn check_id(id: &str) -> Result<(), Failure> {
-    check_device_id(id).map_err(|e| Failure(format!("--device-id {id:?} is refused: {e}"), 2))
+    check_device_id(id).map_err(|e| {
+        Failure(
+            format!("--device-id {id:?} is refused: {e}"),
+            exit_code::USAGE,
+        )
+    })
 }
 
 fn main() -> ExitCode {
@@ -255,24 +228,28 @@ fn run(cli: Cli) -> Result<String, Failure> {
             if let Some(id) = &device_id {
                 check_id(id)?;
             }
-            let envelope = read(&command, "signed command", MAX_ENVELOPE_LEN, 10)?;
+            let envelope = read(
+                &command,
+                "signed command",
+                MAX_ENVELOPE_LEN,
+                exit_code::MALFORMED,
+            )?;
             let body = body
-                .map(|b| read(&b, "body", MAX_BODY_LEN, 3))
+                .map(|b| read(&b, "body", MAX_BODY_LEN, exit_code::STATE))
                 .transpose()?;
             // The account named in the (not yet verified) claims only picks
             // which trust store to check against; reading it checks only
             // the envelope's structure and encoding, everything else is
             // the verifier's, in its order.
-            let account_name = unverified_account(&envelope)
-                .map_err(|e| Failure(e.to_string(), verify_exit_code(&e)))?;
+            let account_name = unverified_account(&envelope)?;
             let mut account = match state.open(&account_name) {
                 Err(StateError::NotTrusted(found)) => {
                     let known = state.accounts()?;
-                    let e = VerifyError::WrongAccount {
+                    return Err(VerifyError::WrongAccount {
                         expected: known.join(", "),
                         found,
-                    };
-                    return Err(Failure(e.to_string(), verify_exit_code(&e)));
+                    }
+                    .into());
                 }
                 other => other?,
             };
@@ -282,9 +259,7 @@ fn run(cli: Cli) -> Result<String, Failure> {
             #[cfg(not(feature = "test-hooks"))]
             let now = unix_now();
             let verifier = Verifier::new(&account.log, &device_id).with_skew(account.settings.skew);
-            let verified = verifier
-                .verify(&envelope, body.as_deref(), now, &mut account.replay)
-                .map_err(|e| Failure(e.to_string(), verify_exit_code(&e)))?;
+            let verified = verifier.verify(&envelope, body.as_deref(), now, &mut account.replay)?;
             // Remember it before anyone acts on it.
             account.save_replay()?;
             Ok(serde_json::to_string_pretty(&verified_json(&verified, &device_id)).expect("JSON"))
@@ -361,7 +336,14 @@ fn render_account(a: &Value) -> String {
         a["account"],
         a["device_id"],
         a["events"],
-        &a["head"].as_str().unwrap_or("")[..16]
+        // The head is ours, 64 hex digits, but the JSON holds whatever it
+        // is given: never slice past its end or inside a character.
+        a["head"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .take(16)
+            .collect::<String>()
     );
     for k in a["keys"].as_array().into_iter().flatten() {
         out.push_str(&format!(
@@ -373,4 +355,22 @@ fn render_account(a: &Value) -> String {
         ));
     }
     out.trim_end().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_account_with_a_short_missing_or_multibyte_head_renders_without_panicking() {
+        for head in [json!("abcd"), json!(null), json!(7), json!("xéééééééé")] {
+            let out = render_account(&json!({"account": "acme", "head": head, "keys": []}));
+            assert!(out.starts_with("account \"acme\""), "{out}");
+        }
+        let out = render_account(&json!({}));
+        assert!(out.contains("head …"), "{out}");
+        let head = "0123456789abcdef".repeat(4);
+        let out = render_account(&json!({"head": head}));
+        assert!(out.contains("head 0123456789abcdef…)"), "{out}");
+    }
 }

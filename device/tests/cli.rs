@@ -7,11 +7,18 @@
 
 #[path = "../../protocol/tests/common/mod.rs"]
 mod common;
+// The device's own exit-code table: the codes the refusal test must
+// produce, all of them.
+#[path = "../src/exit_code.rs"]
+#[allow(dead_code)]
+mod exit_code;
 
 use ciborium::value::Value;
 use common::*;
 use keybridge_protocol::command::CONTENT_TYPE;
-use keybridge_protocol::{Batch, InclusionProof, KeyLog, Op, UnsignedCommand};
+use keybridge_protocol::replay::{DEFAULT_TIME_SYNC_CAPACITY, ReplayCache};
+use keybridge_protocol::{Batch, InclusionProof, KeyLog, Op, Role, UnsignedCommand};
+use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -120,50 +127,202 @@ fn body_is_checked_against_the_signed_hash() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
+/// One refusal produced through the binary: its exit code, words its
+/// reason must contain, and how to provoke it on a device that trusts
+/// `acme` as `dev-1`.
+type Refusal = (i32, &'static str, fn(&Device, &Account) -> Output);
+
+/// Every refusal, in exit-code order.
+fn refusals() -> Vec<Refusal> {
+    vec![
+        (10, "malformed", |d, _| d.verify_at(b"not cose", NOW)),
+        (11, "not deterministically encoded", |d, a| {
+            // The COSE_Sign1 tag, 18, on two bytes.
+            let env = sign_command(&a.alice, &claims("alice", "dev-1"));
+            let mut bad = vec![0xd8, 0x12];
+            bad.extend_from_slice(&env[1..]);
+            d.verify_at(&bad, NOW)
+        }),
+        (12, "unknown key", |d, _| {
+            let stranger = Signer::ed25519(77);
+            d.verify_at(&sign_command(&stranger, &claims("alice", "dev-1")), NOW)
+        }),
+        (13, "revoked", |d, a| {
+            let mut log = a.log.clone();
+            let revoke = Op::Revoke {
+                kid: a.bob.public().kid(),
+            };
+            let ev = a
+                .alice
+                .finish(log.next_event(NOW, &revoke, &a.alice.public()));
+            log.append(&ev).unwrap();
+            let update = d.file("update.cbor", &log.to_bytes());
+            let out = d.run(&["trust", "update", s(&update)]);
+            assert!(out.status.success(), "{}", stderr(&out));
+            d.verify_at(&sign_command(&a.bob, &claims("bob", "dev-1")), NOW)
+        }),
+        (14, "does not match the ed25519 key", |d, a| {
+            // Alice's Ed25519 key, an ES256 header.
+            let payload = claims("alice", "dev-1").to_payload();
+            let env = raw_envelope(&a.alice, -7, CONTENT_TYPE, payload, Default::default());
+            d.verify_at(&env, NOW)
+        }),
+        (15, "signature", |d, a| {
+            let mut env = sign_command(&a.alice, &claims("alice", "dev-1"));
+            *env.last_mut().unwrap() ^= 1;
+            d.verify_at(&env, NOW)
+        }),
+        (16, "account", |d, a| {
+            let mut c = claims("alice", "dev-1");
+            c.iss = "globex".into();
+            d.verify_at(&sign_command(&a.alice, &c), NOW)
+        }),
+        (17, "agent", |d, a| {
+            d.verify_at(&sign_command(&a.bob, &claims("alice", "dev-1")), NOW)
+        }),
+        (18, "device", |d, a| {
+            d.verify_at(&sign_command(&a.alice, &claims("alice", "dev-9")), NOW)
+        }),
+        (19, "batch proof", |d, a| {
+            let batch = Batch::new(["dev-2", "dev-3"]).unwrap();
+            let mut c = claims("alice", "x");
+            c.aud = None;
+            c.devs = Some(batch.signed_root());
+            let u = UnsignedCommand::new(&c, &a.alice.public()).unwrap();
+            let sig = a.alice.sign(u.to_be_signed());
+            let envs = u.into_batch_envelopes(&sig, &batch).unwrap();
+            d.verify_at(&envs[0].1, NOW)
+        }),
+        (20, "time-sync", |d, a| {
+            d.verify_at(
+                &sign_command(&a.alice, &claims("alice", "dev-1")),
+                NOW + 7200,
+            )
+        }),
+        (21, "behind", |d, a| {
+            d.verify_at(
+                &sign_command(&a.alice, &claims("alice", "dev-1")),
+                NOW - 7200,
+            )
+        }),
+        (22, "longer than 24 h", |d, a| {
+            let mut c = claims("alice", "dev-1");
+            c.exp = c.nbf + DAY + 1;
+            d.verify_at(&signed_raw(&a.alice, &c), NOW)
+        }),
+        (23, "body mismatch", |d, a| {
+            use sha2::Digest;
+            let mut c = claims("alice", "dev-1");
+            c.body = Some(sha2::Sha256::digest(b"echo hi\n").into());
+            let cmd = d.file("c.cose", &sign_command(&a.alice, &c));
+            let other = d.file("other.sh", b"rm -rf /\n");
+            let now = NOW.to_string();
+            d.run(&["verify", s(&cmd), "--body", s(&other), "--now", &now])
+        }),
+        (24, "replay", |d, a| {
+            let env = sign_command(&a.alice, &claims("alice", "dev-1"));
+            let first = d.verify_at(&env, NOW);
+            assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+            d.verify_at(&env, NOW + 1)
+        }),
+        (25, "replay cache is full", |d, a| {
+            // The replay cache of a device that took a time-sync a day for
+            // 27 years, each remembered for a year more: its time-sync set
+            // is full of live entries.
+            let kid = a.alice.public().kid();
+            let mut cache = ReplayCache::default();
+            for i in 0..DEFAULT_TIME_SYNC_CAPACITY as u64 {
+                let mut cti = [0xff; 16];
+                cti[..8].copy_from_slice(&i.to_be_bytes());
+                cache
+                    .insert_time_sync(kid, cti, NOW + 400 * DAY, NOW)
+                    .unwrap();
+            }
+            let replay = d.account_dir("acme").join("replay.cbor");
+            std::fs::write(&replay, cache.to_bytes()).unwrap();
+            let mut c = claims("alice", "dev-1");
+            c.cmd = "time-sync".into();
+            d.verify_at(&sign_command(&a.alice, &c), NOW)
+        }),
+        (30, "rollback", |d, a| {
+            let short = d.file("short.cbor", &a.log.to_bytes());
+            let mut log = a.log.clone();
+            let revoke = Op::Revoke {
+                kid: a.bob.public().kid(),
+            };
+            let ev = a
+                .alice
+                .finish(log.next_event(NOW, &revoke, &a.alice.public()));
+            log.append(&ev).unwrap();
+            let longer = d.file("longer.cbor", &log.to_bytes());
+            let out = d.run(&["trust", "update", s(&longer)]);
+            assert!(out.status.success(), "{}", stderr(&out));
+            d.run(&["trust", "update", s(&short)])
+        }),
+        (31, "fork", |d, a| {
+            // The trusted log has seq 0 and 1; this one another seq 1.
+            let genesis = &a.log.events()[0];
+            let mut fork = KeyLog::from_bytes(genesis.bytes()).unwrap();
+            let carol = Signer::ed25519(9);
+            let ev = add_event(&fork, &a.alice, &carol, "carol", Role::Member, None);
+            fork.append(&ev).unwrap();
+            let forked = d.file("fork.cbor", &fork.to_bytes());
+            d.run(&["trust", "update", s(&forked)])
+        }),
+        (32, "key log refused", |d, a| {
+            // The trusted log with its last signature altered.
+            let mut bytes = a.log.to_bytes();
+            *bytes.last_mut().unwrap() ^= 1;
+            let tampered = d.file("tampered.cbor", &bytes);
+            d.run(&["trust", "update", s(&tampered)])
+        }),
+    ]
+}
+
 #[test]
-fn each_refusal_has_its_exit_code_and_a_reason() {
-    let (d, a) = (Device::new(), Account::new());
-    d.trust(&a, "dev-1");
-    let stranger = Signer::ed25519(77);
-    let mut sig_flipped = sign_command(&a.alice, &claims("alice", "dev-1"));
-    let n = sig_flipped.len();
-    sig_flipped[n - 1] ^= 1;
-    let mut c = claims("alice", "dev-1");
-    c.cti = [9; 16];
-    let cases: Vec<(Vec<u8>, i64, i32, &str)> = vec![
-        (b"not cose".to_vec(), NOW, 10, "malformed"),
-        (
-            sign_command(&stranger, &claims("alice", "dev-1")),
-            NOW,
-            12,
-            "unknown key",
-        ),
-        (sig_flipped, NOW, 15, "signature"),
-        (
-            sign_command(&a.bob, &claims("alice", "dev-1")),
-            NOW,
-            17,
-            "agent",
-        ),
-        (
-            sign_command(&a.alice, &claims("alice", "dev-9")),
-            NOW,
-            18,
-            "device",
-        ),
-        (sign_command(&a.alice, &c), NOW + 7200, 20, "time-sync"),
-        (sign_command(&a.alice, &c), NOW - 7200, 21, "behind"),
-    ];
-    for (env, now, code, words) in cases {
-        let out = d.verify_at(&env, now);
-        assert_eq!(out.status.code(), Some(code), "{}", stderr(&out));
-        assert!(stderr(&out).contains(words), "{}", stderr(&out));
-        assert!(out.stdout.is_empty());
+fn every_refusal_exits_with_its_own_code_and_says_why() {
+    let mut produced = BTreeSet::new();
+    for (code, words, provoke) in refusals() {
+        let (d, a) = (Device::new(), Account::new());
+        d.trust(&a, "dev-1");
+        let out = provoke(&d, &a);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "expected {code} ({words}): {}",
+            stderr(&out)
+        );
+        assert!(stderr(&out).contains(words), "{code}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "{code}: printed {:?}", out.stdout);
+        assert!(produced.insert(code), "{code} listed twice");
     }
-    let mut other = claims("alice", "dev-1");
-    other.iss = "globex".into();
-    let out = d.verify_at(&sign_command(&a.alice, &other), NOW);
-    assert_eq!(out.status.code(), Some(16), "{}", stderr(&out));
+    // Every code the device can exit with for a refusal was produced: a
+    // refusal added to the device's table fails here until it is above.
+    let table: BTreeSet<i32> = exit_code::refusals()
+        .iter()
+        .map(|(code, _)| i32::from(*code))
+        .collect();
+    assert_eq!(
+        produced, table,
+        "produced (left), the device's table (right)"
+    );
+    // And each refusal has a code of its own.
+    assert_eq!(table.len(), exit_code::refusals().len());
+}
+
+#[test]
+fn help_lists_every_exit_code() {
+    let out = Device::new().run(&["--help"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let help = String::from_utf8(out.stdout).unwrap();
+    let table = exit_code::refusals().into_iter().chain([
+        (0, "accepted (verify) / done"),
+        (2, "usage error"),
+        (3, "state or file problem"),
+    ]);
+    for (code, what) in table {
+        assert!(help.contains(&format!("{code}  {what}")), "{code}: {help}");
+    }
 }
 
 #[test]

@@ -207,6 +207,10 @@ impl Batch {
     }
 
     /// The inclusion proof of the device at `index` (in sorted order).
+    ///
+    /// # Panics
+    ///
+    /// When `index` is not below the number of devices.
     pub fn proof(&self, index: usize) -> InclusionProof {
         InclusionProof {
             leaf_index: index as u64,

@@ -10,6 +10,10 @@
 //! - [`decode_deterministic`] decodes, then re-encodes and demands the very
 //!   same bytes back. Indefinite lengths, non-minimal integers, unsorted or
 //!   duplicate map keys and trailing bytes all fail that comparison.
+//!
+//! Values are [`ciborium::value::Value`]; the crate root re-exports
+//! `ciborium` (`keybridge_protocol::ciborium`) so callers need not depend
+//! on it themselves.
 
 use ciborium::value::Value;
 use std::cmp::Ordering;

@@ -397,34 +397,20 @@ fn ssh_string(out: &mut Vec<u8>, s: &[u8]) {
 fn ssh_read_string<'a>(rd: &mut &'a [u8]) -> Result<&'a [u8], KeyError> {
     let (len, rest) = rd.split_first_chunk::<4>().ok_or(KeyError::OpenSsh)?;
     let len = u32::from_be_bytes(*len) as usize;
-    if rest.len() < len {
-        return Err(KeyError::OpenSsh);
-    }
-    let (s, rest) = rest.split_at(len);
+    let (s, rest) = rest.split_at_checked(len).ok_or(KeyError::OpenSsh)?;
     *rd = rest;
     Ok(s)
 }
 
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 0xf) as usize] as char);
-    }
-    s
+    ::hex::encode(bytes)
 }
 
-/// Decodes hex (either case); `None` when it is not hex.
+/// Decodes hex: pairs of digits `0-9`, `a-f`, `A-F`, nothing else (no sign,
+/// no whitespace, no `0x`); `None` when it is not hex.
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    ::hex::decode(s).ok()
 }
 
 #[cfg(test)]
@@ -496,5 +482,44 @@ mod tests {
         let k = ed_key().kid();
         assert_eq!(k.to_hex().parse::<Kid>().unwrap(), k);
         assert!("zz".parse::<Kid>().is_err());
+    }
+
+    #[test]
+    fn hex_round_trips_in_either_case() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let lower = hex(&bytes);
+        assert_eq!(lower, lower.to_ascii_lowercase());
+        assert_eq!(unhex(&lower).unwrap(), bytes);
+        assert_eq!(unhex(&lower.to_ascii_uppercase()).unwrap(), bytes);
+        assert_eq!(unhex("").unwrap(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn unhex_refuses_signs_whitespace_odd_length_and_non_ascii() {
+        // `u8::from_str_radix` takes a leading `+`: "+a" was once 0x0a.
+        for bad in [
+            "+a+b",
+            "+0",
+            "-1",
+            "+a",
+            "0x00",
+            " 0",
+            "0 ",
+            "0\n",
+            "a b",
+            "\t00",
+            "abc",
+            "0",
+            "gg",
+            "é",
+            "0é",
+            "éé",
+            "٠٠",
+            "+a".repeat(32).as_str(),
+        ] {
+            assert_eq!(unhex(bad), None, "{bad:?}");
+        }
+        let kid = "+a".repeat(32);
+        assert!(kid.parse::<Kid>().is_err(), "{kid} is not a kid");
     }
 }

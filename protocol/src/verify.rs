@@ -144,6 +144,60 @@ impl VerifyError {
             VerifyError::ReplayCacheFull => "replay_cache_full",
         }
     }
+
+    /// One refusal of each kind, in the order of the variants; the details
+    /// inside are placeholders.
+    ///
+    /// For tables that must cover every refusal (a device's exit codes, an
+    /// API's problem codes) and their tests: a new variant does not compile
+    /// until it has an example here, so no such table can miss it silently.
+    pub fn examples() -> Vec<VerifyError> {
+        // Each line is a variant's pattern and its example. The patterns
+        // also make a `match`, which the compiler demands be exhaustive:
+        // a variant without a line here is a build error.
+        macro_rules! one_of_each {
+            ($($variant:pat => $example:expr),+ $(,)?) => {{
+                let exhaustive = |e: &VerifyError| match e {
+                    $($variant => {})+
+                };
+                vec![$({
+                    let example = $example;
+                    exhaustive(&example);
+                    debug_assert!(matches!(example, $variant), "an example of another variant");
+                    example
+                }),+]
+            }};
+        }
+        let kid = Kid([0; 32]);
+        let (expected, found) = (String::from("expected"), String::from("found"));
+        one_of_each![
+            VerifyError::Malformed(_) => VerifyError::Malformed("example".into()),
+            VerifyError::NotDeterministic(_) => VerifyError::NotDeterministic("payload"),
+            VerifyError::UnknownKid(_) => VerifyError::UnknownKid(kid),
+            VerifyError::RevokedKid { .. } => VerifyError::RevokedKid { kid, seq: 1 },
+            VerifyError::AlgMismatch { .. } => VerifyError::AlgMismatch {
+                alg: Algorithm::Es256,
+                key: Algorithm::Ed25519,
+            },
+            VerifyError::BadSignature => VerifyError::BadSignature,
+            VerifyError::WrongAccount { .. } => VerifyError::WrongAccount {
+                expected: expected.clone(),
+                found: found.clone(),
+            },
+            VerifyError::WrongAgent { .. } => VerifyError::WrongAgent {
+                expected: expected.clone(),
+                found: found.clone(),
+            },
+            VerifyError::WrongDevice { .. } => VerifyError::WrongDevice { expected, found },
+            VerifyError::BadBatchProof => VerifyError::BadBatchProof,
+            VerifyError::Expired { .. } => VerifyError::Expired { late: 1, offset: 1 },
+            VerifyError::NotYetValid { .. } => VerifyError::NotYetValid { early: 1, offset: -1 },
+            VerifyError::WindowTooLong(_) => VerifyError::WindowTooLong(86_401),
+            VerifyError::BodyMismatch(_) => VerifyError::BodyMismatch("example"),
+            VerifyError::Replay => VerifyError::Replay,
+            VerifyError::ReplayCacheFull => VerifyError::ReplayCacheFull,
+        ]
+    }
 }
 
 impl From<EnvelopeError> for VerifyError {

@@ -451,42 +451,45 @@ fn refuses_unknown_claims_and_headers() {
 #[test]
 fn every_refusal_has_its_own_code() {
     use std::collections::BTreeSet;
-    let k = keybridge_protocol::Kid([0; 32]);
-    let all = [
-        VerifyError::Malformed(String::new()),
-        VerifyError::NotDeterministic(""),
-        VerifyError::UnknownKid(k),
-        VerifyError::RevokedKid { kid: k, seq: 0 },
-        VerifyError::AlgMismatch {
-            alg: keybridge_protocol::Algorithm::Ed25519,
-            key: keybridge_protocol::Algorithm::Es256,
-        },
-        VerifyError::BadSignature,
-        VerifyError::WrongAccount {
-            expected: String::new(),
-            found: String::new(),
-        },
-        VerifyError::WrongAgent {
-            expected: String::new(),
-            found: String::new(),
-        },
-        VerifyError::WrongDevice {
-            expected: String::new(),
-            found: String::new(),
-        },
-        VerifyError::BadBatchProof,
-        VerifyError::Expired { late: 0, offset: 0 },
-        VerifyError::NotYetValid {
-            early: 0,
-            offset: 0,
-        },
-        VerifyError::WindowTooLong(0),
-        VerifyError::BodyMismatch(""),
-        VerifyError::Replay,
-        VerifyError::ReplayCacheFull,
-    ];
+    // `examples` cannot leave a variant out (it would not compile), so
+    // neither can this test.
+    let all = VerifyError::examples();
     let codes: BTreeSet<_> = all.iter().map(VerifyError::code).collect();
-    assert_eq!(codes.len(), all.len());
+    assert_eq!(
+        codes.len(),
+        all.len(),
+        "two refusals share a code: {codes:?}"
+    );
+    for e in &all {
+        let code = e.code();
+        assert!(
+            !code.is_empty() && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+            "{e:?}: code {code:?}"
+        );
+        assert!(!e.to_string().is_empty(), "{e:?} says nothing");
+    }
+    // The refusals this test listed by hand before `examples` existed are
+    // all still there.
+    for code in [
+        "malformed",
+        "not_deterministic",
+        "unknown_kid",
+        "revoked_kid",
+        "alg_mismatch",
+        "bad_signature",
+        "wrong_account",
+        "wrong_agent",
+        "wrong_device",
+        "bad_batch_proof",
+        "expired",
+        "not_yet_valid",
+        "window_too_long",
+        "body_mismatch",
+        "replay",
+        "replay_cache_full",
+    ] {
+        assert!(codes.contains(code), "{code} is gone");
+    }
 }
 
 mod fuzz {

@@ -6,12 +6,11 @@
 //!
 //! Errors are `anyhow`: these are the insides of two `main`s.
 
+use ::keybridge::client::{Client, Connection};
 use anyhow::{Context as _, Result, bail, ensure};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -19,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::UnixStream;
+use zeroize::Zeroizing;
 
 /// A child process, killed and reaped when dropped.
 pub struct Proc {
@@ -124,7 +124,7 @@ pub enum Target {
 /// One open keep-alive connection to a target.
 enum Conn {
     Http {
-        sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        sender: Connection,
         body: Bytes,
         field: &'static str,
     },
@@ -136,38 +136,28 @@ enum Conn {
     },
 }
 
-/// Opens an HTTP/1.1 connection on `socket`.
-pub async fn http_connect(
-    socket: &Path,
-) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
-    let stream = UnixStream::connect(socket)
+/// Opens an HTTP/1.1 connection on `socket` with keybridge's own client
+/// (the one the CLI uses), for every HTTP target alike.
+pub async fn http_connect(socket: &Path) -> Result<Connection> {
+    Client::new(socket)
+        .connect()
         .await
-        .with_context(|| format!("connecting to {}", socket.display()))?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    Ok(sender)
+        .with_context(|| format!("connecting to {}", socket.display()))
 }
 
-/// Sends one request; returns the status, the body, and when the response
+/// Sends one request; returns the status, the body, and when the answer's
 /// head arrived.
 pub async fn http_request(
-    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    conn: &mut Connection,
     method: &str,
     path: &str,
     body: Bytes,
 ) -> Result<(u16, Bytes, Instant)> {
-    sender.ready().await?;
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "keybridge")
-        .header("content-type", "application/json")
-        .body(Full::new(body))?;
-    let resp = sender.send_request(req).await?;
-    let head = Instant::now();
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await?.to_bytes();
-    Ok((status, bytes, head))
+    let method = hyper::Method::from_bytes(method.as_bytes())?;
+    let answer = conn
+        .send(method, path, Zeroizing::new(body.to_vec()))
+        .await?;
+    Ok((answer.status, answer.body, answer.head_at))
 }
 
 /// The JSON body of a 200 answer, or the error it was.

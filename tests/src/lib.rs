@@ -4,9 +4,6 @@
 
 pub mod bench;
 
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -266,7 +263,7 @@ impl Bridge {
     /// An HTTP client on this daemon's socket.
     pub fn http(&self) -> Http {
         Http {
-            socket: self.socket(),
+            client: keybridge::client::Client::new(&self.socket()),
         }
     }
 }
@@ -297,26 +294,29 @@ pub fn run_with_stdin(cmd: &mut Command, stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
-/// A keep-alive HTTP/1.1 connection to the daemon.
+/// Keep-alive HTTP/1.1 connections to the daemon, through keybridge's own
+/// client (the one the CLI uses), for tests that drive the API directly —
+/// with hostile input too.
 #[derive(Clone)]
 pub struct Http {
-    socket: PathBuf,
+    client: keybridge::client::Client,
 }
 
 /// One open connection.
 pub struct Conn {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    conn: keybridge::client::Connection,
 }
 
 impl Http {
     /// Opens a connection.
     pub async fn connect(&self) -> std::io::Result<Conn> {
-        let stream = tokio::net::UnixStream::connect(&self.socket).await?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
-        tokio::spawn(conn);
-        Ok(Conn { sender })
+        let conn = self.client.connect().await.map_err(std::io::Error::other)?;
+        Ok(Conn { conn })
+    }
+
+    /// The typed client.
+    pub fn client(&self) -> &keybridge::client::Client {
+        &self.client
     }
 }
 
@@ -342,28 +342,15 @@ impl Conn {
         path: &str,
         bytes: Vec<u8>,
     ) -> Result<(u16, Value), String> {
-        self.sender.ready().await.map_err(|e| e.to_string())?;
-        let req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "keybridge")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(bytes)))
-            .unwrap();
-        let resp = self
-            .sender
-            .send_request(req)
+        let method = hyper::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+        let answer = self
+            .conn
+            .send(method, path, zeroize::Zeroizing::new(bytes))
             .await
             .map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        let v = serde_json::from_slice(&body).map_err(|e| format!("{e}: {body:?}"))?;
-        Ok((status, v))
+        let v =
+            serde_json::from_slice(&answer.body).map_err(|e| format!("{e}: {:?}", answer.body))?;
+        Ok((answer.status, v))
     }
 }
 
@@ -408,8 +395,18 @@ pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 pub const TOKEN_PIN: &str = "123456";
 
 /// A SoftHSM2 token store in a temp folder (its own `SOFTHSM2_CONF`).
+///
+/// Tools run by the fixture get `SOFTHSM2_CONF` in their environment. A
+/// test that loads the SoftHSM2 module in its own process (through
+/// keybridge-backends or cryptoki) needs it in that process's environment,
+/// read once at the module's first `C_Initialize`: such a test runs its body
+/// in a child process with [`SoftHsm::run_isolated`] (see
+/// [`softhsm_test!`]).
 pub struct SoftHsm {
-    dir: tempfile::TempDir,
+    dir: PathBuf,
+    /// Removes the store with the fixture that made it; `None` in the child
+    /// of [`SoftHsm::run_isolated`], whose parent owns the store.
+    _owned: Option<tempfile::TempDir>,
 }
 
 impl SoftHsm {
@@ -434,7 +431,10 @@ impl SoftHsm {
             eprintln!("SKIP: SoftHSM2 tools missing ({missing:?}); run `cargo xtask deps`");
             return None;
         }
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("keybridge-softhsm-")
+            .tempdir()
+            .unwrap();
         std::fs::create_dir(dir.path().join("tokens")).unwrap();
         std::fs::write(
             dir.path().join("softhsm2.conf"),
@@ -444,17 +444,73 @@ impl SoftHsm {
             ),
         )
         .unwrap();
-        Some(SoftHsm { dir })
+        Some(SoftHsm {
+            dir: dir.path().to_owned(),
+            _owned: Some(dir),
+        })
+    }
+
+    /// Runs `body` with a fresh store in a child process of this test
+    /// binary whose environment has `SOFTHSM2_CONF` (and `env`, and no
+    /// `KEYBRIDGE_*` variable of the caller's): the child re-runs just the
+    /// test `test` (its name, as libtest knows it). Skips (loudly) when
+    /// SoftHSM2 is missing, as [`SoftHsm::new`]: under CI that fails. Works
+    /// under `cargo test` (each test its own child, in parallel) and
+    /// `cargo nextest`.
+    pub fn run_isolated(test: &str, env: &[(&str, &str)], body: impl FnOnce(&SoftHsm)) {
+        const CHILD_ENV: &str = "KEYBRIDGE_TESTS_SOFTHSM_DIR";
+        if let Some(dir) = std::env::var_os(CHILD_ENV) {
+            body(&SoftHsm {
+                dir: PathBuf::from(dir),
+                _owned: None,
+            });
+            return;
+        }
+        let Some(hsm) = SoftHsm::new() else {
+            return;
+        };
+        let mut child = Command::new(std::env::current_exe().expect("test binary"));
+        child.args([test, "--exact", "--nocapture", "--test-threads=1"]);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("KEYBRIDGE_") {
+                child.env_remove(name);
+            }
+        }
+        child
+            .env("SOFTHSM2_CONF", hsm.conf())
+            .env(CHILD_ENV, hsm.dir())
+            .envs(env.iter().copied());
+        let out = child.output().expect("run the test binary");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // Shown by `--nocapture`, and on failure.
+        println!("{stdout}");
+        eprintln!("{stderr}");
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{test} failed in its SoftHSM process ({})",
+            out.status
+        );
+    }
+
+    /// The store's folder (for scratch files too).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A file in the store's folder.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
     }
 
     /// The `SOFTHSM2_CONF` path.
     pub fn conf(&self) -> PathBuf {
-        self.dir.path().join("softhsm2.conf")
+        self.dir.join("softhsm2.conf")
     }
 
     /// The token folder.
     pub fn tokens(&self) -> PathBuf {
-        self.dir.path().join("tokens")
+        self.dir.join("tokens")
     }
 
     /// Runs a tool (softhsm2-util, pkcs11-tool, openssl) with this store.
@@ -472,8 +528,23 @@ impl SoftHsm {
         out
     }
 
-    /// Initialises a token labelled `label` with [`TOKEN_PIN`].
-    pub fn init_token(&self, label: &str) {
+    /// Runs a tool with this store; returns its standard output.
+    pub fn tool_text(&self, program: &str, args: &[&str]) -> String {
+        String::from_utf8_lossy(&self.tool(program, args).stdout).into_owned()
+    }
+
+    /// `pkcs11-tool --module SOFTHSM_MODULE …` with this store.
+    pub fn pkcs11_tool(&self, args: &[&str]) -> String {
+        self.tool_text(
+            "pkcs11-tool",
+            &[&["--module", SOFTHSM_MODULE][..], args].concat(),
+        )
+    }
+
+    /// Initialises a token labelled `label` with [`TOKEN_PIN`]; returns it
+    /// with its folder (which a test may move away to unplug the token).
+    pub fn init_token(&self, label: &str) -> SoftHsmToken {
+        let before = self.token_dirs();
         self.tool(
             "softhsm2-util",
             &[
@@ -487,10 +558,73 @@ impl SoftHsm {
                 TOKEN_PIN,
             ],
         );
+        let mut new: Vec<PathBuf> = self
+            .token_dirs()
+            .into_iter()
+            .filter(|d| !before.contains(d))
+            .collect();
+        assert_eq!(new.len(), 1, "one new token folder");
+        SoftHsmToken {
+            label: label.to_owned(),
+            dir: new.remove(0),
+        }
+    }
+
+    fn token_dirs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.tokens())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
     }
 
     /// A key URI on token `label` for object `object`.
     pub fn uri(&self, label: &str, object: &str) -> String {
         format!("pkcs11:token={label};object={object}?module-path={SOFTHSM_MODULE}")
     }
+
+    /// A URI on token `label` with the path attributes `attrs`
+    /// (`object=…;id=…`, or none) and the module.
+    pub fn token_uri(&self, label: &str, attrs: &str) -> String {
+        let sep = if attrs.is_empty() { "" } else { ";" };
+        format!("pkcs11:token={label}{sep}{attrs}?module-path={SOFTHSM_MODULE}")
+    }
+}
+
+/// A token made by [`SoftHsm::init_token`].
+#[derive(Debug, Clone)]
+pub struct SoftHsmToken {
+    /// The token label.
+    pub label: String,
+    /// Its folder under [`SoftHsm::tokens`].
+    pub dir: PathBuf,
+}
+
+/// Declares a `#[test]` whose body runs with a fresh SoftHSM2 store in its
+/// own process ([`SoftHsm::run_isolated`]), so that the SoftHSM2 module
+/// keybridge loads in that process sees the store:
+///
+/// ```ignore
+/// softhsm_test! {
+///     fn a_key_signs(hsm) { hsm.init_token("t"); /* … */ }
+/// }
+/// softhsm_test! {
+///     fn with_more_environment(hsm) with env &[("NAME", "value")] => { /* … */ }
+/// }
+/// ```
+#[macro_export]
+macro_rules! softhsm_test {
+    ($(#[$meta:meta])* fn $name:ident($hsm:ident) $body:block) => {
+        $(#[$meta])*
+        #[test]
+        fn $name() {
+            $crate::SoftHsm::run_isolated(stringify!($name), &[], |$hsm: &$crate::SoftHsm| $body)
+        }
+    };
+    ($(#[$meta:meta])* fn $name:ident($hsm:ident) with env $env:expr => $body:block) => {
+        $(#[$meta])*
+        #[test]
+        fn $name() {
+            $crate::SoftHsm::run_isolated(stringify!($name), $env, |$hsm: &$crate::SoftHsm| $body)
+        }
+    };
 }

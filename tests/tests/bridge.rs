@@ -303,21 +303,33 @@ fn wrong_passphrase_changes_nothing() {
 fn secrets_never_come_back_in_errors() {
     let b = Bridge::start(NOW);
     b.passphrase_key("acme", "alice");
+    let secret = "hunter2-hunter2";
     rt().block_on(async {
         let mut c = b.http().connect().await.unwrap();
-        // A malformed unlock body carrying a secret.
-        let (status, v) = c
-            .request(
-                "POST",
-                "/v1/keys/alice/unlock",
-                Some(&json!({"secret": "hunter2-hunter2", "remember": "forever"})),
-            )
-            .await
-            .unwrap();
-        assert_eq!(status, 400);
-        assert_eq!(v["code"], "bad_request");
-        assert!(!v.to_string().contains("hunter2"));
+        // Every way a request carrying a secret can be refused: a malformed
+        // body, an unknown field, a wrong type next to the secret, an
+        // unknown backend, a bad URI, a taken label, a short passphrase.
+        let bodies = [
+            ("/v1/keys/alice/unlock", json!({"secret": secret, "remember": "forever"})),
+            ("/v1/keys/alice/unlock", json!({"secret": secret, "extra": 1})),
+            ("/v1/keys/alice/unlock", json!({"secret": [secret]})),
+            ("/v1/keys/nobody/unlock", json!({"secret": secret})),
+            ("/v1/keys", json!({"backend": "passphrase", "account": "acme", "agent": "x", "secret": secret, "remember": "forever"})),
+            ("/v1/keys", json!({"backend": "floppy", "account": "acme", "agent": "x", "secret": secret})),
+            ("/v1/keys", json!({"backend": "pkcs11", "account": "acme", "agent": "x", "secret": secret, "uri": format!("pkcs11:token=t?pin-value={secret}")})),
+            ("/v1/keys", json!({"backend": "passphrase", "account": "acme", "agent": "x", "label": "alice", "secret": secret})),
+            ("/v1/keys", json!({"backend": "passphrase", "account": "acme", "agent": "x", "secret": "q7z"})),
+            ("/v1/keys", json!({"backend": "passphrase", "account": "acme", "agent": "x", "secret": {"nested": secret}})),
+        ];
+        for (path, body) in bodies {
+            let (status, v) = c.request("POST", path, Some(&body)).await.unwrap();
+            assert!((400..500).contains(&status), "{path} {body}: {status} {v}");
+            assert!(v["code"].is_string(), "{v}");
+            assert!(!v.to_string().contains(secret), "{path} {body}: {v}");
+            assert!(!v.to_string().contains("q7z"), "{path} {body}: {v}");
+        }
     });
+    assert!(!b.daemon_log().contains(secret));
 }
 
 #[test]
@@ -657,18 +669,110 @@ fn the_daemon_not_running_gets_a_friendly_message() {
     assert!(String::from_utf8_lossy(&r.stderr).contains("keybridge serve"));
 }
 
+/// An Ed25519 signer for building key logs by hand.
+struct TestKey(ed25519_dalek::SigningKey);
+
+impl TestKey {
+    fn new(seed: u8) -> Self {
+        TestKey(ed25519_dalek::SigningKey::from_bytes(&[seed; 32]))
+    }
+    fn public(&self) -> keybridge_protocol::PublicKey {
+        keybridge_protocol::PublicKey::ed25519(self.0.verifying_key().as_bytes()).unwrap()
+    }
+    fn finish(&self, u: keybridge_protocol::Unsigned) -> Vec<u8> {
+        use ed25519_dalek::Signer as _;
+        let sig = self.0.sign(u.to_be_signed()).to_bytes();
+        u.into_bytes(&sig).unwrap()
+    }
+}
+
 #[test]
 fn history_renders_the_key_log_with_owner_and_actor() {
-    let (b, kid, _) = setup();
-    let log = b.home().join("acme.log");
-    let rows = json_out(&b.ok(&["--json", "history", "--log", log.to_str().unwrap()], None));
-    assert_eq!(rows.as_array().unwrap().len(), 1);
-    assert_eq!(rows[0]["op"], "genesis");
-    assert_eq!(rows[0]["subject"], kid);
-    assert_eq!(rows[0]["actor"], "alice");
-    let text = b.ok(&["history", "--log", log.to_str().unwrap()], None);
+    use keybridge_protocol::{KeyRequest, Op, Role};
+    let b = Bridge::start(NOW);
+    // alice (admin) approves bob, bob's key is revoked by alice, a request
+    // of carol's is rejected: the owner of each key and the actor of each
+    // event differ, and the history must say which is which.
+    let (alice, bob, carol, recovery) = (
+        TestKey::new(1),
+        TestKey::new(2),
+        TestKey::new(3),
+        TestKey::new(4),
+    );
+    let mut log = KeyLog::from_bytes(&alice.finish(KeyLog::genesis(
+        "acme",
+        NOW,
+        &alice.public(),
+        "alice",
+        &recovery.public(),
+    )))
+    .unwrap();
+    let req = bob.finish(KeyRequest::unsigned(
+        "acme",
+        "bob",
+        Role::Member,
+        &bob.public(),
+        NOW + 1,
+    ));
+    let add = Op::Add {
+        key: bob.public(),
+        agent: "bob".into(),
+        role: Role::Member,
+        req,
+        replaces: None,
+    };
+    log.append(&alice.finish(log.next_event(NOW + 2, &add, &alice.public())))
+        .unwrap();
+    let carol_req = carol.finish(KeyRequest::unsigned(
+        "acme",
+        "carol",
+        Role::Admin,
+        &carol.public(),
+        NOW + 3,
+    ));
+    let digest: [u8; 32] = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&carol_req).into()
+    };
+    let reject = Op::Reject {
+        req: digest,
+        reason: "unknown device".into(),
+    };
+    log.append(&alice.finish(log.next_event(NOW + 4, &reject, &alice.public())))
+        .unwrap();
+    let revoke = Op::Revoke {
+        kid: bob.public().kid(),
+    };
+    log.append(&alice.finish(log.next_event(NOW + 5, &revoke, &alice.public())))
+        .unwrap();
+    let path = b.home().join("acme.log");
+    std::fs::write(&path, log.to_bytes()).unwrap();
+
+    let rows = json_out(&b.ok(
+        &["--json", "history", "--log", path.to_str().unwrap()],
+        None,
+    ));
+    let rows = rows.as_array().unwrap();
+    let ops: Vec<&str> = rows.iter().map(|r| r["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["genesis", "add", "reject", "revoke"]);
+    let bob_kid = bob.public().kid().to_hex();
+    assert_eq!(rows[1]["subject"], json!(bob_kid));
+    assert_eq!(rows[1]["owner"], "bob");
+    assert_eq!(rows[1]["actor"], "alice");
+    assert_eq!(rows[2]["owner"], Value::Null);
+    assert_eq!(rows[2]["actor"], "alice");
+    assert_eq!(rows[3]["subject"], json!(bob_kid));
+    assert_eq!(rows[3]["owner"], "bob", "the revoked key was bob's");
+    assert_eq!(rows[3]["actor"], "alice", "alice revoked it");
+    assert_eq!(rows[3]["time"], json!(NOW + 5), "--json keeps unix seconds");
+    let text = b.ok(&["history", "--log", path.to_str().unwrap()], None);
     assert!(
-        text.contains("created (first key, admin)") && text.contains("(by alice)"),
+        text.contains("approved for bob as member") && text.contains("revoked (bob)"),
         "{text}"
+    );
+    assert!(text.contains("(by alice)"), "{text}");
+    assert!(
+        text.contains("2027-01-15T08:00:05Z"),
+        "dates for people: {text}"
     );
 }

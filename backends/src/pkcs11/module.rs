@@ -1,5 +1,5 @@
-//! The process-wide registry of loaded PKCS#11 modules, token lookup, and
-//! the mapping of `CKR_*` codes to [`BackendError`].
+//! The process-wide registry of loaded PKCS#11 modules, and which module a
+//! key reference names.
 //!
 //! A PKCS#11 library may be initialised once per process (a second
 //! `C_Initialize` answers `CKR_CRYPTOKI_ALREADY_INITIALIZED`), so every key
@@ -25,16 +25,50 @@
 //! (after a re-initialisation the same handle number may belong to another
 //! key's new session).
 
+use super::errors::describe;
 use crate::BackendError;
+use crate::uri::pkcs11::Pkcs11Uri;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::slot::{Slot, TokenInfo as CkTokenInfo};
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use super::uri::Pkcs11Uri;
+/// The environment variable naming the PKCS#11 module when a URI has no
+/// `module-path` (or [`crate::list`] no location).
+pub const MODULE_ENV: &str = "KEYBRIDGE_PKCS11_MODULE";
+
+/// The module a key reference names: its `module-path`, else `env` (the
+/// value of [`MODULE_ENV`], passed in so that this stays a pure function).
+pub(crate) fn module_path(uri: &Pkcs11Uri, env: Option<OsString>) -> Result<PathBuf, BackendError> {
+    uri.module_path.clone().or_else(|| nonempty(env)).ok_or_else(|| {
+        BackendError::InvalidUri(format!(
+            "which PKCS#11 module? add ?module-path=/path/to/module.so to the pkcs11 URI or set {MODULE_ENV} (SoftHSM2: /usr/lib/softhsm/libsofthsm2.so)"
+        ))
+    })
+}
+
+/// The module a listing names: `location`, else `env` (as [`module_path`]).
+pub(crate) fn location_path(
+    location: Option<&str>,
+    env: Option<OsString>,
+) -> Result<PathBuf, BackendError> {
+    location
+        .filter(|l| !l.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| nonempty(env))
+        .ok_or_else(|| {
+            BackendError::InvalidUri(format!(
+                "which PKCS#11 module? give its path as the location or set {MODULE_ENV} (SoftHSM2: /usr/lib/softhsm/libsofthsm2.so)"
+            ))
+        })
+}
+
+fn nonempty(env: Option<OsString>) -> Option<PathBuf> {
+    env.filter(|v| !v.is_empty()).map(PathBuf::from)
+}
 
 /// One loaded, initialised PKCS#11 library.
 pub(crate) struct Module {
@@ -77,13 +111,15 @@ fn registry() -> &'static Registry {
 /// be absolute and comes from the user's own key reference or environment.
 pub(crate) fn load(path: &Path) -> Result<Arc<Module>, BackendError> {
     if !path.is_absolute() {
-        return Err(BackendError::Failed(format!(
+        return Err(BackendError::InvalidUri(format!(
             "the PKCS#11 module path {} is not absolute",
             path.display()
         )));
     }
+    // Missing is said before the allowlist is: "not allowed" would send
+    // the user to the policy for a typo.
     let key = std::fs::canonicalize(path).map_err(|e| {
-        BackendError::Failed(format!(
+        BackendError::NotFound(format!(
             "cannot use the PKCS#11 module {}: {e}",
             path.display()
         ))
@@ -94,12 +130,7 @@ pub(crate) fn load(path: &Path) -> Result<Arc<Module>, BackendError> {
     if let Some(module) = modules.get(&key) {
         return Ok(Arc::clone(module));
     }
-    let ctx = Pkcs11::new(&key).map_err(|e| {
-        BackendError::Failed(format!(
-            "cannot load the PKCS#11 module {}: {e}",
-            path.display()
-        ))
-    })?;
+    let ctx = open_library(&key, path)?;
     initialize(&ctx, path)?;
     let module = Arc::new(Module {
         path: path.to_owned(),
@@ -112,6 +143,18 @@ pub(crate) fn load(path: &Path) -> Result<Arc<Module>, BackendError> {
     });
     modules.insert(key, Arc::clone(&module));
     Ok(module)
+}
+
+/// Loads the library at `canonical` (named `path` by the user). A file
+/// that is there (and allowed) but does not load is not a PKCS#11 library,
+/// or not one for this machine: the reference names the wrong file.
+fn open_library(canonical: &Path, path: &Path) -> Result<Pkcs11, BackendError> {
+    Pkcs11::new(canonical).map_err(|e| {
+        BackendError::InvalidUri(format!(
+            "cannot load the PKCS#11 module {}: {e}",
+            path.display()
+        ))
+    })
 }
 
 fn initialize(ctx: &Pkcs11, path: &Path) -> Result<(), BackendError> {
@@ -168,176 +211,75 @@ impl Module {
     }
 }
 
-/// Whether a token's description matches the token attributes of `uri`.
-pub(crate) fn token_matches(uri: &Pkcs11Uri, info: &CkTokenInfo) -> bool {
-    let eq = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
-    info.token_initialized()
-        && eq(&uri.token, info.label())
-        && eq(&uri.manufacturer, info.manufacturer_id())
-        && eq(&uri.serial, info.serial_number())
-        && eq(&uri.model, info.model())
-}
-
-/// Checks the `library-*` attributes of `uri` against the module.
-pub(crate) fn check_library(
-    ctx: &Pkcs11,
-    uri: &Pkcs11Uri,
-    path: &Path,
-) -> Result<(), BackendError> {
-    if uri.library_manufacturer.is_none()
-        && uri.library_description.is_none()
-        && uri.library_version.is_none()
-    {
-        return Ok(());
-    }
-    let info = ctx
-        .get_library_info()
-        .map_err(|e| failure("C_GetInfo", &e))?;
-    let version = info.library_version();
-    let ok = uri
-        .library_manufacturer
-        .as_deref()
-        .is_none_or(|m| m == info.manufacturer_id())
-        && uri
-            .library_description
-            .as_deref()
-            .is_none_or(|d| d == info.library_description())
-        && uri
-            .library_version
-            .is_none_or(|(major, minor)| (major, minor) == (version.major(), version.minor()));
-    if ok {
-        Ok(())
-    } else {
-        Err(BackendError::Failed(format!(
-            "the PKCS#11 module {} is \"{}\" \"{}\" {}.{}, not the library the URI names",
-            path.display(),
-            info.manufacturer_id(),
-            info.library_description(),
-            version.major(),
-            version.minor()
-        )))
-    }
-}
-
-/// The slots whose token matches `uri`. Slots that fail to answer (a token
-/// pulled out right now) are skipped.
-pub(crate) fn matching_slots(
-    ctx: &Pkcs11,
-    uri: &Pkcs11Uri,
-) -> Result<Vec<(Slot, CkTokenInfo)>, BackendError> {
-    let slots = ctx
-        .get_slots_with_token()
-        .map_err(|e| failure("C_GetSlotList", &e))?;
-    Ok(slots
-        .into_iter()
-        .filter_map(|slot| ctx.get_token_info(slot).ok().map(|info| (slot, info)))
-        .filter(|(_, info)| token_matches(uri, info))
-        .collect())
-}
-
-/// The `CKR_*` code of a cryptoki error, if it is one.
-pub(crate) fn rv(e: &CkError) -> Option<RvError> {
-    match e {
-        CkError::Pkcs11(rv, _) => Some(*rv),
-        _ => None,
-    }
-}
-
-/// Codes that mean the token (or our session on it) is gone.
-pub(crate) fn means_absent(rv: RvError) -> bool {
-    matches!(
-        rv,
-        RvError::TokenNotPresent
-            | RvError::DeviceRemoved
-            | RvError::SessionHandleInvalid
-            | RvError::SessionClosed
-            | RvError::SlotIdInvalid
-            | RvError::TokenNotRecognized
-            | RvError::DeviceError
-    )
-}
-
-/// `C_Sign: CKR_KEY_HANDLE_INVALID`: the function and the code, without
-/// cryptoki's paragraph-long descriptions.
-pub(crate) fn describe(e: &CkError) -> String {
-    match e {
-        CkError::Pkcs11(rv, function) => {
-            let function = format!("{function:?}");
-            format!("C_{function}: {}", ckr_name(*rv))
-        }
-        other => other.to_string(),
-    }
-}
-
-/// `PinIncorrect` → `CKR_PIN_INCORRECT`.
-pub(crate) fn ckr_name(rv: RvError) -> String {
-    let camel = format!("{rv:?}");
-    let mut name = String::from("CKR_");
-    for (i, c) in camel.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            name.push('_');
-        }
-        name.push(c.to_ascii_uppercase());
-    }
-    name
-}
-
-/// Maps an error of `what` (an operation, for the message):
-/// [`BackendError::TokenAbsent`] for the codes of [`means_absent`],
-/// [`BackendError::Failed`] otherwise.
-pub(crate) fn failure(what: &str, e: &CkError) -> BackendError {
-    match rv(e) {
-        Some(code) if means_absent(code) => {
-            BackendError::TokenAbsent(format!("{what}: {}", ckr_name(code)))
-        }
-        _ => BackendError::Failed(format!("{what}: {}", describe(e))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn ckr_names_read_like_the_standard() {
-        assert_eq!(ckr_name(RvError::PinIncorrect), "CKR_PIN_INCORRECT");
-        assert_eq!(ckr_name(RvError::SlotIdInvalid), "CKR_SLOT_ID_INVALID");
-        assert_eq!(
-            describe(&CkError::Pkcs11(
-                RvError::TokenNotPresent,
-                cryptoki::context::Function::Sign
-            )),
-            "C_Sign: CKR_TOKEN_NOT_PRESENT"
+    fn relative_or_missing_module_paths_are_refused() {
+        assert!(matches!(
+            load(Path::new("libsofthsm2.so")),
+            Err(BackendError::InvalidUri(m)) if m.contains("not absolute")
+        ));
+        assert!(matches!(
+            load(Path::new("/nonexistent/keybridge/pkcs11.so")),
+            Err(BackendError::NotFound(m)) if m.contains("/nonexistent/keybridge/pkcs11.so")
+        ));
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_pkcs11_library_is_an_invalid_uri() {
+        let d = tempfile::tempdir().unwrap();
+        let fake = d.path().join("fake.so");
+        std::fs::write(&fake, "not a library").unwrap();
+        let err = open_library(&fake, &fake).expect_err("refused");
+        assert!(
+            matches!(&err, BackendError::InvalidUri(m) if m.contains("fake.so")),
+            "{err:?}"
         );
     }
 
     #[test]
-    fn absent_codes_become_token_absent() {
-        for code in [
-            RvError::TokenNotPresent,
-            RvError::DeviceRemoved,
-            RvError::SessionHandleInvalid,
-            RvError::SessionClosed,
-            RvError::SlotIdInvalid,
-            RvError::TokenNotRecognized,
-            RvError::DeviceError,
-        ] {
-            let e = CkError::Pkcs11(code, cryptoki::context::Function::Sign);
-            assert!(matches!(failure("sign", &e), BackendError::TokenAbsent(_)));
-        }
-        let e = CkError::Pkcs11(RvError::GeneralError, cryptoki::context::Function::Sign);
-        assert!(matches!(failure("sign", &e), BackendError::Failed(_)));
+    fn a_missing_module_path_is_explained() {
+        let uri: Pkcs11Uri = "pkcs11:token=t".parse().unwrap();
+        let err = module_path(&uri, None).unwrap_err();
+        assert!(matches!(err, BackendError::InvalidUri(_)), "{err:?}");
+        let err = err.to_string();
+        assert!(
+            err.contains("module-path") && err.contains(MODULE_ENV),
+            "{err}"
+        );
+        assert!(
+            module_path(&uri, Some(OsString::new())).is_err(),
+            "empty is unset"
+        );
+        assert_eq!(
+            module_path(&uri, Some("/env/m.so".into())).unwrap(),
+            PathBuf::from("/env/m.so")
+        );
+        // The URI's own module-path wins over the environment.
+        let uri: Pkcs11Uri = "pkcs11:token=t?module-path=/opt/m.so".parse().unwrap();
+        assert_eq!(module_path(&uri, None).unwrap(), PathBuf::from("/opt/m.so"));
+        assert_eq!(
+            module_path(&uri, Some("/env/m.so".into())).unwrap(),
+            PathBuf::from("/opt/m.so")
+        );
     }
 
     #[test]
-    fn relative_or_missing_module_paths_are_refused() {
-        assert!(matches!(
-            load(Path::new("libsofthsm2.so")),
-            Err(BackendError::Failed(m)) if m.contains("not absolute")
-        ));
-        assert!(matches!(
-            load(Path::new("/nonexistent/keybridge/pkcs11.so")),
-            Err(BackendError::Failed(m)) if m.contains("/nonexistent/keybridge/pkcs11.so")
-        ));
+    fn a_listing_without_location_takes_the_environment_or_explains() {
+        let err = location_path(None, None).unwrap_err();
+        assert!(
+            matches!(&err, BackendError::InvalidUri(m) if m.contains(MODULE_ENV)),
+            "{err:?}"
+        );
+        assert_eq!(
+            location_path(None, Some("/env/m.so".into())).unwrap(),
+            PathBuf::from("/env/m.so")
+        );
+        assert_eq!(
+            location_path(Some("/given.so"), Some("/env/m.so".into())).unwrap(),
+            PathBuf::from("/given.so")
+        );
     }
 }

@@ -7,28 +7,18 @@
 use super::problem::ApiError;
 use super::{Json, Shared};
 use crate::audit;
+use crate::wire::{AccountInit, AccountLog};
 use axum::extract::State;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use keybridge_protocol::key::{hex, unhex};
 use keybridge_protocol::{KeyLog, PublicKey};
-use serde::Deserialize;
-use serde_json::{Value, json};
-
-/// Body of `POST /v1/account/init`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InitRequest {
-    key: String,
-    /// Hex of the recovery key's COSE_Key.
-    recovery_key: String,
-}
 
 /// `POST /v1/account/init`
 pub async fn init(
     State(s): State<Shared>,
-    Json(req): Json<InitRequest>,
-) -> Result<Json<Value>, ApiError> {
+    Json(req): Json<AccountInit>,
+) -> Result<Json<AccountLog>, ApiError> {
     let entry = s.keys.resolve(&req.key)?;
     let recovery = unhex(&req.recovery_key)
         .and_then(|b| PublicKey::from_cose_key_bytes(&b).ok())
@@ -66,10 +56,10 @@ pub async fn init(
             cti: None,
         })
         .map_err(|e| ApiError::Internal(format!("audit log: {e}")))?;
-    Ok(Json(json!({
-        "account": log.account(),
-        "log": B64.encode(log.to_bytes()),
-        "head": hex(&log.head()),
-        "recovery_kid": recovery.kid().to_hex(),
-    })))
+    Ok(Json(AccountLog {
+        account: log.account().to_owned(),
+        log: B64.encode(log.to_bytes()),
+        head: hex(&log.head()),
+        recovery_kid: recovery.kid().to_hex(),
+    }))
 }

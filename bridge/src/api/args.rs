@@ -13,9 +13,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// The `args` object of a sign request.
-#[derive(Debug, Default)]
-pub struct Args(pub BTreeMap<String, ArgValue>);
+use crate::wire::Args;
 
 impl<'de> serde::Deserialize<'de> for Args {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -1,95 +1,71 @@
 //! `GET|POST /v1/keys`, `GET /v1/keys/{kid}`, `POST /v1/keys/{kid}/unlock`,
-//! `POST /v1/keys/{kid}/lock`.
+//! `POST /v1/keys/{kid}/lock`, `GET /v1/backends/{backend}/tokens`.
 
 use super::problem::ApiError;
 use super::{Json, Shared};
 use crate::clock::Clock;
 use crate::keys::{KeyEntry, StoredKey};
-use crate::policy::Remember;
+use crate::wire::{CreateKey, CreatedKey, KeyView, LockState, PublicKeyExport, Unlock};
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use keybridge_backends::{BackendError, BackendKind, KeyRecord, KeyUri, SecretString, Signer};
+use keybridge_backends::{BackendError, BackendKind, CreateSpec, KeyUri, TokenListing};
 use keybridge_protocol::Algorithm;
+use keybridge_protocol::key::hex;
 use serde::Deserialize;
-use serde_json::{Value, json};
 
-/// The JSON a key is shown as.
-pub fn key_json(e: &KeyEntry, clock: &Clock) -> Value {
+/// How a key is shown.
+pub fn key_view(e: &KeyEntry, clock: &Clock) -> KeyView {
     let r = &e.stored.record;
     let unlocked = e.unlocked(clock.boot());
-    json!({
-        "kid": e.kid().to_hex(),
-        "label": r.label,
-        "backend": r.backend.name(),
-        "uri": r.uri,
-        "alg": e.public.algorithm().name(),
-        "account": e.stored.account,
-        "agent": e.stored.agent,
-        "created": r.created,
-        "remember": e.stored.remember.map(Remember::name),
-        "unlocked": unlocked.is_some(),
-        "unlocked_mode": unlocked.map(|(m, _)| m.name()),
-        "unlocked_until": unlocked.map(|(_, t)| t),
-    })
+    KeyView {
+        kid: e.kid_hex.clone(),
+        label: r.label.clone(),
+        backend: r.backend.name().to_owned(),
+        uri: r.uri.clone(),
+        alg: e.public.algorithm().name().to_owned(),
+        account: e.stored.account.clone(),
+        agent: e.stored.agent.clone(),
+        created: r.created,
+        remember: e.stored.remember,
+        unlocked: unlocked.is_some(),
+        unlocked_mode: unlocked.map(|(m, _)| m),
+        unlocked_until: unlocked.map(|(_, t)| t),
+        public_key: None,
+        params: None,
+    }
 }
 
 /// `GET /v1/keys`
-pub async fn list(State(s): State<Shared>) -> Json<Value> {
-    Json(Value::Array(
-        s.keys.all().iter().map(|e| key_json(e, &s.clock)).collect(),
-    ))
+pub async fn list(State(s): State<Shared>) -> Json<Vec<KeyView>> {
+    Json(s.keys.all().iter().map(|e| key_view(e, &s.clock)).collect())
 }
 
 /// `GET /v1/keys/{kid}`: with the public key in every export format.
 pub async fn show(
     State(s): State<Shared>,
     Path(sel): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<KeyView>, ApiError> {
     let e = s.keys.resolve(&sel)?;
-    let mut v = key_json(&e, &s.clock);
+    let mut v = key_view(&e, &s.clock);
     let comment = format!("{}@{}", e.stored.agent, e.stored.account);
-    v["public_key"] = json!({
-        "cose": keybridge_protocol::key::hex(&e.public.to_cose_key_bytes()),
-        "pem": e.public.to_spki_pem(),
-        "ssh": e.public.to_openssh(&comment),
+    v.public_key = Some(PublicKeyExport {
+        cose: hex(&e.public.to_cose_key_bytes()),
+        pem: e.public.to_spki_pem(),
+        ssh: e.public.to_openssh(&comment),
     });
-    v["params"] = e.stored.record.params.clone();
+    v.params = Some(e.stored.record.params.clone());
     Ok(Json(v))
 }
 
-/// Body of `POST /v1/keys`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateRequest {
-    backend: String,
-    account: String,
-    agent: String,
-    #[serde(default)]
-    uri: Option<String>,
-    #[serde(default)]
-    label: Option<String>,
-    #[serde(default)]
-    remember: Option<Remember>,
-    /// `p256` (default for hardware) or `ed25519`.
-    #[serde(default)]
-    alg: Option<String>,
-    /// Use a key that already exists on the token instead of generating.
-    #[serde(default)]
-    existing: bool,
-    /// Passphrase or PIN; a PKCS#11 URI may name a `pin-source` instead.
-    #[serde(default)]
-    secret: Option<SecretString>,
-}
-
-/// `POST /v1/keys`: generate (or derive) a key in its backend.
+/// `POST /v1/keys`: generate (or derive, or open) a key in its backend.
 pub async fn create(
     State(s): State<Shared>,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     // Parsed by hand so that a malformed body's error can never echo the
     // secret back.
-    let req: CreateRequest = serde_json::from_slice(&body)
+    let req: CreateKey = serde_json::from_slice(&body)
         .map_err(|_| ApiError::BadRequest(
             "expected {\"backend\", \"account\", \"agent\", \"secret\", optional \"uri\", \"label\", \"remember\", \"alg\", \"existing\"}".into(),
         ))?;
@@ -117,122 +93,59 @@ pub async fn create(
         .backend
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("unknown backend {:?}", req.backend)))?;
-    let now = s.clock.now();
-    let (signer, record): (Box<dyn Signer>, KeyRecord) = match backend {
-        BackendKind::Passphrase => {
-            if let Some(uri) = &req.uri {
-                let expected = KeyUri::passphrase(&req.account, &req.agent)
-                    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-                let given: KeyUri = uri.parse().map_err(|e: keybridge_backends::UriError| {
-                    ApiError::BadRequest(e.to_string())
-                })?;
-                if given != expected {
-                    return Err(ApiError::BadRequest(format!(
-                        "a passphrase key's URI is {expected}; it names the account and agent"
-                    )));
-                }
-            }
-            if req.existing || req.alg.as_deref().is_some_and(|a| a != "ed25519") {
-                return Err(ApiError::BadRequest(
-                    "a passphrase key is always a derived Ed25519 key".into(),
-                ));
-            }
-            let secret = req.secret.ok_or_else(|| {
-                ApiError::BadRequest("a passphrase key needs its passphrase".into())
-            })?;
-            let (account, agent, label) =
-                (req.account.clone(), req.agent.clone(), req.label.clone());
-            let (signer, record) = blocking(move || {
-                keybridge_backends::passphrase::create(&account, &agent, &secret, label, now)
+    // A refused URI is named without its query values: it may carry a PIN
+    // (`pin-value`) or a path.
+    let uri = req
+        .uri
+        .as_deref()
+        .map(|u| {
+            u.parse::<KeyUri>().map_err(|e| {
+                ApiError::BadRequest(format!("{}: {e}", keybridge_backends::redact_uri(u)))
             })
-            .await?;
-            (Box::new(signer), record)
-        }
-        #[cfg(feature = "pkcs11")]
-        BackendKind::Pkcs11 => {
-            use keybridge_backends::pkcs11;
-            let uri = req.uri.clone().ok_or_else(|| {
-                ApiError::BadRequest(
-                    "a PKCS#11 key needs --uri 'pkcs11:token=…;object=…?module-path=…'".into(),
-                )
-            })?;
-            // The error names the URI without its query values: a refused
-            // URI may carry a PIN (`pin-value`) or a path.
-            uri.parse::<pkcs11::Pkcs11Uri>().map_err(|e| {
-                ApiError::BadRequest(format!("{}: {e}", keybridge_backends::redact_uri(&uri)))
-            })?;
-            let alg = match req.alg.as_deref() {
-                None | Some("p256") => Algorithm::Es256,
-                Some("ed25519") => Algorithm::Ed25519,
-                Some(other) => {
-                    return Err(ApiError::BadRequest(format!(
-                        "alg {other:?} is not p256 or ed25519"
-                    )));
-                }
-            };
-            let pin = match req.secret {
-                Some(pin) => Some(pin),
-                None => pkcs11::pin_from_uri(&uri)?,
-            };
-            let (account, agent, label) =
-                (req.account.clone(), req.agent.clone(), req.label.clone());
-            let existing = req.existing;
-            let (signer, record) = blocking(move || {
-                if existing {
-                    pkcs11::open_uri(&uri, pin.as_ref(), label, now)
-                } else {
-                    let pin = pin.ok_or_else(|| {
-                        BackendError::InvalidSecret(
-                            "generating a key on a token needs its PIN".into(),
-                        )
-                    })?;
-                    pkcs11::create(&uri, &account, &agent, alg, &pin, label, now)
-                }
-            })
-            .await?;
-            (Box::new(signer), record)
-        }
-        other => {
+        })
+        .transpose()?;
+    let alg = match req.alg.as_deref() {
+        None => None,
+        Some("p256") => Some(Algorithm::Es256),
+        Some("ed25519") => Some(Algorithm::Ed25519),
+        Some(other) => {
             return Err(ApiError::BadRequest(format!(
-                "the {} backend is not available in this build yet",
-                other.name()
+                "alg {other:?} is not p256 or ed25519"
             )));
         }
     };
-    // Creating derived the key (or logged in to the token); it stays
-    // unusable until an unlock grants a prompt frequency, so it leaves
-    // memory now.
-    let mut signer = signer;
-    signer.lock();
+    let now = s.clock.now();
+    let spec = CreateSpec {
+        uri,
+        backend,
+        account: req.account.clone(),
+        agent: req.agent.clone(),
+        alg,
+        label: req.label.clone(),
+        existing: req.existing,
+        secret: req.secret,
+        now,
+    };
+    let (signer, record) = blocking(move || keybridge_backends::create(spec)).await?;
     let stored = StoredKey {
         record,
         account: req.account,
         agent: req.agent,
         remember: req.remember,
     };
-    let (entry, created) = s.keys.add(stored, signer)?;
-    let mut v = key_json(&entry, &s.clock);
-    v["created"] = json!(created);
-    tracing::info!(kid = %entry.kid(), created, "key created");
+    let (entry, new) = s.keys.add(stored, signer)?;
+    tracing::info!(kid = %entry.kid(), new, "key created");
     Ok((
-        if created {
+        if new {
             StatusCode::CREATED
         } else {
             StatusCode::OK
         },
-        Json(v),
+        Json(CreatedKey {
+            key: key_view(&entry, &s.clock),
+            new,
+        }),
     ))
-}
-
-/// Body of `POST /v1/keys/{kid}/unlock`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UnlockRequest {
-    secret: SecretString,
-    #[serde(default)]
-    remember: Option<Remember>,
-    #[serde(default)]
-    spend_last_attempt: bool,
 }
 
 /// `POST /v1/keys/{kid}/unlock`
@@ -240,9 +153,9 @@ pub async fn unlock(
     State(s): State<Shared>,
     Path(sel): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<LockState>, ApiError> {
     let e = s.keys.resolve(&sel)?;
-    let req: UnlockRequest = serde_json::from_slice(&body).map_err(|_| {
+    let req: Unlock = serde_json::from_slice(&body).map_err(|_| {
         ApiError::BadRequest(
             "expected {\"secret\", optional \"remember\", \"spend_last_attempt\"}".into(),
         )
@@ -263,23 +176,51 @@ pub async fn unlock(
         .unlock(req.secret, mode, req.spend_last_attempt, &s.clock)
         .await?;
     tracing::info!(kid = %e.kid(), mode = mode.name(), until, "key unlocked");
-    Ok(Json(json!({
-        "kid": e.kid().to_hex(),
-        "unlocked": true,
-        "mode": mode.name(),
-        "until": until,
-    })))
+    Ok(Json(LockState {
+        kid: e.kid_hex.clone(),
+        unlocked: true,
+        mode: Some(mode),
+        until: Some(until),
+    }))
 }
 
 /// `POST /v1/keys/{kid}/lock`
 pub async fn lock(
     State(s): State<Shared>,
     Path(sel): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<LockState>, ApiError> {
     let e = s.keys.resolve(&sel)?;
     e.lock().await;
     tracing::info!(kid = %e.kid(), "key locked");
-    Ok(Json(json!({ "kid": e.kid().to_hex(), "unlocked": false })))
+    Ok(Json(LockState {
+        kid: e.kid_hex.clone(),
+        unlocked: false,
+        mode: None,
+        until: None,
+    }))
+}
+
+/// Query of `GET /v1/backends/{backend}/tokens`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensQuery {
+    /// Where to look (for PKCS#11: the module path; the allowlist applies).
+    #[serde(default)]
+    location: Option<String>,
+}
+
+/// `GET /v1/backends/{backend}/tokens`: what a backend shows (tokens and
+/// the usable keys on them), like `pkcs11-tool -L -O`. Public objects only.
+pub async fn tokens(
+    Path(backend): Path<String>,
+    Query(q): Query<TokensQuery>,
+) -> Result<Json<Vec<TokenListing>>, ApiError> {
+    let backend: BackendKind = backend
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("unknown backend {backend:?}")))?;
+    let listing =
+        blocking(move || keybridge_backends::list(backend, q.location.as_deref())).await?;
+    Ok(Json(listing))
 }
 
 /// Runs a blocking backend call (a KDF, a token operation) off the runtime.

@@ -6,6 +6,7 @@
 //! | `GET, POST /v1/keys`, `GET /v1/keys/{kid}`, `POST /v1/keys/{kid}/unlock`, `POST /v1/keys/{kid}/lock` | [`keys`] |
 //! | `POST /v1/sign` | [`sign`] |
 //! | `POST /v1/account/init` | [`account`] |
+//! | `GET /v1/backends/{backend}/tokens?location=…` | [`keys`] |
 
 pub mod account;
 mod args;
@@ -31,7 +32,7 @@ use std::sync::Arc;
 /// What every handler can reach.
 pub struct AppState {
     /// The keys.
-    pub keys: Keys,
+    pub keys: Arc<Keys>,
     /// The effective policy.
     pub policy: Policy,
     /// The audit log.
@@ -103,6 +104,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/keys/{kid}/lock", post(keys::lock))
         .route("/v1/sign", post(sign::sign))
         .route("/v1/account/init", post(account::init))
+        .route("/v1/backends/{backend}/tokens", get(keys::tokens))
         .fallback(|| async { ApiError::BadRequest("no such route".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), body_in_time))
         .layer(middleware::from_fn_with_state(

@@ -1,10 +1,11 @@
 //! RFC 9457 problem details with keybridge's stable `code`s: the one place
 //! where errors from policy, keys and backends become HTTP answers.
 
+use crate::keys::KeyError;
+use crate::wire::Problem;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keybridge_backends::BackendError;
-use serde_json::json;
 
 /// An API error; `code()` is the stable name clients match on.
 #[derive(Debug, thiserror::Error)]
@@ -38,9 +39,12 @@ pub enum ApiError {
     /// No such key.
     #[error("no key matches {0:?}")]
     UnknownKey(String),
-    /// A name that several keys answer to.
-    #[error("{0:?} names several keys; use more of the kid")]
+    /// A name that several keys (or tokens) answer to.
+    #[error("{0}")]
     Ambiguous(String),
+    /// A token, key, module or file the request names does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// Something with that name or id exists already.
     #[error("{0}")]
     AlreadyExists(String),
@@ -77,6 +81,7 @@ impl ApiError {
             ApiError::PolicyDenied(_) => "policy_denied",
             ApiError::UnknownKey(_) => "unknown_key",
             ApiError::Ambiguous(_) => "ambiguous",
+            ApiError::NotFound(_) => "not_found",
             ApiError::AlreadyExists(_) => "already_exists",
             ApiError::TooManyAttempts { .. } => "too_many_attempts",
             ApiError::RequestTimeout => "request_timeout",
@@ -95,7 +100,7 @@ impl ApiError {
             ApiError::TokenAbsent(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TouchTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PolicyDenied(_) | ApiError::Forbidden => StatusCode::FORBIDDEN,
-            ApiError::UnknownKey(_) => StatusCode::NOT_FOUND,
+            ApiError::UnknownKey(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Ambiguous(_) | ApiError::AlreadyExists(_) => StatusCode::CONFLICT,
             ApiError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -115,9 +120,28 @@ impl From<BackendError> for ApiError {
             BackendError::TokenAbsent(what) => ApiError::TokenAbsent(what),
             BackendError::TouchTimeout => ApiError::TouchTimeout,
             BackendError::InvalidSecret(why) => ApiError::BadRequest(why),
-            BackendError::Unsupported(why) => ApiError::BadRequest(why),
+            BackendError::Unsupported(why)
+            | BackendError::UnsupportedMechanism(why)
+            | BackendError::InvalidUri(why) => ApiError::BadRequest(why),
+            BackendError::NotFound(what) => ApiError::NotFound(what),
+            BackendError::AlreadyExists(what) => ApiError::AlreadyExists(what),
+            BackendError::Ambiguous(what) => ApiError::Ambiguous(what),
             e @ BackendError::ModuleNotAllowed { .. } => ApiError::PolicyDenied(e.to_string()),
             other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Locked => ApiError::Locked,
+            KeyError::Unknown(name) => ApiError::UnknownKey(name),
+            e @ KeyError::Ambiguous(_) => ApiError::Ambiguous(e.to_string()),
+            KeyError::LabelTaken(why) => ApiError::AlreadyExists(why),
+            KeyError::TooManyAttempts { retry_after } => ApiError::TooManyAttempts { retry_after },
+            KeyError::Backend(e) => e.into(),
+            e @ KeyError::Storage(_) => ApiError::Internal(e.to_string()),
         }
     }
 }
@@ -128,22 +152,24 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(detail) = &self {
             tracing::error!(%detail, "request failed");
         }
-        let mut body = json!({
-            "type": format!("urn:keybridge:problem:{}", self.code()),
-            "title": status.canonical_reason().unwrap_or("error"),
-            "status": status.as_u16(),
-            "code": self.code(),
-            "detail": self.to_string(),
-        });
-        match &self {
-            ApiError::WrongPin {
-                retries_left: Some(n),
-            } => body["retries_left"] = json!(n),
-            ApiError::LastAttempt => body["retries_left"] = json!(1),
-            ApiError::TooManyAttempts { retry_after } => body["retry_after"] = json!(retry_after),
-            _ => {}
-        }
-        let mut resp = (status, body.to_string()).into_response();
+        let body = Problem {
+            kind: format!("urn:keybridge:problem:{}", self.code()),
+            title: status.canonical_reason().unwrap_or("error").to_owned(),
+            status: status.as_u16(),
+            code: self.code().to_owned(),
+            detail: self.to_string(),
+            retries_left: match &self {
+                ApiError::WrongPin { retries_left } => retries_left.map(u64::from),
+                ApiError::LastAttempt => Some(1),
+                _ => None,
+            },
+            retry_after: match &self {
+                ApiError::TooManyAttempts { retry_after } => Some(*retry_after),
+                _ => None,
+            },
+        };
+        let body = serde_json::to_string(&body).expect("a problem serializes");
+        let mut resp = (status, body).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),

@@ -7,6 +7,7 @@
 use super::problem::ApiError;
 use super::{Json, Shared};
 use crate::audit;
+use crate::wire::{SignRequest, Signed};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse as _, Response};
@@ -16,30 +17,10 @@ use keybridge_protocol::command::{DEFAULT_TTL, MAX_VALIDITY, is_valid_command};
 use keybridge_protocol::device_id::check_device_id;
 use keybridge_protocol::key::{hex, unhex};
 use keybridge_protocol::{Batch, Claims, UnsignedCommand};
-use serde::Deserialize;
-use serde_json::{Value, json};
 
-/// Body of `POST /v1/sign`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SignRequest {
-    key: String,
-    #[serde(default)]
-    device: Option<String>,
-    #[serde(default)]
-    devices: Option<Vec<String>>,
-    command: String,
-    #[serde(default)]
-    args: super::args::Args,
-    #[serde(default)]
-    body_sha256: Option<String>,
-    #[serde(default)]
-    ttl: Option<i64>,
-}
-
-/// The answer: a JSON value, or (a batch) JSON already rendered.
-enum Signed {
-    Json(Value),
+/// The answer: one envelope, or (a batch) JSON already rendered.
+enum Answer {
+    Single(Signed),
     Rendered(String),
 }
 
@@ -128,7 +109,10 @@ pub async fn sign(
             let env = unsigned
                 .into_envelope(&signature)
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
-            Signed::Json(json!({ "kid": kid, "envelope": B64.encode(env) }))
+            Answer::Single(Signed::Single {
+                kid,
+                envelope: B64.encode(env),
+            })
         }
         Ok(batch) => {
             let root = hex(&batch.root());
@@ -158,7 +142,7 @@ pub async fn sign(
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-            Signed::Rendered(body)
+            Answer::Rendered(body)
         }
     };
     // No audit line, no signature: a command that was not recorded never
@@ -167,8 +151,8 @@ pub async fn sign(
         .append(&audit_entry)
         .map_err(|e| ApiError::Internal(format!("audit log: {e}")))?;
     Ok(match response {
-        Signed::Json(v) => Json(v).into_response(),
-        Signed::Rendered(body) => {
+        Answer::Single(v) => Json(v).into_response(),
+        Answer::Rendered(body) => {
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
     })

@@ -2,20 +2,24 @@
 
 use super::Json;
 use super::Shared;
+use crate::wire::Status;
 use axum::extract::State;
-use serde_json::{Value, json};
 
 /// `GET /v1/status`
-pub async fn status(State(s): State<Shared>) -> Json<Value> {
-    let now = s.clock.now();
-    Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "pid": std::process::id(),
-        "socket": s.socket.display().to_string(),
-        "started": s.started,
-        "now": now,
-        "audit_log": s.audit.path().display().to_string(),
-        "policy": s.policy,
-        "keys": s.keys.all().iter().map(|e| super::keys::key_json(e, &s.clock)).collect::<Vec<_>>(),
-    }))
+pub async fn status(State(s): State<Shared>) -> Json<Status> {
+    Json(Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        socket: s.socket.display().to_string(),
+        started: s.started,
+        now: s.clock.now(),
+        audit_log: s.audit.path().display().to_string(),
+        policy: serde_json::to_value(&s.policy).expect("the policy serializes"),
+        keys: s
+            .keys
+            .all()
+            .iter()
+            .map(|e| super::keys::key_view(e, &s.clock))
+            .collect(),
+    })
 }

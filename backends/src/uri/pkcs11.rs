@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 /// A parsed `pkcs11:` URI. Absent attributes match anything.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Pkcs11Uri {
     /// `token`: the token label (CK_TOKEN_INFO.label).
     pub token: Option<String>,
@@ -81,8 +81,9 @@ impl ObjectType {
     }
 }
 
-/// Why a `pkcs11:` URI was refused. Never contains a PIN: a `pin-value` is
-/// refused without repeating it.
+/// Why a `pkcs11:` URI was refused. Never contains a PIN (a `pin-value` is
+/// refused without repeating it) nor any other query value (`module-path`,
+/// `pin-source`): those are named, not shown.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Pkcs11UriError {
     /// The text does not start with `pkcs11:`.
@@ -321,9 +322,9 @@ fn object_type(v: &str) -> Result<ObjectType, Pkcs11UriError> {
 
 fn module_path(v: &str) -> Result<PathBuf, Pkcs11UriError> {
     if !v.starts_with('/') {
-        return Err(Pkcs11UriError::Unsupported(format!(
-            "module-path must be an absolute path, not {v:?}"
-        )));
+        return Err(Pkcs11UriError::Unsupported(
+            "module-path must be an absolute path".into(),
+        ));
     }
     Ok(PathBuf::from(v))
 }
@@ -337,9 +338,9 @@ fn pin_source(v: &str) -> Result<PathBuf, Pkcs11UriError> {
                 .map(|i| authority_and_path.split_at(i))
                 .unwrap_or((authority_and_path, ""));
             if !(host.is_empty() || host.eq_ignore_ascii_case("localhost")) {
-                return Err(Pkcs11UriError::Unsupported(format!(
-                    "pin-source names a file on host {host:?}: only local files are read"
-                )));
+                return Err(Pkcs11UriError::Unsupported(
+                    "pin-source names a file on another host: only local files are read".into(),
+                ));
             }
             path
         } else {
@@ -354,9 +355,9 @@ fn pin_source(v: &str) -> Result<PathBuf, Pkcs11UriError> {
         v
     };
     if !path.starts_with('/') {
-        return Err(Pkcs11UriError::Unsupported(format!(
-            "pin-source must be file:/absolute/path, not {v:?}"
-        )));
+        return Err(Pkcs11UriError::Unsupported(
+            "pin-source must be file:/absolute/path".into(),
+        ));
     }
     Ok(PathBuf::from(path))
 }
@@ -546,6 +547,18 @@ mod tests {
                 matches!(parse(bad), Err(Pkcs11UriError::Unsupported(_))),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn refused_query_values_are_named_not_shown() {
+        for (bad, value) in [
+            ("pkcs11:?module-path=lib/secret-place.so", "secret-place"),
+            ("pkcs11:?pin-source=file://far-host/pin", "far-host"),
+            ("pkcs11:?pin-source=relative/secret-pin", "secret-pin"),
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(!err.contains(value), "{bad}: {err}");
         }
     }
 

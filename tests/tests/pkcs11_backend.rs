@@ -1,14 +1,16 @@
-//! The PKCS#11 backend against real SoftHSM2 tokens, cross-checked with
-//! `pkcs11-tool` and `openssl` (DESIGN.md §8). Each test runs in its own
-//! process with its own token directory (see `softhsm/mod.rs`).
-#![cfg(feature = "pkcs11")]
-
-mod softhsm;
+//! The PKCS#11 backend (keybridge-backends) against real SoftHSM2 tokens,
+//! cross-checked with `pkcs11-tool` and `openssl` (DESIGN.md §8). Each test
+//! runs in its own process with its own token store
+//! ([`keybridge_tests::softhsm_test!`]): SoftHSM2 reads its configuration
+//! once per process.
 
 use keybridge_backends::pkcs11::{self, Pkcs11Params};
-use keybridge_backends::{BackendError, BackendKind, KeyRecord, SecretString, Signer, Worker};
+use keybridge_backends::{
+    BackendError, BackendKind, CreateSpec, ExposeSecret as _, KeyRecord, KeyUri, Pkcs11Uri,
+    SecretString, Signer, TokenListing, Worker,
+};
 use keybridge_protocol::{Algorithm, Claims, KeyLog, PublicKey, UnsignedCommand, Verifier};
-use softhsm::{MODULE, PIN, SoftHsm};
+use keybridge_tests::{SOFTHSM_MODULE as MODULE, SoftHsm, TOKEN_PIN as PIN, softhsm_test};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,20 @@ fn wrong_pin() -> SecretString {
 
 fn params(record: &KeyRecord) -> Pkcs11Params {
     serde_json::from_value(record.params.clone()).expect("pkcs11 params")
+}
+
+/// A key URI on `token` with `attrs` (`object=…;id=…`) and the module, parsed.
+fn uri(hsm: &SoftHsm, token: &str, attrs: &str) -> Pkcs11Uri {
+    hsm.token_uri(token, attrs).parse().expect("a pkcs11 URI")
+}
+
+fn parsed(text: &str) -> Pkcs11Uri {
+    text.parse().expect("a pkcs11 URI")
+}
+
+/// What the module shows, through the backend-neutral entry point.
+fn tokens() -> Vec<TokenListing> {
+    keybridge_backends::list(BackendKind::Pkcs11, Some(MODULE)).expect("list the tokens")
 }
 
 /// A one-key account log whose genesis the key signs itself, and a command
@@ -78,9 +94,9 @@ fn public_key_as_pkcs11_tool_exports_it(hsm: &SoftHsm, token: &str, id_hex: &str
     if written.starts_with(b"-----BEGIN PUBLIC KEY-----") {
         return String::from_utf8(written).unwrap();
     }
-    softhsm::tool(
+    hsm.tool_text(
         "openssl",
-        [
+        &[
             "pkey",
             "-pubin",
             "-inform",
@@ -128,9 +144,9 @@ fn openssl_verifies(hsm: &SoftHsm, public: &PublicKey, data: &[u8], signature: &
         Algorithm::Es256 => {
             let sig = p256::ecdsa::Signature::from_slice(signature).unwrap();
             std::fs::write(&sig_file, sig.to_der().as_bytes()).unwrap();
-            softhsm::tool(
+            hsm.tool_text(
                 "openssl",
-                [
+                &[
                     "dgst",
                     "-sha256",
                     "-verify",
@@ -143,9 +159,9 @@ fn openssl_verifies(hsm: &SoftHsm, public: &PublicKey, data: &[u8], signature: &
         }
         Algorithm::Ed25519 => {
             std::fs::write(&sig_file, signature).unwrap();
-            softhsm::tool(
+            hsm.tool_text(
                 "openssl",
-                [
+                &[
                     "pkeyutl", "-verify", "-pubin", "-inkey", pem, "-rawin", "-in", data_file,
                     "-sigfile", sig_path,
                 ],
@@ -163,11 +179,16 @@ fn is_low_s(signature: &[u8]) -> bool {
     sig.normalize_s() == sig
 }
 
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
 softhsm_test! {
     fn p256_key_made_on_the_token_signs_commands_a_device_accepts(hsm) {
         hsm.init_token("p256");
         let (mut signer, record) = pkcs11::create(
-            &hsm.uri("p256", "object=alice-laptop"),
+            &uri(hsm, "p256", "object=alice-laptop"),
             "ACME",
             "alice",
             Algorithm::Es256,
@@ -182,7 +203,7 @@ softhsm_test! {
         assert_eq!(record.alg, Algorithm::Es256);
         assert_eq!(record.label.as_deref(), Some("laptop"));
         assert_eq!(record.created, NOW);
-        let uri: pkcs11::Pkcs11Uri = record.uri.parse().unwrap();
+        let uri = parsed(&record.uri);
         assert_eq!(uri.token.as_deref(), Some("p256"));
         assert_eq!(uri.serial.as_ref().map(String::len), Some(16));
         assert_eq!(uri.object.as_deref(), Some("alice-laptop"));
@@ -251,10 +272,13 @@ softhsm_test! {
 softhsm_test! {
     fn ed25519_key_made_on_the_token_signs_with_plain_eddsa(hsm) {
         hsm.init_token("ed");
-        let tokens = pkcs11::list(MODULE.as_ref()).unwrap();
-        assert!(tokens[0].ed25519, "SoftHSM 2.6 lists CKM_EC_EDWARDS_KEY_PAIR_GEN and CKM_EDDSA");
+        let listed = tokens();
+        assert!(
+            listed[0].algorithms.iter().any(|a| a == "ed25519"),
+            "SoftHSM 2.6 lists CKM_EC_EDWARDS_KEY_PAIR_GEN and CKM_EDDSA"
+        );
         let (mut signer, record) = pkcs11::create(
-            &hsm.uri("ed", ""),
+            &uri(hsm, "ed", ""),
             "ACME",
             "bob",
             Algorithm::Ed25519,
@@ -303,20 +327,20 @@ softhsm_test! {
         hsm.init_token("pins");
         // A wrong PIN at create: nothing is made.
         let err = pkcs11::create(
-            &hsm.uri("pins", "object=k"), "ACME", "carol", Algorithm::Es256, &wrong_pin(), None, NOW,
+            &uri(hsm, "pins", "object=k"), "ACME", "carol", Algorithm::Es256, &wrong_pin(), None, NOW,
         )
         .unwrap_err();
         assert!(matches!(err, BackendError::WrongSecret { retries_left: None }), "{err:?}");
-        assert!(pkcs11::list(MODULE.as_ref()).unwrap()[0].keys.is_empty());
+        assert!(tokens()[0].keys.is_empty());
 
         let (mut signer, _) = pkcs11::create(
-            &hsm.uri("pins", "object=k"), "ACME", "carol", Algorithm::Es256, &pin(), None, NOW,
+            &uri(hsm, "pins", "object=k"), "ACME", "carol", Algorithm::Es256, &pin(), None, NOW,
         )
         .unwrap();
         let flags = |hsm: &SoftHsm| {
-            let token = pkcs11::list(MODULE.as_ref()).unwrap().remove(0);
+            let token = tokens().remove(0);
             let tool = hsm.pkcs11_tool(&["-L"]);
-            (token.user_pin_count_low, token.user_pin_final_try, token.user_pin_locked, tool)
+            (token.pin_count_low, token.pin_final_try, token.pin_locked, tool)
         };
         let (low, final_try, locked, _) = flags(hsm);
         assert!(!low && !final_try && !locked);
@@ -330,7 +354,10 @@ softhsm_test! {
         // and never "final try" or "locked".
         let (low, final_try, locked, tool) = flags(hsm);
         println!("after one wrong PIN: count_low={low} final_try={final_try} locked={locked}");
-        println!("softhsm2-util --show-slots:\n{}", softhsm::tool("softhsm2-util", ["--show-slots"]));
+        println!(
+            "softhsm2-util --show-slots:\n{}",
+            hsm.tool_text("softhsm2-util", &["--show-slots"])
+        );
         assert!(low && !final_try && !locked, "{tool}");
         assert!(tool.contains("user PIN count low"), "{tool}");
 
@@ -362,11 +389,11 @@ softhsm_test! {
         hsm.pkcs11_tool(&[&login[..], &["--keypairgen", "--key-type", "EC:edwards25519", "--label", "E", "--id", "02"]].concat());
 
         // No PIN: the public object is enough to make the record.
-        let (_, record) = pkcs11::open_uri(&hsm.uri("tool", "object=X"), None, Some("imported".into()), NOW)
+        let (_, record) = pkcs11::open_uri(&uri(hsm, "tool", "object=X"), None, Some("imported".into()), NOW)
             .expect("open by label");
-        let uri: pkcs11::Pkcs11Uri = record.uri.parse().unwrap();
-        assert_eq!(uri.id, Some(vec![1]));
-        assert_eq!(uri.object.as_deref(), Some("X"));
+        let canonical = parsed(&record.uri);
+        assert_eq!(canonical.id, Some(vec![1]));
+        assert_eq!(canonical.object.as_deref(), Some("X"));
         assert!(record.uri.contains("id=%01"), "{}", record.uri);
         let p = params(&record);
         assert!(!p.generated);
@@ -377,7 +404,7 @@ softhsm_test! {
         );
 
         // With the PIN: the private half is checked too.
-        let (mut signer, with_pin) = pkcs11::open_uri(&hsm.uri("tool", "id=%01"), Some(&pin()), None, NOW)
+        let (mut signer, with_pin) = pkcs11::open_uri(&uri(hsm, "tool", "id=%01"), Some(&pin()), None, NOW)
             .expect("open by id with PIN");
         assert_eq!(with_pin.uri, record.uri);
         assert_eq!(with_pin.public_key, record.public_key);
@@ -399,76 +426,86 @@ softhsm_test! {
         record.public().unwrap().verify(Algorithm::Es256, b"again", &sig).unwrap();
 
         // The Ed25519 key pkcs11-tool made ("edwards25519" curve name).
-        let (mut ed, ed_record) = pkcs11::open_uri(&hsm.uri("tool", "object=E"), Some(&pin()), None, NOW).unwrap();
+        let (mut ed, ed_record) = pkcs11::open_uri(&uri(hsm, "tool", "object=E"), Some(&pin()), None, NOW).unwrap();
         assert_eq!(ed_record.alg, Algorithm::Ed25519);
         ed.unlock(&pin(), false).unwrap();
         let sig = ed.sign(b"ed").unwrap();
         ed_record.public().unwrap().verify(Algorithm::Ed25519, b"ed", &sig).unwrap();
 
-        // A URI matching both keys is ambiguous.
-        let err = pkcs11::open_uri(&hsm.uri("tool", ""), None, None, NOW).unwrap_err();
+        // A URI matching both keys is ambiguous, and the answer lists them.
+        let err = pkcs11::open_uri(&uri(hsm, "tool", ""), None, None, NOW).unwrap_err();
+        assert!(matches!(err, BackendError::Ambiguous(_)), "{err:?}");
         assert!(err.to_string().contains("2 keys match"), "{err}");
-        let err = pkcs11::open_uri(&hsm.uri("tool", "object=nothing"), None, None, NOW).unwrap_err();
+        assert!(err.to_string().contains("\"X\" id 01") && err.to_string().contains("\"E\" id 02"), "{err}");
+        let err = pkcs11::open_uri(&uri(hsm, "tool", "object=nothing"), None, None, NOW).unwrap_err();
+        assert!(matches!(err, BackendError::NotFound(_)), "{err:?}");
         assert!(err.to_string().contains("no P-256 or Ed25519 public key"), "{err}");
 
         // The PIN from pin-source (mode 0600), and a file others can read.
         let pin_file = hsm.file("pin");
         std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
         set_mode(&pin_file, 0o600);
-        let with_source = format!("{}&pin-source=file:{}", hsm.uri("tool", "object=X"), pin_file.display());
+        let with_source = parsed(&format!("{}&pin-source=file:{}", hsm.token_uri("tool", "object=X"), pin_file.display()));
         let (_, from_file) = pkcs11::open_uri(&with_source, None, None, NOW).expect("PIN from file");
         assert_eq!(params(&from_file).local, Some(true), "checked with the PIN from the file");
         assert_eq!(
-            pkcs11::pin_from_uri(&with_source).unwrap().map(|p| keybridge_backends::ExposeSecret::expose_secret(&p).to_owned()),
+            pkcs11::pin_from_uri(&with_source).unwrap().map(|p| p.expose_secret().to_owned()),
             Some(PIN.to_owned())
         );
         set_mode(&pin_file, 0o644);
         let err = pkcs11::open_uri(&with_source, None, None, NOW).unwrap_err();
+        assert!(matches!(err, BackendError::InvalidSecret(_)), "{err:?}");
         assert!(err.to_string().contains("chmod 600"), "{err}");
 
-        // PINs never travel in URIs.
-        let err = pkcs11::open_uri(&format!("{}&pin-value={PIN}", hsm.uri("tool", "object=X")), None, None, NOW)
+        // PINs never travel in URIs: refused when the URI is read.
+        let err = format!("{}&pin-value={PIN}", hsm.token_uri("tool", "object=X"))
+            .parse::<KeyUri>()
             .unwrap_err();
         assert!(err.to_string().contains("pin-source"), "{err}");
         assert!(!err.to_string().contains(PIN), "{err}");
     }
 }
 
-fn set_mode(path: &std::path::Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
 softhsm_test! {
     fn list_shows_tokens_and_their_usable_keys_without_login(hsm) {
         hsm.init_token("one");
         hsm.init_token("two");
-        let (_, p256) = pkcs11::create(&hsm.uri("one", "object=a"), "ACME", "a", Algorithm::Es256, &pin(), None, NOW).unwrap();
-        let (_, ed) = pkcs11::create(&hsm.uri("two", "object=b"), "ACME", "b", Algorithm::Ed25519, &pin(), None, NOW).unwrap();
+        let (_, p256) = pkcs11::create(&uri(hsm, "one", "object=a"), "ACME", "a", Algorithm::Es256, &pin(), None, NOW).unwrap();
+        let (_, ed) = pkcs11::create(&uri(hsm, "two", "object=b"), "ACME", "b", Algorithm::Ed25519, &pin(), None, NOW).unwrap();
         // A P-384 key is not usable by keybridge and is left out.
         hsm.pkcs11_tool(&["--token-label", "one", "--login", "--pin", PIN, "--keypairgen", "--key-type", "EC:secp384r1", "--label", "p384", "--id", "99"]);
 
-        let mut tokens = pkcs11::list(MODULE.as_ref()).unwrap();
+        let mut tokens = tokens();
         tokens.sort_by(|a, b| a.label.cmp(&b.label));
         assert_eq!(tokens.len(), 2, "{tokens:?}");
+        // Both have a user PIN (pkcs11-tool says so; the listing says
+        // whether it is needed and in what state it is).
+        let slots = hsm.pkcs11_tool(&["-L"]);
+        assert_eq!(slots.matches("token initialized, PIN initialized").count(), 2, "{slots}");
         for (token, record) in tokens.iter().zip([&p256, &ed]) {
+            assert_eq!(token.backend, BackendKind::Pkcs11);
+            assert!(token.slot.is_some());
             assert_eq!(token.manufacturer, "SoftHSM project");
             assert_eq!(token.model, "SoftHSM v2");
-            assert!(token.login_required && token.user_pin_initialized);
-            assert!(!token.user_pin_locked && !token.user_pin_final_try);
-            assert!(token.p256 && token.ed25519);
+            assert!(token.login_required);
+            assert!(!token.pin_locked && !token.pin_final_try);
+            assert_eq!(token.algorithms, ["p256", "ed25519"]);
             assert_eq!(token.keys.len(), 1, "{token:?}");
             let key = &token.keys[0];
             assert_eq!(key.uri, record.uri);
-            assert_eq!(key.kid(), record.kid().unwrap());
-            assert_eq!(key.alg, record.alg);
+            assert_eq!(key.kid, record.kid().unwrap().to_hex());
+            assert_eq!(key.alg, record.alg.name());
             assert_eq!(key.id, params(record).id);
-            let token_uri: pkcs11::Pkcs11Uri = token.uri.parse().unwrap();
+            let token_uri = parsed(&token.uri);
             assert_eq!(token_uri.serial.as_deref(), Some(token.serial.as_str()));
             // Each listed URI opens its key.
-            let (_, opened) = pkcs11::open_uri(&key.uri, None, None, NOW).unwrap();
+            let (_, opened) = pkcs11::open_uri(&parsed(&key.uri), None, None, NOW).unwrap();
             assert_eq!(opened.public_key, record.public_key);
         }
+        // The JSON a client reads: the backend by name.
+        let json = serde_json::to_value(&tokens[0]).unwrap();
+        assert_eq!(json["backend"], "pkcs11");
+        assert_eq!(json["keys"][0]["alg"], "p256");
         println!("{tokens:#?}");
     }
 }
@@ -476,7 +513,7 @@ softhsm_test! {
 softhsm_test! {
     fn a_token_that_disappears_reports_token_absent_and_works_again_when_back(hsm) {
         let token = hsm.init_token("gone");
-        let (mut signer, record) = pkcs11::create(&hsm.uri("gone", "object=k"), "ACME", "erin", Algorithm::Es256, &pin(), None, NOW).unwrap();
+        let (mut signer, record) = pkcs11::create(&uri(hsm, "gone", "object=k"), "ACME", "erin", Algorithm::Es256, &pin(), None, NOW).unwrap();
         signer.unlock(&pin(), false).unwrap();
         let public = record.public().unwrap();
         let sig = signer.sign(b"before").unwrap();
@@ -508,7 +545,7 @@ softhsm_test! {
         opened_while_away.sign(b"x").unwrap();
 
         // Deleted, then a new token with the same label: not our key.
-        softhsm::tool("softhsm2-util", ["--delete-token", "--token", "gone"]);
+        hsm.tool("softhsm2-util", &["--delete-token", "--token", "gone"]);
         let err = signer.sign(b"deleted").unwrap_err();
         assert!(matches!(err, BackendError::TokenAbsent(_)), "{err:?}");
         hsm.init_token("gone");
@@ -522,8 +559,8 @@ softhsm_test! {
 softhsm_test! {
     fn keys_on_one_token_stay_usable_when_another_key_locks(hsm) {
         hsm.init_token("shared");
-        let (mut a, _) = pkcs11::create(&hsm.uri("shared", "object=a"), "ACME", "a", Algorithm::Es256, &pin(), None, NOW).unwrap();
-        let (mut b, _) = pkcs11::create(&hsm.uri("shared", "object=b"), "ACME", "b", Algorithm::Ed25519, &pin(), None, NOW).unwrap();
+        let (mut a, _) = pkcs11::create(&uri(hsm, "shared", "object=a"), "ACME", "a", Algorithm::Es256, &pin(), None, NOW).unwrap();
+        let (mut b, _) = pkcs11::create(&uri(hsm, "shared", "object=b"), "ACME", "b", Algorithm::Ed25519, &pin(), None, NOW).unwrap();
         a.unlock(&pin(), false).unwrap();
         b.unlock(&pin(), false).unwrap();
         a.sign(b"1").unwrap();
@@ -546,8 +583,8 @@ softhsm_test! {
     fn many_tasks_share_one_worker_while_another_token_has_its_own(hsm) {
         hsm.init_token("busy");
         hsm.init_token("other");
-        let (p256, _) = pkcs11::create(&hsm.uri("busy", "object=k"), "ACME", "f", Algorithm::Es256, &pin(), None, NOW).unwrap();
-        let (ed, _) = pkcs11::create(&hsm.uri("other", "object=k"), "ACME", "g", Algorithm::Ed25519, &pin(), None, NOW).unwrap();
+        let (p256, _) = pkcs11::create(&uri(hsm, "busy", "object=k"), "ACME", "f", Algorithm::Es256, &pin(), None, NOW).unwrap();
+        let (ed, _) = pkcs11::create(&uri(hsm, "other", "object=k"), "ACME", "g", Algorithm::Ed25519, &pin(), None, NOW).unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_time()
@@ -597,30 +634,110 @@ softhsm_test! {
 softhsm_test! {
     fn create_refuses_to_overwrite_and_explains_bad_references(hsm) {
         hsm.init_token("careful");
-        let uri = hsm.uri("careful", "object=k;id=%01");
-        pkcs11::create(&uri, "ACME", "h", Algorithm::Es256, &pin(), None, NOW).unwrap();
-        let err = pkcs11::create(&uri, "ACME", "h", Algorithm::Es256, &pin(), None, NOW).unwrap_err();
+        let careful = uri(hsm, "careful", "object=k;id=%01");
+        pkcs11::create(&careful, "ACME", "h", Algorithm::Es256, &pin(), None, NOW).unwrap();
+        let err = pkcs11::create(&careful, "ACME", "h", Algorithm::Es256, &pin(), None, NOW).unwrap_err();
+        assert!(matches!(err, BackendError::AlreadyExists(_)), "{err:?}");
         assert!(err.to_string().contains("already has objects with id 01"), "{err}");
-        let err = pkcs11::create(&hsm.uri("careful", "object=k"), "ACME", "h", Algorithm::Es256, &pin(), None, NOW).unwrap_err();
+        let err = pkcs11::create(&uri(hsm, "careful", "object=k"), "ACME", "h", Algorithm::Es256, &pin(), None, NOW).unwrap_err();
+        assert!(matches!(err, BackendError::AlreadyExists(_)), "{err:?}");
         assert!(err.to_string().contains("already has a key labelled \"k\""), "{err}");
-        assert_eq!(pkcs11::list(MODULE.as_ref()).unwrap()[0].keys.len(), 1);
+        assert_eq!(tokens()[0].keys.len(), 1);
 
-        let err = pkcs11::create(&hsm.uri("nosuch", ""), "ACME", "h", Algorithm::Es256, &pin(), None, NOW).unwrap_err();
-        assert!(matches!(&err, BackendError::TokenAbsent(m) if m.contains("nosuch")), "{err:?}");
-        let err = pkcs11::create("pkcs11:token=careful", "ACME", "h", Algorithm::Es256, &pin(), None, NOW).unwrap_err();
+        let err = pkcs11::create(&uri(hsm, "nosuch", ""), "ACME", "h", Algorithm::Es256, &pin(), None, NOW).unwrap_err();
+        assert!(matches!(&err, BackendError::NotFound(m) if m.contains("nosuch")), "{err:?}");
+        let err = pkcs11::create(&parsed("pkcs11:token=careful"), "ACME", "h", Algorithm::Es256, &pin(), None, NOW).unwrap_err();
+        assert!(matches!(err, BackendError::InvalidUri(_)), "{err:?}");
         assert!(err.to_string().contains(pkcs11::MODULE_ENV), "{err}");
-        let err = pkcs11::create("pkcs11:token=careful;slot-id=1", "ACME", "h", Algorithm::Es256, &pin(), None, NOW).unwrap_err();
+        let err = "pkcs11:token=careful;slot-id=1".parse::<KeyUri>().unwrap_err();
         assert!(err.to_string().contains("unknown attribute"), "{err}");
+        let err = pkcs11::create(&parsed(&format!("pkcs11:token=careful?module-path={MODULE}-gone")), "ACME", "h", Algorithm::Es256, &pin(), None, NOW).unwrap_err();
+        assert!(matches!(err, BackendError::NotFound(_)), "{err:?}");
+    }
+}
+
+softhsm_test! {
+    fn several_tokens_with_one_label_are_ambiguous_and_listed(hsm) {
+        hsm.init_token("twin");
+        hsm.init_token("twin");
+        let serials: Vec<String> = tokens().into_iter().map(|t| t.serial).collect();
+        assert_eq!(serials.len(), 2);
+        let err = pkcs11::create(&uri(hsm, "twin", "object=k"), "ACME", "j", Algorithm::Es256, &pin(), None, NOW).unwrap_err();
+        assert!(matches!(err, BackendError::Ambiguous(_)), "{err:?}");
+        for serial in &serials {
+            assert!(err.to_string().contains(serial.as_str()), "{err}");
+        }
+        assert!(err.to_string().contains("serial="), "{err}");
+        // serial= tells them apart.
+        let one = uri(hsm, "twin", &format!("serial={};object=k", serials[0]));
+        pkcs11::create(&one, "ACME", "j", Algorithm::Es256, &pin(), None, NOW).expect("one twin");
+    }
+}
+
+softhsm_test! {
+    fn the_backend_neutral_create_takes_the_pin_from_pin_source_and_opens_existing_keys(hsm) {
+        hsm.init_token("neutral");
+        let pin_file = hsm.file("pin");
+        std::fs::write(&pin_file, PIN).unwrap();
+        set_mode(&pin_file, 0o600);
+        let with_source: KeyUri = format!(
+            "{}&pin-source=file:{}",
+            hsm.token_uri("neutral", "object=made"),
+            pin_file.display()
+        )
+        .parse()
+        .unwrap();
+        let without_source: KeyUri = hsm.token_uri("neutral", "object=made").parse().unwrap();
+        assert!(!keybridge_backends::needs_secret(BackendKind::Pkcs11, Some(&with_source)));
+        assert!(keybridge_backends::needs_secret(BackendKind::Pkcs11, Some(&without_source)));
+        let spec = |uri: &KeyUri, existing: bool, secret: Option<SecretString>| CreateSpec {
+            uri: Some(uri.clone()),
+            backend: BackendKind::Pkcs11,
+            account: "ACME".into(),
+            agent: "kim".into(),
+            alg: None,
+            label: Some("made".into()),
+            existing,
+            secret,
+            now: NOW,
+        };
+
+        // No secret in the request: the PIN comes from the file. P-256 by default.
+        let (mut signer, record) =
+            keybridge_backends::create(spec(&with_source, false, None)).expect("create");
+        assert!(!signer.is_unlocked(), "created locked");
+        assert_eq!(record.alg, Algorithm::Es256);
+        assert!(params(&record).generated);
+        assert!(!record.uri.contains("pin-source"), "{}", record.uri);
+        signer.unlock(&pin(), false).unwrap();
+        let sig = signer.sign(b"neutral").unwrap();
+        record.public().unwrap().verify(Algorithm::Es256, b"neutral", &sig).unwrap();
+
+        // Generating needs a PIN: none given, none in the URI.
+        let err = keybridge_backends::create(spec(&without_source, false, None)).err().unwrap();
+        assert!(matches!(err, BackendError::InvalidSecret(_)), "{err:?}");
+
+        // existing: the same key, opened, no PIN needed.
+        let (_, opened) = keybridge_backends::create(spec(&without_source, true, None)).expect("existing");
+        assert_eq!(opened.public_key, record.public_key);
+        assert!(!params(&opened).generated);
+        // With the PIN given, the private half is checked too.
+        let (_, checked) =
+            keybridge_backends::create(spec(&without_source, true, Some(pin()))).expect("existing, PIN");
+        assert_eq!(params(&checked).never_extractable, Some(true));
     }
 }
 
 softhsm_test! {
     fn the_module_can_come_from_the_environment(hsm) with env &[(pkcs11::MODULE_ENV, MODULE)] => {
         hsm.init_token("env");
-        let (mut signer, record) = pkcs11::create("pkcs11:token=env;object=k", "ACME", "i", Algorithm::Es256, &pin(), None, NOW).unwrap();
+        let (mut signer, record) = pkcs11::create(&parsed("pkcs11:token=env;object=k"), "ACME", "i", Algorithm::Es256, &pin(), None, NOW).unwrap();
         // The record names the module: it does not depend on the environment.
         assert!(record.uri.ends_with(&format!("?module-path={MODULE}")), "{}", record.uri);
         signer.unlock(&pin(), false).unwrap();
         signer.sign(b"env").unwrap();
+        // Listing without a location lists that module.
+        let listed = keybridge_backends::list(BackendKind::Pkcs11, None).unwrap();
+        assert_eq!(listed[0].keys[0].uri, record.uri);
     }
 }

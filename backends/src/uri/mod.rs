@@ -5,11 +5,17 @@
 //! - `yubikey:serial=12345678;slot=9c`
 //! - `tpm:handle=0x81000101`
 //!
-//! The passphrase form is parsed fully. The hardware forms are recognized by
-//! their scheme and kept whole, as written, until their backends parse them.
+//! Each reference is parsed once, here, when it is read: the passphrase form
+//! and the RFC 7512 `pkcs11:` form ([`pkcs11`], pure parsing, compiled in
+//! every build) fully. The `yubikey:` and `tpm:` forms are recognized by
+//! their scheme and kept as written until their backends exist and parse
+//! them here too.
+
+pub mod pkcs11;
 
 use crate::record::BackendKind;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+use pkcs11::{Pkcs11Uri, Pkcs11UriError};
 use std::fmt;
 use std::str::FromStr;
 
@@ -23,11 +29,13 @@ pub enum KeyUri {
         /// Agent id inside the account (the command's `sub`).
         agent: String,
     },
-    /// A PKCS#11 object; the whole `pkcs11:` URI as written.
-    Pkcs11(String),
-    /// A YubiKey PIV slot; the whole `yubikey:` URI as written.
+    /// A PKCS#11 key, parsed (RFC 7512).
+    Pkcs11(Pkcs11Uri),
+    /// A YubiKey PIV slot: the whole `yubikey:` URI as written. Not parsed
+    /// yet: the YubiKey backend will parse it (here) when it lands.
     Yubikey(String),
-    /// A TPM persistent handle; the whole `tpm:` URI as written.
+    /// A TPM key: the whole `tpm:` URI as written. Not parsed yet: the TPM
+    /// backend will parse it (here) when it lands.
     Tpm(String),
 }
 
@@ -43,6 +51,9 @@ pub enum UriError {
     /// A `passphrase:` reference that is not `account=…;agent=…`.
     #[error("bad passphrase key reference: {0}")]
     Passphrase(&'static str),
+    /// A `pkcs11:` reference that is not a URI keybridge accepts.
+    #[error(transparent)]
+    Pkcs11(#[from] Pkcs11UriError),
 }
 
 /// A key reference as it may appear in an error or a log line: attribute
@@ -141,7 +152,7 @@ impl FromStr for KeyUri {
             .ok_or_else(|| UriError::UnknownScheme(scheme.to_owned()))?;
         Ok(match kind {
             BackendKind::Passphrase => parse_passphrase(rest)?,
-            BackendKind::Pkcs11 => KeyUri::Pkcs11(s.to_owned()),
+            BackendKind::Pkcs11 => KeyUri::Pkcs11(s.parse()?),
             BackendKind::Yubikey => KeyUri::Yubikey(s.to_owned()),
             BackendKind::Tpm => KeyUri::Tpm(s.to_owned()),
         })
@@ -186,7 +197,8 @@ impl fmt::Display for KeyUri {
                 utf8_percent_encode(account, VALUE),
                 utf8_percent_encode(agent, VALUE)
             ),
-            KeyUri::Pkcs11(s) | KeyUri::Yubikey(s) | KeyUri::Tpm(s) => f.write_str(s),
+            KeyUri::Pkcs11(uri) => uri.fmt(f),
+            KeyUri::Yubikey(s) | KeyUri::Tpm(s) => f.write_str(s),
         }
     }
 }
@@ -271,9 +283,35 @@ mod tests {
     }
 
     #[test]
-    fn hardware_uris_are_recognized_and_kept_whole() {
+    fn pkcs11_uris_are_parsed_once_and_print_canonically() {
         let pkcs11 = "pkcs11:token=kb;object=alice?module-path=/usr/lib/softhsm/libsofthsm2.so";
-        assert_eq!(pkcs11.parse(), Ok(KeyUri::Pkcs11(pkcs11.into())));
+        let parsed: KeyUri = pkcs11.parse().unwrap();
+        let KeyUri::Pkcs11(uri) = &parsed else {
+            panic!("{parsed:?}")
+        };
+        assert_eq!(uri.token.as_deref(), Some("kb"));
+        assert_eq!(uri.object.as_deref(), Some("alice"));
+        assert_eq!(parsed.backend(), BackendKind::Pkcs11);
+        assert_eq!(parsed.to_string(), pkcs11);
+        // Canonical: path attributes in one order, `id` percent-encoded,
+        // vendor attributes dropped.
+        let messy: KeyUri = "PKCS11:x-v=1;object=alice;id=A;token=kb?module-path=/m.so"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            messy.to_string(),
+            "pkcs11:token=kb;object=alice;id=%41?module-path=/m.so"
+        );
+        assert_eq!(messy.to_string().parse::<KeyUri>().unwrap(), messy);
+        // A bad pkcs11 URI is refused when it is read, with the parser's reason.
+        assert_eq!(
+            "pkcs11:token=t?pin-value=1234".parse::<KeyUri>(),
+            Err(UriError::Pkcs11(Pkcs11UriError::PinValue))
+        );
+    }
+
+    #[test]
+    fn yubikey_and_tpm_uris_are_recognized_and_kept_whole() {
         let yk = "yubikey:serial=12345678;slot=9c";
         assert_eq!(yk.parse(), Ok(KeyUri::Yubikey(yk.into())));
         let tpm = "tpm:handle=0x81000101";

@@ -1,0 +1,221 @@
+//! `keybridge keys create | list | show | export`.
+
+use super::{Ctx, key_line, read_secret};
+use crate::unlock::Remember;
+use crate::wire::{CreateKey, CreatedKey, KeyView};
+use clap::{Subcommand, ValueEnum};
+use keybridge_backends::{BackendKind, TokenListing};
+
+/// The backend names `--backend` takes: the bridge's only knowledge of
+/// which backends exist.
+fn backend_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(BackendKind::ALL.map(BackendKind::name))
+}
+
+/// `keybridge keys …`
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Create a key in a backend.
+    Create {
+        /// Where the key lives.
+        #[arg(long, value_parser = backend_names())]
+        backend: String,
+        /// Account the key signs for.
+        #[arg(long)]
+        account: String,
+        /// Agent (user inside the account) the key belongs to.
+        #[arg(long)]
+        agent: String,
+        /// Backend key URI (pkcs11:…, yubikey:…, tpm:…).
+        #[arg(long)]
+        uri: Option<String>,
+        /// A name to refer to the key by.
+        #[arg(long)]
+        label: Option<String>,
+        /// Default prompt frequency for this key.
+        #[arg(long, value_enum)]
+        remember: Option<Remember>,
+        /// Key algorithm for hardware keys (the passphrase key is Ed25519).
+        #[arg(long, value_enum, default_value = "p256")]
+        alg: AlgArg,
+        /// Use the key the URI names, already on the token (e.g. made by
+        /// pkcs11-tool), instead of generating one.
+        #[arg(long)]
+        existing: bool,
+        /// Read the passphrase or PIN from one line of standard input.
+        #[arg(long)]
+        secret_stdin: bool,
+    },
+    /// List the daemon's keys, or (with --backend, e.g. pkcs11 --module M)
+    /// the tokens and usable keys a backend shows, like pkcs11-tool -L -O.
+    List {
+        /// List what a backend shows instead of the daemon's keys.
+        #[arg(long, value_parser = backend_names())]
+        backend: Option<String>,
+        /// Where the backend looks (PKCS#11: the module, e.g.
+        /// /usr/lib/softhsm/libsofthsm2.so).
+        #[arg(long, alias = "module")]
+        location: Option<String>,
+    },
+    /// Show one key.
+    Show {
+        /// Key id (any unique prefix) or label.
+        key: String,
+    },
+    /// Export a public key.
+    Export {
+        /// Key id (any unique prefix) or label.
+        key: String,
+        /// cose (hex of the COSE_Key), pem (SPKI) or ssh (authorized_keys line).
+        #[arg(long, value_enum, default_value = "pem")]
+        format: ExportFormat,
+    },
+}
+
+/// `--alg`
+#[derive(Clone, Copy, ValueEnum)]
+pub enum AlgArg {
+    /// ECDSA P-256 (ES256).
+    P256,
+    /// Ed25519 (EdDSA), where the hardware has it.
+    Ed25519,
+}
+
+/// `--format`
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    /// Hex of the COSE_Key.
+    Cose,
+    /// SubjectPublicKeyInfo PEM.
+    Pem,
+    /// OpenSSH public-key line.
+    Ssh,
+}
+
+pub(super) async fn run(ctx: &Ctx, cmd: &KeysCommand) -> anyhow::Result<()> {
+    match cmd {
+        KeysCommand::Create {
+            backend,
+            account,
+            agent,
+            uri,
+            label,
+            remember,
+            alg,
+            existing,
+            secret_stdin,
+        } => {
+            let passphrase = backend == BackendKind::Passphrase.name();
+            // A PKCS#11 URI may name a pin-source file the daemon reads;
+            // the daemon says whether a secret is needed.
+            let needs_secret = match (backend.parse::<BackendKind>(), uri) {
+                (Ok(kind), Some(uri)) => {
+                    keybridge_backends::needs_secret(kind, uri.parse().ok().as_ref())
+                }
+                _ => true,
+            };
+            let secret = if needs_secret {
+                let prompt = if passphrase {
+                    "Passphrase for the new key (at least 8 characters): "
+                } else {
+                    "Token PIN: "
+                };
+                Some(read_secret(*secret_stdin, prompt, passphrase)?)
+            } else {
+                None
+            };
+            let alg = match (passphrase, alg) {
+                (true, _) => None,
+                (false, AlgArg::P256) => Some("p256".to_owned()),
+                (false, AlgArg::Ed25519) => Some("ed25519".to_owned()),
+            };
+            let req = CreateKey {
+                backend: backend.clone(),
+                account: account.clone(),
+                agent: agent.clone(),
+                uri: uri.clone(),
+                label: label.clone(),
+                remember: *remember,
+                alg,
+                existing: *existing,
+                secret,
+            };
+            let created = ctx.client().create_key(&req).await?;
+            ctx.print(&created, |c: &CreatedKey| {
+                let verb = if c.new { "created" } else { "already present" };
+                format!("{verb}: {}", key_line(&c.key))
+            });
+        }
+        KeysCommand::List {
+            backend: Some(backend),
+            location,
+        } => {
+            let tokens = ctx.client().tokens(backend, location.as_deref()).await?;
+            ctx.print(&tokens, |t| render_tokens(t));
+        }
+        KeysCommand::List { backend: None, .. } => {
+            let keys = ctx.client().keys().await?;
+            ctx.print(&keys, |keys: &Vec<KeyView>| {
+                if keys.is_empty() {
+                    "no keys yet: keybridge keys create --backend passphrase --account A --agent U"
+                        .into()
+                } else {
+                    keys.iter().map(key_line).collect::<Vec<_>>().join("\n")
+                }
+            });
+        }
+        KeysCommand::Show { key } => {
+            let k = ctx.client().key(key).await?;
+            ctx.print(&k, |k| {
+                let export = k.public_key.as_ref();
+                format!(
+                    "{}\nuri: {}\n{}{}",
+                    key_line(k),
+                    k.uri,
+                    export.map_or("", |e| e.pem.as_str()),
+                    export.map_or("", |e| e.ssh.as_str())
+                )
+            });
+        }
+        KeysCommand::Export { key, format } => {
+            let k = ctx.client().key(key).await?;
+            let Some(export) = k.public_key else {
+                anyhow::bail!("the daemon sent no public key for {key}");
+            };
+            let out = match format {
+                ExportFormat::Cose => export.cose,
+                ExportFormat::Pem => export.pem,
+                ExportFormat::Ssh => export.ssh,
+            };
+            println!("{}", out.trim_end());
+        }
+    }
+    Ok(())
+}
+
+fn render_tokens(tokens: &[TokenListing]) -> String {
+    let mut out = String::new();
+    for t in tokens {
+        out.push_str(&format!(
+            "slot {}: token {:?} ({} {}, serial {}){}\n  {}\n",
+            t.slot.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            t.label,
+            t.manufacturer,
+            t.model,
+            t.serial,
+            if t.pin_locked { "  PIN LOCKED" } else { "" },
+            t.uri
+        ));
+        for k in &t.keys {
+            out.push_str(&format!(
+                "    {}  {:<7} {:?} id {}\n      {}\n",
+                k.kid, k.alg, k.label, k.id, k.uri
+            ));
+        }
+    }
+    if out.is_empty() {
+        "no tokens".into()
+    } else {
+        out.trim_end().to_owned()
+    }
+}

@@ -1,0 +1,282 @@
+//! The API's requests and answers (DESIGN.md §6) as types: the handlers
+//! answer with them, the [`crate::client`] reads them, the CLI and the
+//! tests use them. One definition of each JSON shape.
+//!
+//! Secrets (`secret` in [`CreateKey`] and [`Unlock`]) are `SecretString`s
+//! on both sides: deserialized straight into one on the daemon, serialized
+//! from one by the client into a buffer that is zeroized after sending.
+
+use crate::unlock::Remember;
+use keybridge_protocol::ArgValue;
+use secrecy::{ExposeSecret as _, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+use std::collections::BTreeMap;
+
+/// A key as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyView {
+    /// Hex of the kid (RFC 9679 thumbprint).
+    pub kid: String,
+    /// The user's name for it.
+    pub label: Option<String>,
+    /// Backend name (`passphrase`, `pkcs11`, …).
+    pub backend: String,
+    /// The key reference.
+    pub uri: String,
+    /// `ed25519` or `p256`.
+    pub alg: String,
+    /// The commands' `iss`.
+    pub account: String,
+    /// The commands' `sub`.
+    pub agent: String,
+    /// When the key was created, unix seconds.
+    pub created: i64,
+    /// Default prompt frequency chosen at creation.
+    pub remember: Option<Remember>,
+    /// Whether a signature is allowed now.
+    pub unlocked: bool,
+    /// The unlock's mode, when unlocked.
+    pub unlocked_mode: Option<Remember>,
+    /// The unlock's end (wall clock, unix seconds), when unlocked.
+    pub unlocked_until: Option<i64>,
+    /// The public key in every export format (`GET /v1/keys/{kid}` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<PublicKeyExport>,
+    /// Backend parameters (`GET /v1/keys/{kid}` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<serde_json::Value>,
+}
+
+/// A public key for other tools.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicKeyExport {
+    /// Hex of the COSE_Key.
+    pub cose: String,
+    /// SubjectPublicKeyInfo PEM.
+    pub pem: String,
+    /// OpenSSH public-key line.
+    pub ssh: String,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The daemon's version.
+    pub version: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Where it listens.
+    pub socket: String,
+    /// When it started (unix seconds).
+    pub started: i64,
+    /// Its clock (unix seconds).
+    pub now: i64,
+    /// The audit log's path.
+    pub audit_log: String,
+    /// The effective policy.
+    pub policy: serde_json::Value,
+    /// Every key.
+    pub keys: Vec<KeyView>,
+}
+
+fn expose<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(secret.expose_secret())
+}
+
+fn expose_opt<S: Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(secret) => expose(secret, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// `POST /v1/keys`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// Backend name.
+    pub backend: String,
+    /// Account the key signs for.
+    pub account: String,
+    /// Agent the key belongs to.
+    pub agent: String,
+    /// Key reference (hardware keys).
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// A name for the key.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Default prompt frequency.
+    #[serde(default)]
+    pub remember: Option<Remember>,
+    /// `p256` or `ed25519`.
+    #[serde(default)]
+    pub alg: Option<String>,
+    /// Use a key already on the token.
+    #[serde(default)]
+    pub existing: bool,
+    /// Passphrase or PIN.
+    #[serde(default, serialize_with = "expose_opt")]
+    pub secret: Option<SecretString>,
+}
+
+/// The answer to `POST /v1/keys`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreatedKey {
+    /// The key.
+    #[serde(flatten)]
+    pub key: KeyView,
+    /// False when the key existed already (same kid).
+    pub new: bool,
+}
+
+/// `POST /v1/keys/{kid}/unlock`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Unlock {
+    /// PIN or passphrase.
+    #[serde(serialize_with = "expose")]
+    pub secret: SecretString,
+    /// How long the unlock lasts.
+    #[serde(default)]
+    pub remember: Option<Remember>,
+    /// Try the PIN even if it is the last attempt.
+    #[serde(default)]
+    pub spend_last_attempt: bool,
+}
+
+/// The answer to an unlock or a lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockState {
+    /// The key.
+    pub kid: String,
+    /// Whether it is unlocked now.
+    pub unlocked: bool,
+    /// The unlock's mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Remember>,
+    /// The unlock's end (wall clock, unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<i64>,
+}
+
+/// `POST /v1/sign`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignRequest {
+    /// Label or kid prefix.
+    pub key: String,
+    /// One target device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// A batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<String>>,
+    /// Command kind.
+    pub command: String,
+    /// Arguments (strict: see [`Args`]).
+    #[serde(default)]
+    pub args: Args,
+    /// Hex SHA-256 of a detached body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_sha256: Option<String>,
+    /// Validity, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<i64>,
+}
+
+/// The answer to `POST /v1/sign`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Signed {
+    /// A batch: one envelope per device.
+    Batch {
+        /// Hex kid.
+        kid: String,
+        /// Hex Merkle root.
+        root: String,
+        /// Base64 envelope per device id.
+        envelopes: BTreeMap<String, String>,
+    },
+    /// One device.
+    Single {
+        /// Hex kid.
+        kid: String,
+        /// Base64 envelope.
+        envelope: String,
+    },
+}
+
+/// `POST /v1/account/init`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountInit {
+    /// The account's first key.
+    pub key: String,
+    /// Hex of the recovery key's COSE_Key.
+    pub recovery_key: String,
+}
+
+/// The answer to `POST /v1/account/init`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountLog {
+    /// The account.
+    pub account: String,
+    /// Base64 of the key log (CBOR sequence).
+    pub log: String,
+    /// Hex of the log's head hash.
+    pub head: String,
+    /// Hex kid of the recovery key.
+    pub recovery_kid: String,
+}
+
+/// An RFC 9457 problem with keybridge's stable `code`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// `urn:keybridge:problem:CODE`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The HTTP reason phrase.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// The stable code clients match on.
+    pub code: String,
+    /// What happened, for a person.
+    pub detail: String,
+    /// PIN attempts left, when the token says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries_left: Option<u64>,
+    /// Seconds until another attempt is taken (`too_many_attempts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+}
+
+/// A command's `args`, read strictly from JSON (see [`crate::api`]'s
+/// `args` module): duplicate keys, floats and `null` are refused.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Args(pub BTreeMap<String, ArgValue>);
+
+impl Serialize for Args {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        arg_map_json(&self.0).serialize(s)
+    }
+}
+
+/// The JSON of argument values (bytes, which JSON cannot carry and the API
+/// never produces, as `{"hex": …}`).
+pub fn arg_json(v: &ArgValue) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        ArgValue::Text(t) => Value::String(t.clone()),
+        ArgValue::Int(i) => Value::from(*i),
+        ArgValue::Bool(b) => Value::Bool(*b),
+        ArgValue::Bytes(b) => serde_json::json!({ "hex": keybridge_protocol::key::hex(b) }),
+        ArgValue::List(l) => Value::Array(l.iter().map(arg_json).collect()),
+        ArgValue::Map(m) => arg_map_json(m),
+    }
+}
+
+fn arg_map_json(m: &BTreeMap<String, ArgValue>) -> serde_json::Value {
+    serde_json::Value::Object(m.iter().map(|(k, v)| (k.clone(), arg_json(v))).collect())
+}

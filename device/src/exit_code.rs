@@ -1,0 +1,87 @@
+//! The exit codes of `keybridge-device`: one per refusal, stable for the
+//! scripts that run it. `--help` lists [`refusals`], and the device's tests
+//! produce each of them through the real binary, so a code added here is
+//! documented and tested or the build's tests fail.
+
+use keybridge_protocol::{LogError, VerifyError};
+
+/// Accepted (`verify`) or done.
+pub const OK: u8 = 0;
+/// A usage error: clap's own code, also for a refused `--device-id`.
+pub const USAGE: u8 = 2;
+/// A state or file problem: nothing trusted, an unreadable file.
+pub const STATE: u8 = 3;
+/// A malformed command (also one too large to read).
+pub const MALFORMED: u8 = 10;
+/// A key log that is neither a rollback nor a fork but does not verify
+/// (also a stored log that no longer does).
+pub const LOG_INVALID: u8 = 32;
+
+/// The exit code of a refused command, and what `--help` says of it.
+pub fn of_verify(e: &VerifyError) -> (u8, &'static str) {
+    match e {
+        VerifyError::Malformed(_) => (MALFORMED, "malformed command"),
+        VerifyError::NotDeterministic(_) => (11, "not deterministically encoded"),
+        VerifyError::UnknownKid(_) => (12, "unknown key"),
+        VerifyError::RevokedKid { .. } => (13, "revoked key"),
+        VerifyError::AlgMismatch { .. } => (14, "alg does not match the key"),
+        VerifyError::BadSignature => (15, "bad signature"),
+        VerifyError::WrongAccount { .. } => (16, "wrong account"),
+        VerifyError::WrongAgent { .. } => (17, "wrong agent"),
+        VerifyError::WrongDevice { .. } => (18, "wrong device"),
+        VerifyError::BadBatchProof => (19, "bad batch proof"),
+        VerifyError::Expired { .. } => (20, "expired (device clock ahead?)"),
+        VerifyError::NotYetValid { .. } => (21, "not yet valid (device clock behind?)"),
+        VerifyError::WindowTooLong(_) => (22, "validity window over 24 h"),
+        VerifyError::BodyMismatch(_) => (23, "body mismatch"),
+        VerifyError::Replay => (24, "replay"),
+        VerifyError::ReplayCacheFull => (25, "replay cache full"),
+    }
+}
+
+/// The exit code of a refused key log, and what `--help` says of it.
+pub fn of_log(e: &LogError) -> (u8, &'static str) {
+    match e {
+        LogError::Rollback { .. } => (30, "log update is a rollback"),
+        LogError::Fork { .. } => (31, "log update is a fork"),
+        _ => (LOG_INVALID, "log is invalid"),
+    }
+}
+
+/// Every refusal's exit code with what it means, by code: one for each
+/// kind of [`VerifyError`] (from [`VerifyError::examples`], which no
+/// variant escapes) and for each kind of key-log refusal.
+pub fn refusals() -> Vec<(u8, &'static str)> {
+    let logs = [
+        LogError::Rollback { have: 2, got: 1 },
+        LogError::Fork { seq: 1 },
+        LogError::Empty,
+    ];
+    let mut all: Vec<_> = VerifyError::examples()
+        .iter()
+        .map(of_verify)
+        .chain(logs.iter().map(of_log))
+        .collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
+/// The exit-code table `--help` ends with.
+pub fn help() -> String {
+    let mut lines = vec![
+        "Exit codes:".to_owned(),
+        format!("{OK:>4}  accepted (verify) / done"),
+        format!("{USAGE:>4}  usage error"),
+        format!("{STATE:>4}  state or file problem (nothing trusted, unreadable file)"),
+    ];
+    // Two to a line, as they pair up (10 and 11, …, 30 and 31).
+    for pair in refusals().chunks(2) {
+        lines.push(match pair {
+            [(a, what_a), (b, what_b)] => format!("{a:>4}  {what_a:<30}{b:>2}  {what_b}"),
+            [(a, what_a)] => format!("{a:>4}  {what_a}"),
+            _ => unreachable!("chunks of two"),
+        });
+    }
+    lines.join("\n")
+}
