@@ -42,6 +42,12 @@ pub use uri::pkcs11::{ObjectType, Pkcs11Uri, Pkcs11UriError};
 pub use uri::{KeyUri, UriError, redact_uri};
 pub use worker::Worker;
 
+/// `tracing` filter directives that silence the backends' libraries where
+/// they are noisy (cryptoki logs every mechanism id it has no name for as
+/// an error while listing a token's mechanisms: noise, not news). A binary
+/// adds them to its default filter.
+pub const LOG_QUIET: &str = "cryptoki::mechanism=off";
+
 /// Hardware or software that holds one private key.
 ///
 /// Implementations are driven from one thread at a time (a [`Worker`] owns

@@ -252,10 +252,14 @@ impl Connection {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T, ClientError> {
-        let bytes = Zeroizing::new(match body {
-            Some(b) => serde_json::to_vec(b).map_err(|e| ClientError::Transport(e.to_string()))?,
-            None => Vec::new(),
-        });
+        // Serialized into a buffer that does not grow for a request with a
+        // secret (a reallocation would leave a copy behind), zeroized once
+        // sent.
+        let mut bytes = Zeroizing::new(Vec::with_capacity(4096));
+        if let Some(b) = body {
+            serde_json::to_writer(&mut *bytes, b)
+                .map_err(|e| ClientError::Transport(e.to_string()))?;
+        }
         let answer = self.send(method, path, bytes).await?;
         answer.read()
     }

@@ -13,13 +13,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KEYBRIDGE_LOG").unwrap_or_else(|_| {
-                // cryptoki logs every mechanism id it has no name for as an
-                // error while listing a token's mechanisms: noise, not news.
-                tracing_subscriber::EnvFilter::new(if serving {
-                    "info,cryptoki::mechanism=off"
-                } else {
-                    "warn,cryptoki::mechanism=off"
-                })
+                let level = if serving { "info" } else { "warn" };
+                tracing_subscriber::EnvFilter::new(format!(
+                    "{level},{}",
+                    keybridge_backends::LOG_QUIET
+                ))
             }),
         )
         .init();

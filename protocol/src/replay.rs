@@ -210,15 +210,7 @@ impl ReplayCache {
         keep_until: i64,
         now: i64,
     ) -> Result<(), ReplayError> {
-        self.prune(now);
-        if self.contains(&kid, &cti) {
-            return Err(ReplayError::Replay);
-        }
-        if self.commands.is_full() {
-            return Err(ReplayError::Full(self.commands.entries.len()));
-        }
-        self.commands.add((kid, cti), keep_until);
-        Ok(())
+        self.insert_into(false, (kid, cti), keep_until, now)
     }
 
     /// [`ReplayCache::insert`] for a `time-sync` command, into the
@@ -230,14 +222,29 @@ impl ReplayCache {
         keep_until: i64,
         now: i64,
     ) -> Result<(), ReplayError> {
+        self.insert_into(true, (kid, cti), keep_until, now)
+    }
+
+    fn insert_into(
+        &mut self,
+        time_sync: bool,
+        (kid, cti): (Kid, [u8; 16]),
+        keep_until: i64,
+        now: i64,
+    ) -> Result<(), ReplayError> {
         self.prune(now);
         if self.contains(&kid, &cti) {
             return Err(ReplayError::Replay);
         }
-        if self.time_syncs.is_full() {
-            return Err(ReplayError::TimeSyncFull(self.time_syncs.entries.len()));
+        let (set, full): (_, fn(usize) -> ReplayError) = if time_sync {
+            (&mut self.time_syncs, ReplayError::TimeSyncFull)
+        } else {
+            (&mut self.commands, ReplayError::Full)
+        };
+        if set.is_full() {
+            return Err(full(set.entries.len()));
         }
-        self.time_syncs.add((kid, cti), keep_until);
+        set.add((kid, cti), keep_until);
         Ok(())
     }
 

@@ -145,17 +145,13 @@ impl Bridge {
             .spawn()
             .expect("starting keybridge serve");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if self.cli(&["status"], None).status.success() {
-                return;
-            }
+        let up = poll_until(Duration::from_secs(20), || {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("daemon exited with {status}: {}", self.daemon_log());
             }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("daemon did not come up: {}", self.daemon_log());
+            self.cli(&["status"], None).status.success()
+        });
+        assert!(up, "daemon did not come up: {}", self.daemon_log());
     }
 
     /// What the daemon logged.
@@ -274,6 +270,22 @@ impl Drop for Bridge {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// The one polling helper: checks `ready` every 20 ms until it is true
+/// (returns true) or `limit` has passed (returns false). Tests wait for
+/// states this way, never for a fixed time.
+pub fn poll_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if ready() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -131,7 +131,7 @@ while True:
             .spawn()
             .expect("setpriv (util-linux) and Debian's python3");
         let ready = PathBuf::from(format!("{}.ready", capture.display()));
-        poll_until(Duration::from_secs(10), || ready.exists());
+        wait_until(Duration::from_secs(10), || ready.exists());
         Impostor {
             child,
             capture: capture.to_owned(),
@@ -150,12 +150,9 @@ impl Drop for Impostor {
     }
 }
 
-fn poll_until(limit: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ok() {
-        assert!(Instant::now() < deadline, "condition not met in {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// [`keybridge_tests::poll_until`] that must succeed.
+fn wait_until(limit: Duration, ready: impl FnMut() -> bool) {
+    assert!(poll_until(limit, ready), "condition not met in {limit:?}");
 }
 
 /// Runs the CLI with no KEYBRIDGE_HOME and `XDG_RUNTIME_DIR=runtime`, so
@@ -176,23 +173,36 @@ fn the_cli_sends_nothing_into_a_socket_folder_another_user_made() {
     if !needs_root("the_cli_sends_nothing_into_a_socket_folder_another_user_made") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    chmod(tmp.path(), 0o755);
+    let tmp = traversable_tempdir();
     // The attacker got there first: XDG_RUNTIME_DIR/keybridge is theirs,
     // world-writable, with their listener in it.
-    let folder = tmp.path().join("keybridge");
-    std::fs::create_dir(&folder).unwrap();
-    std::os::unix::fs::chown(&folder, Some(NOBODY), Some(NOBODY)).unwrap();
-    chmod(&folder, 0o777);
+    let folder = nobodys_folder(&tmp.path().join("keybridge"), 0o777);
     let impostor = Impostor::listen(&folder.join("bridge.sock"), &folder.join("capture"));
+    unlock_is_refused_before_sending(tmp.path(), "belongs to uid 65534", &impostor);
+}
+
+fn traversable_tempdir() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    chmod(tmp.path(), 0o755);
+    tmp
+}
+
+/// A folder `path` owned by nobody, with `mode`.
+fn nobodys_folder(path: &Path, mode: u32) -> PathBuf {
+    std::fs::create_dir(path).unwrap();
+    std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
+    chmod(path, mode);
+    path.to_owned()
+}
+
+/// `keybridge unlock` with a secret, finding its socket under `runtime`:
+/// refused (exit 11, saying `why`), and the impostor received nothing.
+fn unlock_is_refused_before_sending(runtime: &Path, why: &str, impostor: &Impostor) {
     let secret = "correct horse battery staple 42";
-    let r = cli_with_runtime(tmp.path(), &["unlock", "alice", "--secret-stdin"], secret);
+    let r = cli_with_runtime(runtime, &["unlock", "alice", "--secret-stdin"], secret);
     assert_eq!(r.status.code(), Some(11), "{}", stderr(&r));
-    assert!(
-        stderr(&r).contains("belongs to uid 65534"),
-        "{}",
-        stderr(&r)
-    );
+    assert!(stderr(&r).contains(why), "{}", stderr(&r));
+    // The impostor writes what it got when the connection closes.
     std::thread::sleep(Duration::from_millis(300));
     assert!(impostor.captured().is_empty(), "the impostor got bytes");
 }
@@ -202,11 +212,8 @@ fn the_cli_sends_nothing_to_a_listener_of_another_uid_in_its_own_folder() {
     if !needs_root("the_cli_sends_nothing_to_a_listener_of_another_uid_in_its_own_folder") {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    chmod(tmp.path(), 0o755);
-    let lair = tmp.path().join("lair");
-    std::fs::create_dir(&lair).unwrap();
-    std::os::unix::fs::chown(&lair, Some(NOBODY), Some(NOBODY)).unwrap();
+    let tmp = traversable_tempdir();
+    let lair = nobodys_folder(&tmp.path().join("lair"), 0o755);
     let impostor = Impostor::listen(&lair.join("s"), &lair.join("capture"));
     // The folder is ours and private, but the socket in it (moved there:
     // a socket keeps its listener across a rename) is served by nobody.
@@ -215,15 +222,7 @@ fn the_cli_sends_nothing_to_a_listener_of_another_uid_in_its_own_folder() {
     std::fs::create_dir_all(&folder).unwrap();
     chmod(&folder, 0o700);
     std::fs::rename(lair.join("s"), folder.join("bridge.sock")).unwrap();
-    let r = cli_with_runtime(
-        &ours,
-        &["unlock", "alice", "--secret-stdin"],
-        "a secret 1234",
-    );
-    assert_eq!(r.status.code(), Some(11), "{}", stderr(&r));
-    assert!(stderr(&r).contains("runs as uid 65534"), "{}", stderr(&r));
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(impostor.captured().is_empty(), "the impostor got bytes");
+    unlock_is_refused_before_sending(&ours, "runs as uid 65534", &impostor);
 }
 
 /// A daemon whose key `alice` (account acme) is unlocked daily.
@@ -237,14 +236,12 @@ fn daily_alice() -> Bridge {
 
 /// Waits for the daemon to exit, at most `limit`; its status.
 fn wait_exit(b: &mut Bridge, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Some(status) = b.child().try_wait().unwrap() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
+    let mut status = None;
+    poll_until(limit, || {
+        status = b.child().try_wait().unwrap();
+        status.is_some()
+    });
+    status
 }
 
 #[test]
@@ -326,7 +323,7 @@ fn connections_are_bounded_and_the_daemon_recovers_when_they_time_out() {
     );
     // The idle ones time out; then a real client is served again.
     let start = Instant::now();
-    poll_until(Duration::from_secs(60), || {
+    wait_until(Duration::from_secs(60), || {
         b.cli(&["status"], None).status.success()
     });
     drop(hold);
