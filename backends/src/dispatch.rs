@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "pkcs11")]
 use crate::pkcs11;
+#[cfg(feature = "yubikey")]
+use crate::yubikey;
 
 /// What [`create`] makes: a key for `agent` in `account`, in `backend`.
 ///
@@ -39,6 +41,27 @@ pub struct CreateSpec {
     pub secret: Option<SecretString>,
     /// Now, unix seconds (the record's `created`).
     pub now: i64,
+    /// What only some backends take (policies, overwriting, the management
+    /// key); the others refuse what they cannot honour.
+    pub options: CreateOptions,
+}
+
+/// Creation options beyond the common ones.
+#[derive(Debug, Default)]
+pub struct CreateOptions {
+    /// PIN policy of the new key (`once`, `always`, `never`; YubiKey).
+    pub pin_policy: Option<String>,
+    /// Touch policy (`never`, `always`, `cached`; YubiKey).
+    pub touch_policy: Option<String>,
+    /// Replace a key already in the slot (YubiKey).
+    pub overwrite: bool,
+    /// The card's management key, hex (YubiKey; else its PIN-protected
+    /// one is used).
+    pub management_key: Option<SecretString>,
+    /// Use the factory management key (YubiKey; the user said so).
+    pub default_management_key: bool,
+    /// Try the PIN even if it is the last attempt.
+    pub spend_last_attempt: bool,
 }
 
 /// Generates (or derives, or opens with `existing`) the key `spec` describes;
@@ -66,7 +89,14 @@ pub fn create(spec: CreateSpec) -> Result<(Box<dyn Signer>, KeyRecord), BackendE
         }
         #[cfg(not(feature = "pkcs11"))]
         BackendKind::Pkcs11 => return Err(not_built(BackendKind::Pkcs11)),
-        kind @ (BackendKind::Yubikey | BackendKind::Tpm) => return Err(not_built(kind)),
+        #[cfg(feature = "yubikey")]
+        BackendKind::Yubikey => {
+            let (signer, record) = yubikey::create_from_spec(spec)?;
+            (Box::new(signer), record)
+        }
+        #[cfg(not(feature = "yubikey"))]
+        BackendKind::Yubikey => return Err(not_built(BackendKind::Yubikey)),
+        BackendKind::Tpm => return Err(not_built(BackendKind::Tpm)),
     };
     // Creating derived the key (or logged in to the token); it stays
     // unusable until an unlock, so it leaves memory now.
@@ -85,7 +115,8 @@ pub fn needs_secret(backend: BackendKind, uri: Option<&KeyUri>) -> bool {
             cfg!(feature = "pkcs11")
                 && !matches!(uri, Some(KeyUri::Pkcs11(u)) if u.pin_source.is_some())
         }
-        BackendKind::Yubikey | BackendKind::Tpm => false,
+        BackendKind::Yubikey => cfg!(feature = "yubikey"),
+        BackendKind::Tpm => false,
     }
 }
 
@@ -107,10 +138,14 @@ pub fn list(
             let _ = location;
             Err(not_built(BackendKind::Pkcs11))
         }
+        #[cfg(feature = "yubikey")]
+        BackendKind::Yubikey => yubikey::list(),
+        #[cfg(not(feature = "yubikey"))]
+        BackendKind::Yubikey => Err(not_built(BackendKind::Yubikey)),
         BackendKind::Passphrase => Err(BackendError::Unsupported(
             "a passphrase key is derived, not kept in a token: there is nothing to list".into(),
         )),
-        kind @ (BackendKind::Yubikey | BackendKind::Tpm) => Err(not_built(kind)),
+        BackendKind::Tpm => Err(not_built(BackendKind::Tpm)),
     }
 }
 
@@ -173,7 +208,11 @@ pub fn open(record: &KeyRecord) -> Result<Box<dyn Signer>, BackendError> {
         BackendKind::Pkcs11 => Ok(Box::new(pkcs11::Pkcs11Signer::from_record(record)?)),
         #[cfg(not(feature = "pkcs11"))]
         BackendKind::Pkcs11 => Err(not_built(BackendKind::Pkcs11)),
-        kind @ (BackendKind::Yubikey | BackendKind::Tpm) => Err(not_built(kind)),
+        #[cfg(feature = "yubikey")]
+        BackendKind::Yubikey => Ok(Box::new(yubikey::open_record(record)?)),
+        #[cfg(not(feature = "yubikey"))]
+        BackendKind::Yubikey => Err(not_built(BackendKind::Yubikey)),
+        BackendKind::Tpm => Err(not_built(BackendKind::Tpm)),
     }
 }
 
@@ -207,6 +246,7 @@ mod tests {
             existing: false,
             secret: Some(SecretString::from("correct horse battery staple")),
             now: 0,
+            options: Default::default(),
         }
     }
 
@@ -218,10 +258,14 @@ mod tests {
     fn hardware_backends_say_they_are_not_built_yet() {
         let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
         let public = PublicKey::ed25519(key.verifying_key().as_bytes()).unwrap();
-        for (kind, uri) in [
+        #[cfg(not(feature = "yubikey"))]
+        let hardware = [
             (BackendKind::Yubikey, "yubikey:serial=1;slot=9c"),
             (BackendKind::Tpm, "tpm:handle=0x81000101"),
-        ] {
+        ];
+        #[cfg(feature = "yubikey")]
+        let hardware = [(BackendKind::Tpm, "tpm:handle=0x81000101")];
+        for (kind, uri) in hardware {
             let compiled_in = match kind {
                 BackendKind::Yubikey => cfg!(feature = "yubikey"),
                 _ => cfg!(feature = "tpm"),

@@ -32,8 +32,12 @@ pub mod pkcs11;
 mod record;
 mod uri;
 pub mod worker;
+#[cfg(feature = "yubikey")]
+pub mod yubikey;
 
-pub use dispatch::{CreateSpec, ListedKey, TokenListing, create, list, needs_secret, open};
+pub use dispatch::{
+    CreateOptions, CreateSpec, ListedKey, TokenListing, create, list, needs_secret, open,
+};
 pub use error::BackendError;
 pub use modules::{DEFAULT_PKCS11_MODULES, ModuleAllowlist, set_module_allowlist};
 pub use record::{BackendKind, KeyRecord, RecordError, UnknownBackend};
@@ -82,6 +86,13 @@ pub trait Signer: Send + 'static {
 
     /// Evidence of hardware residency (attestation certificates etc.), if any.
     fn residency_evidence(&self) -> Option<Evidence> {
+        None
+    }
+
+    /// A flag the signer raises while a signature waits for the user to
+    /// touch the token, readable from other threads (the signer itself is
+    /// busy then). `None` for signers that never wait for a touch.
+    fn touch_indicator(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicBool>> {
         None
     }
 

@@ -31,6 +31,7 @@ pub struct Worker {
 struct Shared {
     name: String,
     public: PublicKey,
+    touch: Option<Arc<AtomicBool>>,
     stopped: AtomicBool,
     /// The signer; `None` once the worker has stopped. The thread takes the
     /// lock for each job; a signer that [`Signer::signs_in_place`] is also
@@ -75,6 +76,7 @@ impl Worker {
     pub fn spawn(name: String, signer: Box<dyn Signer>) -> Worker {
         let shared = Arc::new(Shared {
             public: signer.public_key().clone(),
+            touch: signer.touch_indicator(),
             stopped: AtomicBool::new(false),
             in_place: signer.signs_in_place(),
             signer: Mutex::new(Some(signer)),
@@ -95,6 +97,14 @@ impl Worker {
     /// The key's public key (cached; no round trip to the thread).
     pub fn public_key(&self) -> &PublicKey {
         &self.shared.public
+    }
+
+    /// Whether a signature is waiting for the user to touch the token now.
+    pub fn touch_pending(&self) -> bool {
+        self.shared
+            .touch
+            .as_ref()
+            .is_some_and(|t| t.load(Ordering::Acquire))
     }
 
     /// The name given at [`Worker::spawn`].

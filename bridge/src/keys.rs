@@ -95,6 +95,11 @@ impl KeyEntry {
             .await
     }
 
+    /// Whether a signature waits for a touch on the token now.
+    pub fn touch_pending(&self) -> bool {
+        self.worker.touch_pending()
+    }
+
     /// Locks now; the backend forgets its secret.
     pub async fn lock(&self) {
         self.unlock.lock(&self.worker).await;

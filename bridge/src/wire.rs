@@ -39,6 +39,9 @@ pub struct KeyView {
     pub unlocked_mode: Option<Remember>,
     /// The unlock's end (wall clock, unix seconds), when unlocked.
     pub unlocked_until: Option<i64>,
+    /// A signature is waiting for the user to touch the token.
+    #[serde(default)]
+    pub touch_pending: bool,
     /// The public key in every export format (`GET /v1/keys/{kid}` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<PublicKeyExport>,
@@ -73,6 +76,9 @@ pub struct Status {
     pub now: i64,
     /// The audit log's path.
     pub audit_log: String,
+    /// Some key's signature is waiting for a touch.
+    #[serde(default)]
+    pub touch_pending: bool,
     /// The effective policy.
     pub policy: serde_json::Value,
     /// Every key.
@@ -118,6 +124,25 @@ pub struct CreateKey {
     /// Passphrase or PIN.
     #[serde(default, serialize_with = "expose_opt")]
     pub secret: Option<SecretString>,
+    /// PIN policy of the new key (`once`, `always`, `never`), where the
+    /// backend has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_policy: Option<String>,
+    /// Touch policy (`never`, `always`, `cached`), where the backend has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub touch_policy: Option<String>,
+    /// Replace a key already in the slot.
+    #[serde(default)]
+    pub overwrite: bool,
+    /// The token's management key (hex), where the backend needs one.
+    #[serde(default, serialize_with = "expose_opt")]
+    pub management_key: Option<SecretString>,
+    /// Use the token's factory management key (the user said so).
+    #[serde(default)]
+    pub default_management_key: bool,
+    /// Try the PIN even if it is the last attempt.
+    #[serde(default)]
+    pub spend_last_attempt: bool,
 }
 
 /// The answer to `POST /v1/keys`.
@@ -128,6 +153,10 @@ pub struct CreatedKey {
     pub key: KeyView,
     /// False when the key existed already (same kid).
     pub new: bool,
+    /// True when the token still has factory credentials (a YubiKey made
+    /// with its default management key): the CLI warns.
+    #[serde(default)]
+    pub factory_credentials: bool,
 }
 
 /// `POST /v1/keys/{kid}/unlock`.

@@ -3,6 +3,7 @@
 //! small HTTP client for driving the API concurrently.
 
 pub mod bench;
+pub mod vyubikey;
 
 use serde_json::Value;
 use std::io::Write as _;

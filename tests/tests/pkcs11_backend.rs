@@ -700,6 +700,7 @@ softhsm_test! {
             existing,
             secret,
             now: NOW,
+            options: Default::default(),
         };
 
         // No secret in the request: the PIN comes from the file. P-256 by default.

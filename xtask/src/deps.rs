@@ -24,6 +24,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "pcscd",
     "libpcsclite-dev",
     "vsmartcard-vpcd",
+    // Cross-checks of the virtual YubiKey: Debian's PIV tool and PKCS#11
+    // module (2.2.0: firmware < 5.7 for them).
+    "yubico-piv-tool",
+    "ykcs11",
     "chromium",
     "openssh-client",
     "python3-venv",

@@ -71,6 +71,7 @@ mod tests {
             existing: false,
             secret: None,
             now: 0,
+            options: Default::default(),
         }
     }
 

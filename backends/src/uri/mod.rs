@@ -5,19 +5,21 @@
 //! - `yubikey:serial=12345678;slot=9c`
 //! - `tpm:handle=0x81000101`
 //!
-//! Each reference is parsed once, here, when it is read: the passphrase form
-//! and the RFC 7512 `pkcs11:` form ([`pkcs11`], pure parsing, compiled in
-//! every build) fully. The `yubikey:` and `tpm:` forms are recognized by
-//! their scheme and kept as written until their backends exist and parse
-//! them here too.
+//! Each reference is parsed once, here, when it is read: the passphrase
+//! form, the RFC 7512 `pkcs11:` form ([`pkcs11`]) and the `yubikey:` form
+//! ([`yubikey`]) fully (pure parsing, compiled in every build). The `tpm:`
+//! form is recognized by its scheme and kept as written until its backend
+//! exists and parses it here too.
 
 pub mod pkcs11;
+pub mod yubikey;
 
 use crate::record::BackendKind;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use pkcs11::{Pkcs11Uri, Pkcs11UriError};
 use std::fmt;
 use std::str::FromStr;
+use yubikey::{YubikeyUri, YubikeyUriError};
 
 /// A parsed key reference.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -31,9 +33,8 @@ pub enum KeyUri {
     },
     /// A PKCS#11 key, parsed (RFC 7512).
     Pkcs11(Pkcs11Uri),
-    /// A YubiKey PIV slot: the whole `yubikey:` URI as written. Not parsed
-    /// yet: the YubiKey backend will parse it (here) when it lands.
-    Yubikey(String),
+    /// A YubiKey PIV slot, parsed.
+    Yubikey(YubikeyUri),
     /// A TPM key: the whole `tpm:` URI as written. Not parsed yet: the TPM
     /// backend will parse it (here) when it lands.
     Tpm(String),
@@ -54,6 +55,9 @@ pub enum UriError {
     /// A `pkcs11:` reference that is not a URI keybridge accepts.
     #[error(transparent)]
     Pkcs11(#[from] Pkcs11UriError),
+    /// A `yubikey:` reference that is not `serial=…;slot=…`.
+    #[error(transparent)]
+    Yubikey(#[from] YubikeyUriError),
 }
 
 /// A key reference as it may appear in an error or a log line: attribute
@@ -153,7 +157,7 @@ impl FromStr for KeyUri {
         Ok(match kind {
             BackendKind::Passphrase => parse_passphrase(rest)?,
             BackendKind::Pkcs11 => KeyUri::Pkcs11(s.parse()?),
-            BackendKind::Yubikey => KeyUri::Yubikey(s.to_owned()),
+            BackendKind::Yubikey => KeyUri::Yubikey(s.parse()?),
             BackendKind::Tpm => KeyUri::Tpm(s.to_owned()),
         })
     }
@@ -198,7 +202,8 @@ impl fmt::Display for KeyUri {
                 utf8_percent_encode(agent, VALUE)
             ),
             KeyUri::Pkcs11(uri) => uri.fmt(f),
-            KeyUri::Yubikey(s) | KeyUri::Tpm(s) => f.write_str(s),
+            KeyUri::Yubikey(u) => u.fmt(f),
+            KeyUri::Tpm(s) => f.write_str(s),
         }
     }
 }
@@ -311,9 +316,10 @@ mod tests {
     }
 
     #[test]
-    fn yubikey_and_tpm_uris_are_recognized_and_kept_whole() {
+    fn yubikey_uris_are_parsed_and_tpm_uris_kept_whole() {
         let yk = "yubikey:serial=12345678;slot=9c";
-        assert_eq!(yk.parse(), Ok(KeyUri::Yubikey(yk.into())));
+        assert_eq!(yk.parse(), Ok(KeyUri::Yubikey(yk.parse().unwrap())));
+        assert_eq!(yk.parse::<KeyUri>().unwrap().to_string(), yk);
         let tpm = "tpm:handle=0x81000101";
         let parsed: KeyUri = tpm.parse().unwrap();
         assert_eq!(parsed, KeyUri::Tpm(tpm.into()));

@@ -9,7 +9,9 @@ use crate::wire::{CreateKey, CreatedKey, KeyView, LockState, PublicKeyExport, Un
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use keybridge_backends::{BackendError, BackendKind, CreateSpec, KeyUri, TokenListing};
+use keybridge_backends::{
+    BackendError, BackendKind, CreateOptions, CreateSpec, KeyUri, TokenListing,
+};
 use keybridge_protocol::Algorithm;
 use keybridge_protocol::key::hex;
 use serde::Deserialize;
@@ -31,6 +33,7 @@ pub fn key_view(e: &KeyEntry, clock: &Clock) -> KeyView {
         unlocked: unlocked.is_some(),
         unlocked_mode: unlocked.map(|(m, _)| m),
         unlocked_until: unlocked.map(|(_, t)| t),
+        touch_pending: e.touch_pending(),
         public_key: None,
         params: None,
     }
@@ -67,7 +70,7 @@ pub async fn create(
     // secret back.
     let req: CreateKey = serde_json::from_slice(&body)
         .map_err(|_| ApiError::BadRequest(
-            "expected {\"backend\", \"account\", \"agent\", \"secret\", optional \"uri\", \"label\", \"remember\", \"alg\", \"existing\"}".into(),
+            "expected {\"backend\", \"account\", \"agent\", \"secret\", optional \"uri\", \"label\", \"remember\", \"alg\", \"existing\", \"pin_policy\", \"touch_policy\", \"overwrite\", \"management_key\", \"default_management_key\", \"spend_last_attempt\"}".into(),
         ))?;
     if req.account.is_empty() || req.agent.is_empty() {
         return Err(ApiError::BadRequest(
@@ -125,6 +128,14 @@ pub async fn create(
         existing: req.existing,
         secret: req.secret,
         now,
+        options: CreateOptions {
+            pin_policy: req.pin_policy,
+            touch_policy: req.touch_policy,
+            overwrite: req.overwrite,
+            management_key: req.management_key,
+            default_management_key: req.default_management_key,
+            spend_last_attempt: req.spend_last_attempt,
+        },
     };
     let (signer, record) = blocking(move || keybridge_backends::create(spec)).await?;
     let stored = StoredKey {
@@ -142,6 +153,8 @@ pub async fn create(
             StatusCode::OK
         },
         Json(CreatedKey {
+            factory_credentials: entry.stored.record.params["factory_management_key"]
+                == serde_json::Value::Bool(true),
             key: key_view(&entry, &s.clock),
             new,
         }),

@@ -14,6 +14,7 @@ pub async fn status(State(s): State<Shared>) -> Json<Status> {
         started: s.started,
         now: s.clock.now(),
         audit_log: s.audit.path().display().to_string(),
+        touch_pending: s.keys.all().iter().any(|e| e.touch_pending()),
         policy: serde_json::to_value(&s.policy).expect("the policy serializes"),
         keys: s
             .keys

@@ -42,9 +42,30 @@ pub enum KeysCommand {
         /// pkcs11-tool), instead of generating one.
         #[arg(long)]
         existing: bool,
-        /// Read the passphrase or PIN from one line of standard input.
+        /// Read the passphrase or PIN from one line of standard input (and,
+        /// with --management-key-stdin, the management key from the next).
         #[arg(long)]
         secret_stdin: bool,
+        /// PIN policy of the new key, where the hardware has one (YubiKey).
+        #[arg(long, value_parser = ["once", "always", "never"])]
+        pin_policy: Option<String>,
+        /// Touch policy of the new key, where the hardware has one (YubiKey).
+        #[arg(long, value_parser = ["never", "always", "cached"])]
+        touch_policy: Option<String>,
+        /// Replace a key that is already in the slot.
+        #[arg(long)]
+        overwrite: bool,
+        /// Read the token's management key (hex) from standard input or a
+        /// prompt (YubiKey, when it is not PIN-protected on the card).
+        #[arg(long, conflicts_with = "default_management_key")]
+        management_key_stdin: bool,
+        /// Use the factory management key (only if the card still has it:
+        /// keybridge says so loudly, and never tries it on its own).
+        #[arg(long)]
+        default_management_key: bool,
+        /// Try the PIN even if it is the last attempt before the token blocks.
+        #[arg(long)]
+        spend_last_attempt: bool,
     },
     /// List the daemon's keys, or (with --backend, e.g. pkcs11 --module M)
     /// the tokens and usable keys a backend shows, like pkcs11-tool -L -O.
@@ -104,6 +125,12 @@ pub(super) async fn run(ctx: &Ctx, cmd: &KeysCommand) -> anyhow::Result<()> {
             alg,
             existing,
             secret_stdin,
+            pin_policy,
+            touch_policy,
+            overwrite,
+            management_key_stdin,
+            default_management_key,
+            spend_last_attempt,
         } => {
             let passphrase = backend == BackendKind::Passphrase.name();
             // A PKCS#11 URI may name a pin-source file the daemon reads;
@@ -124,6 +151,11 @@ pub(super) async fn run(ctx: &Ctx, cmd: &KeysCommand) -> anyhow::Result<()> {
             } else {
                 None
             };
+            let management_key = if *management_key_stdin {
+                Some(read_secret(*secret_stdin, "Management key (hex): ", false)?)
+            } else {
+                None
+            };
             let alg = match (passphrase, alg) {
                 (true, _) => None,
                 (false, AlgArg::P256) => Some("p256".to_owned()),
@@ -139,12 +171,23 @@ pub(super) async fn run(ctx: &Ctx, cmd: &KeysCommand) -> anyhow::Result<()> {
                 alg,
                 existing: *existing,
                 secret,
+                pin_policy: pin_policy.clone(),
+                touch_policy: touch_policy.clone(),
+                overwrite: *overwrite,
+                management_key,
+                default_management_key: *default_management_key,
+                spend_last_attempt: *spend_last_attempt,
             };
             let created = ctx.client().create_key(&req).await?;
             ctx.print(&created, |c: &CreatedKey| {
                 let verb = if c.new { "created" } else { "already present" };
                 format!("{verb}: {}", key_line(&c.key))
             });
+            if created.factory_credentials {
+                eprintln!(
+                    "keybridge: WARNING: this card still uses the factory management key: anyone with the card can replace its keys. Change it (ykman piv access change-management-key --protect)."
+                );
+            }
         }
         KeysCommand::List {
             backend: Some(backend),

@@ -78,6 +78,31 @@ fn parse_args(pairs: &[String]) -> anyhow::Result<SignArgsMap> {
     Ok(args)
 }
 
+/// Signs; meanwhile, if the key's token waits for a touch, says so once on
+/// standard error ("touch your YubiKey").
+async fn sign_telling_about_touch(
+    ctx: &Ctx,
+    req: &SignRequest,
+) -> Result<Signed, crate::client::ClientError> {
+    let client = ctx.client();
+    let signing = client.sign(req);
+    tokio::pin!(signing);
+    let mut told = false;
+    loop {
+        tokio::select! {
+            result = &mut signing => return result,
+            () = tokio::time::sleep(std::time::Duration::from_millis(300)), if !told => {
+                if let Ok(key) = client.key(&req.key).await
+                    && key.touch_pending
+                {
+                    eprintln!("keybridge: touch your YubiKey (or security key) to sign");
+                    told = true;
+                }
+            }
+        }
+    }
+}
+
 pub(super) async fn run(ctx: &Ctx, a: &SignArgs) -> anyhow::Result<()> {
     let mut req = SignRequest {
         key: a.key.clone(),
@@ -112,7 +137,7 @@ pub(super) async fn run(ctx: &Ctx, a: &SignArgs) -> anyhow::Result<()> {
         }
         (None, None) => bail!("give --device ID or --devices FILE"),
     }
-    match ctx.client().sign(&req).await? {
+    match sign_telling_about_touch(ctx, &req).await? {
         Signed::Single { kid, envelope } => {
             let bytes = B64
                 .decode(&envelope)
