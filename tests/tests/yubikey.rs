@@ -1,0 +1,429 @@
+//! YubiKey keys end to end: the real daemon and CLI, the `yubikey` crate
+//! and pcsc-lite, a virtual YubiKey on vpcd, and `keybridge-device`
+//! verifying what was signed. Serials 92_000_000 + n are this file's.
+
+use keybridge_tests::vyubikey::{
+    CardConfig, INS_VERIFY, KeySpec, ManagementKey, Touch, VirtualYubiKey, insert_all,
+};
+use keybridge_tests::*;
+use serde_json::Value;
+use std::process::Output;
+use std::time::Duration;
+
+const NOW: i64 = 1_800_000_000;
+const PIN: &str = "123456";
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `keybridge keys create --backend yubikey` for `uri`, the PIN (and more
+/// lines) on standard input.
+fn create(b: &Bridge, label: &str, uri: &str, extra: &[&str], stdin: &str) -> Output {
+    let mut args = vec![
+        "--json",
+        "keys",
+        "create",
+        "--backend",
+        "yubikey",
+        "--account",
+        "acme",
+        "--agent",
+        label,
+        "--label",
+        label,
+        "--uri",
+        uri,
+        "--secret-stdin",
+    ];
+    args.extend_from_slice(extra);
+    b.cli(&args, Some(stdin))
+}
+
+fn created_kid(o: &Output) -> String {
+    assert!(o.status.success(), "{}", stderr(o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["kid"].as_str().unwrap().to_owned()
+}
+
+fn unlock(b: &Bridge, key: &str, extra: &[&str], pin: &str) -> Output {
+    let mut args = vec!["unlock", key, "--secret-stdin"];
+    args.extend_from_slice(extra);
+    b.cli(&args, Some(pin))
+}
+
+fn sign(b: &Bridge, key: &str, device: &str) -> Output {
+    let out = b.home().join(format!("{key}.cose"));
+    b.cli(
+        &[
+            "sign",
+            "--key",
+            key,
+            "--device",
+            device,
+            "--command",
+            "remote-control",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        None,
+    )
+}
+
+/// Signs for `dev-1` and has a device that trusts `key`'s account verify it.
+fn sign_and_verify(b: &Bridge, key: &str) {
+    let r = sign(b, key, "dev-1");
+    assert!(r.status.success(), "{}\n{}", stderr(&r), b.daemon_log());
+    let log = b.home().join(format!("{key}.log"));
+    if !log.exists() {
+        let rec = b.home().join(format!("{key}.age"));
+        b.ok(
+            &[
+                "account",
+                "init",
+                "--account",
+                "acme",
+                "--key",
+                key,
+                "--log",
+                log.to_str().unwrap(),
+                "--recovery-file",
+                rec.to_str().unwrap(),
+                "--secret-stdin",
+            ],
+            Some("recovery passphrase 1"),
+        );
+        trust_device(&b.home().join(format!("device-{key}")), &log, "dev-1");
+    }
+    let v = device(
+        &b.home().join(format!("device-{key}")),
+        &[
+            "verify",
+            b.home().join(format!("{key}.cose")).to_str().unwrap(),
+            "--now",
+            &NOW.to_string(),
+        ],
+    );
+    assert!(v.status.success(), "{}", stderr(&v));
+}
+
+fn uri(card: &VirtualYubiKey) -> String {
+    format!("yubikey:serial={};slot=9c", card.serial())
+}
+
+#[test]
+fn a_p256_key_on_a_5_4_card_signs_commands_a_device_accepts() {
+    let Some(card) = CardConfig::new(92_000_001).insert() else {
+        return;
+    };
+    let b = Bridge::start(NOW);
+    let r = create(&b, "yuki", &uri(&card), &["--default-management-key"], PIN);
+    created_kid(&r);
+    assert!(
+        stderr(&r).contains("factory management key"),
+        "{}",
+        stderr(&r)
+    );
+    assert!(card.public_key(0x9c).is_some(), "generated on the card");
+    let r = unlock(&b, "yuki", &["--remember", "daily"], PIN);
+    assert!(r.status.success(), "{}", stderr(&r));
+    sign_and_verify(&b, "yuki");
+    // Daily: the PIN was verified once, not per signature.
+    card.clear_log();
+    sign_and_verify(&b, "yuki");
+    assert_eq!(card.count(INS_VERIFY), 0, "no PIN per signature");
+}
+
+#[test]
+fn an_ed25519_key_on_a_5_7_card_with_an_aes_management_key_signs() {
+    let Some(card) = CardConfig::new(92_000_002).firmware(5, 7, 1).insert() else {
+        return;
+    };
+    let b = Bridge::start(NOW);
+    let r = create(
+        &b,
+        "edna",
+        &uri(&card),
+        &["--alg", "ed25519", "--default-management-key"],
+        PIN,
+    );
+    created_kid(&r);
+    let shown: Value =
+        serde_json::from_str(&b.ok(&["--json", "keys", "show", "edna"], None)).unwrap();
+    assert_eq!(shown["alg"], "ed25519");
+    unlock(&b, "edna", &["--remember", "daily"], PIN);
+    sign_and_verify(&b, "edna");
+}
+
+#[test]
+fn the_management_key_is_never_guessed() {
+    let key = [7u8; 24];
+    let Some(card) = CardConfig::new(92_000_003)
+        .management_key(ManagementKey::triple_des(key))
+        .insert()
+    else {
+        return;
+    };
+    let b = Bridge::start(NOW);
+    // No key given, none PIN-protected on the card: refused, nothing tried.
+    let r = create(&b, "m1", &uri(&card), &[], PIN);
+    assert!(!r.status.success());
+    assert!(
+        stderr(&r).contains("--management-key-stdin"),
+        "{}",
+        stderr(&r)
+    );
+    assert!(card.public_key(0x9c).is_none(), "nothing generated");
+    // The factory key is refused by this card, with the way out named.
+    let r = create(&b, "m2", &uri(&card), &["--default-management-key"], PIN);
+    assert!(!r.status.success());
+    assert!(
+        stderr(&r).contains("does not have the factory management key"),
+        "{}",
+        stderr(&r)
+    );
+    // The right key from standard input works.
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let r = create(
+        &b,
+        "m3",
+        &uri(&card),
+        &["--management-key-stdin"],
+        &format!("{PIN}\n{hex}"),
+    );
+    created_kid(&r);
+    assert!(
+        !stderr(&r).contains("factory management key"),
+        "{}",
+        stderr(&r)
+    );
+}
+
+#[test]
+fn a_pin_protected_management_key_is_used_as_ykman_stores_it() {
+    let Some(card) = CardConfig::new(92_000_004)
+        .management_key(ManagementKey::aes192([9; 24]).pin_protected())
+        .insert()
+    else {
+        return;
+    };
+    let b = Bridge::start(NOW);
+    created_kid(&create(&b, "pp", &uri(&card), &[], PIN));
+    // A slot that holds a key is not overwritten without --overwrite.
+    let r = create(&b, "pp2", &uri(&card), &[], PIN);
+    assert!(stderr(&r).contains("already holds a key"), "{}", stderr(&r));
+    created_kid(&create(&b, "pp3", &uri(&card), &["--overwrite"], PIN));
+}
+
+#[test]
+fn a_wrong_pin_spends_one_retry_and_the_last_is_kept_unless_asked() {
+    let Some(card) = CardConfig::new(92_000_005).insert() else {
+        return;
+    };
+    let b = Bridge::start(NOW);
+    created_kid(&create(
+        &b,
+        "rp",
+        &uri(&card),
+        &["--default-management-key"],
+        PIN,
+    ));
+    assert_eq!(card.pin_retries(), 3);
+    let r = unlock(&b, "rp", &[], "000000");
+    assert_eq!(r.status.code(), Some(5), "{}", stderr(&r));
+    assert!(stderr(&r).contains("2 attempts left"), "{}", stderr(&r));
+    assert_eq!(card.pin_retries(), 2, "exactly one retry spent");
+    b.set_time(NOW + 1);
+    assert_eq!(unlock(&b, "rp", &[], "000000").status.code(), Some(5));
+    assert_eq!(card.pin_retries(), 1);
+    // The last attempt: not tried without consent, whatever the PIN.
+    b.set_time(NOW + 10);
+    card.clear_log();
+    let r = unlock(&b, "rp", &[], PIN);
+    assert_eq!(r.status.code(), Some(5), "{}", stderr(&r));
+    assert!(
+        stderr(&r).contains("only one PIN attempt is left"),
+        "{}",
+        stderr(&r)
+    );
+    assert_eq!(card.pin_retries(), 1, "nothing spent");
+    let r = unlock(&b, "rp", &["--spend-last-attempt"], PIN);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert_eq!(card.pin_retries(), 3, "a right PIN resets the counter");
+}
+
+#[test]
+fn another_card_in_the_reader_never_sees_the_pin() {
+    let serial = 92_000_006;
+    let Some(card) = CardConfig::new(serial).insert() else {
+        return;
+    };
+    let b = Bridge::start(NOW);
+    created_kid(&create(
+        &b,
+        "sw",
+        &uri(&card),
+        &["--default-management-key"],
+        PIN,
+    ));
+    drop(card);
+    // The same serial (a reset or swapped card) with another key in 9c.
+    let Some(other) = CardConfig::new(serial).key(0x9c, KeySpec::p256()).insert() else {
+        return;
+    };
+    other.clear_log();
+    let r = unlock(&b, "sw", &[], PIN);
+    assert!(!r.status.success());
+    assert!(stderr(&r).contains("holds another key"), "{}", stderr(&r));
+    assert_eq!(
+        other.count(INS_VERIFY),
+        0,
+        "no PIN was sent to the other card"
+    );
+}
+
+#[test]
+fn a_card_pulled_out_gives_token_absent_and_works_when_back() {
+    let Some(mut card) = CardConfig::new(92_000_007).insert() else {
+        return;
+    };
+    let b = Bridge::start(NOW);
+    created_kid(&create(
+        &b,
+        "pl",
+        &uri(&card),
+        &["--default-management-key"],
+        PIN,
+    ));
+    unlock(&b, "pl", &["--remember", "daily"], PIN);
+    sign_and_verify(&b, "pl");
+    card.remove();
+    let r = sign(&b, "pl", "dev-1");
+    assert_eq!(r.status.code(), Some(7), "{}", stderr(&r));
+    assert!(
+        b.cli(&["status"], None).status.success(),
+        "the daemon stays up"
+    );
+    card.reinsert();
+    // The next request reconnects and re-verifies the cached PIN.
+    sign_and_verify(&b, "pl");
+}
+
+#[test]
+fn a_card_held_by_another_program_is_explained_and_works_when_let_go() {
+    let Some(card) = CardConfig::new(92_000_008).insert() else {
+        return;
+    };
+    let b = Bridge::start(NOW);
+    created_kid(&create(
+        &b,
+        "ho",
+        &uri(&card),
+        &["--default-management-key"],
+        PIN,
+    ));
+    let hold = card.hold_exclusive().expect("exclusive hold");
+    let r = unlock(&b, "ho", &[], PIN);
+    assert_eq!(r.status.code(), Some(7), "{}", stderr(&r));
+    assert!(stderr(&r).contains("scdaemon"), "{}", stderr(&r));
+    drop(hold);
+    let r = unlock(&b, "ho", &[], PIN);
+    assert!(r.status.success(), "{}", stderr(&r));
+}
+
+#[test]
+fn a_touch_is_waited_for_shown_and_timed_out() {
+    let Some(card) = CardConfig::new(92_000_009)
+        .touch_timeout(Duration::from_secs(4))
+        .insert()
+    else {
+        return;
+    };
+    let b = Bridge::start(NOW);
+    created_kid(&create(
+        &b,
+        "tp",
+        &uri(&card),
+        &["--default-management-key", "--touch-policy", "always"],
+        PIN,
+    ));
+    unlock(&b, "tp", &["--remember", "daily"], PIN);
+    card.set_touch(Touch::Manual);
+    let mut signing = std::process::Command::new(bin("keybridge"))
+        .env("KEYBRIDGE_HOME", b.home())
+        .args([
+            "sign",
+            "--key",
+            "tp",
+            "--device",
+            "dev-1",
+            "--command",
+            "remote-control",
+        ])
+        .arg("--out")
+        .arg(b.home().join("tp.cose"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The CLI tells the person to touch (the daemon shows the pending touch
+    // meanwhile); only then does the "person" touch.
+    let mut told = String::new();
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(signing.stderr.take().unwrap()));
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        told.push_str(&line);
+        if line.contains("touch your YubiKey") {
+            break;
+        }
+    }
+    assert!(told.contains("touch your YubiKey"), "{told}");
+    assert!(card.touch_pending());
+    let shown: Value = serde_json::from_str(&b.ok(&["--json", "status"], None)).unwrap();
+    assert_eq!(shown["touch_pending"], true, "{shown}");
+    assert!(card.touch());
+    assert!(signing.wait().unwrap().success());
+    // Withheld: the card gives up and the request says why.
+    let r = sign(&b, "tp", "dev-1");
+    assert_eq!(r.status.code(), Some(8), "{}", stderr(&r));
+}
+
+#[test]
+fn several_cards_without_a_serial_are_named_not_guessed() {
+    let Some(cards) = insert_all(vec![
+        CardConfig::new(92_000_010),
+        CardConfig::new(92_000_011),
+    ]) else {
+        return;
+    };
+    let b = Bridge::start(NOW);
+    let r = create(
+        &b,
+        "amb",
+        "yubikey:slot=9c",
+        &["--default-management-key"],
+        PIN,
+    );
+    assert!(!r.status.success());
+    for card in &cards {
+        assert!(
+            stderr(&r).contains(&card.serial().to_string()),
+            "{}",
+            stderr(&r)
+        );
+        assert_eq!(card.count(INS_VERIFY), 0);
+    }
+    let listing: Value =
+        serde_json::from_str(&b.ok(&["--json", "keys", "list", "--backend", "yubikey"], None))
+            .unwrap();
+    let serials: Vec<&str> = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["serial"].as_str().unwrap())
+        .collect();
+    assert!(
+        serials.contains(&"92000010") && serials.contains(&"92000011"),
+        "{listing}"
+    );
+}
