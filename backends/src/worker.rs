@@ -32,6 +32,7 @@ struct Shared {
     name: String,
     public: PublicKey,
     touch: Option<Arc<AtomicBool>>,
+    evidence: Option<crate::Evidence>,
     stopped: AtomicBool,
     /// The signer; `None` once the worker has stopped. The thread takes the
     /// lock for each job; a signer that [`Signer::signs_in_place`] is also
@@ -77,6 +78,7 @@ impl Worker {
         let shared = Arc::new(Shared {
             public: signer.public_key().clone(),
             touch: signer.touch_indicator(),
+            evidence: signer.residency_evidence(),
             stopped: AtomicBool::new(false),
             in_place: signer.signs_in_place(),
             signer: Mutex::new(Some(signer)),
@@ -97,6 +99,11 @@ impl Worker {
     /// The key's public key (cached; no round trip to the thread).
     pub fn public_key(&self) -> &PublicKey {
         &self.shared.public
+    }
+
+    /// The signer's residency evidence, read once at spawn.
+    pub fn evidence(&self) -> Option<crate::Evidence> {
+        self.shared.evidence.clone()
     }
 
     /// Whether a signature is waiting for the user to touch the token now.

@@ -95,6 +95,11 @@ impl KeyEntry {
             .await
     }
 
+    /// The hardware's residency evidence, if the key has any.
+    pub fn evidence(&self) -> Option<keybridge_backends::Evidence> {
+        self.worker.evidence()
+    }
+
     /// Whether a signature waits for a touch on the token now.
     pub fn touch_pending(&self) -> bool {
         self.worker.touch_pending()

@@ -48,6 +48,20 @@ pub struct KeyView {
     /// Backend parameters (`GET /v1/keys/{kid}` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<serde_json::Value>,
+    /// Proof of hardware residency as the hardware gave it
+    /// (`GET /v1/keys/{kid}` only, when there is any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<EvidenceView>,
+}
+
+/// Hardware residency evidence: what kind, and the certificates (DER,
+/// base64), leaf first. Checked by the client against roots it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvidenceView {
+    /// E.g. `yubikey-piv-attestation`.
+    pub kind: String,
+    /// Base64 DER certificates, leaf first.
+    pub chain: Vec<String>,
 }
 
 /// A public key for other tools.

@@ -5,10 +5,13 @@ use super::problem::ApiError;
 use super::{Json, Shared};
 use crate::clock::Clock;
 use crate::keys::{KeyEntry, StoredKey};
-use crate::wire::{CreateKey, CreatedKey, KeyView, LockState, PublicKeyExport, Unlock};
+use crate::wire::{
+    CreateKey, CreatedKey, EvidenceView, KeyView, LockState, PublicKeyExport, Unlock,
+};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use base64::Engine as _;
 use keybridge_backends::{
     BackendError, BackendKind, CreateOptions, CreateSpec, KeyUri, TokenListing,
 };
@@ -36,6 +39,7 @@ pub fn key_view(e: &KeyEntry, clock: &Clock) -> KeyView {
         touch_pending: e.touch_pending(),
         public_key: None,
         params: None,
+        evidence: None,
     }
 }
 
@@ -58,6 +62,14 @@ pub async fn show(
         ssh: e.public.to_openssh(&comment),
     });
     v.params = Some(e.stored.record.params.clone());
+    v.evidence = e.evidence().map(|ev| EvidenceView {
+        kind: ev.kind,
+        chain: ev
+            .der_chain
+            .iter()
+            .map(|der| base64::engine::general_purpose::STANDARD.encode(der))
+            .collect(),
+    });
     Ok(Json(v))
 }
 
