@@ -228,7 +228,7 @@ impl Unlocker {
         };
         if mode != Remember::EachTask {
             // A lock racing this signature wins: the worker answers Locked.
-            return Ok(worker.sign(tbs).await?);
+            return self.timed_sign(worker, tbs).await;
         }
         // Spending an each-task grant changes the key's state: under the
         // transition lock, and only if the grant is still the one we saw.
@@ -252,7 +252,25 @@ impl Unlocker {
             return Err(KeyError::Locked);
         }
         drop(_transition);
-        Ok(worker.sign(tbs).await?)
+        self.timed_sign(worker, tbs).await
+    }
+}
+
+impl Unlocker {
+    /// A signature under a timed grant. A backend that locked itself (a
+    /// token that forgot its PIN because it was unplugged) answers
+    /// `Locked`: the grant goes too, so that what the API shows stays what
+    /// a signature finds, and the user is asked again.
+    async fn timed_sign(&self, worker: &Worker, tbs: Vec<u8>) -> Result<Vec<u8>, KeyError> {
+        let result = worker.sign(tbs).await;
+        // Only a failed signature asks the worker (no cost on the hot path).
+        if result.is_err() && !worker.is_unlocked().await {
+            let _transition = self.transition.lock().await;
+            if !worker.is_unlocked().await {
+                self.grant().take();
+            }
+        }
+        Ok(result?)
     }
 }
 

@@ -304,8 +304,21 @@ fn a_card_pulled_out_gives_token_absent_and_works_when_back() {
         b.cli(&["status"], None).status.success(),
         "the daemon stays up"
     );
+    // The PIN was forgotten with the card: the key shows locked at once.
+    let shown: Value =
+        serde_json::from_str(&b.ok(&["--json", "keys", "show", "pl"], None)).unwrap();
+    assert_eq!(shown["unlocked"], false, "{shown}");
     card.reinsert();
-    // The next request reconnects and re-verifies the cached PIN.
+    let r = sign(&b, "pl", "dev-1");
+    assert_eq!(
+        r.status.code(),
+        Some(4),
+        "locked until the PIN is given again: {}",
+        stderr(&r)
+    );
+    b.set_time(NOW + 1);
+    let r = unlock(&b, "pl", &["--remember", "daily"], PIN);
+    assert!(r.status.success(), "{}", stderr(&r));
     sign_and_verify(&b, "pl");
 }
 

@@ -31,6 +31,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "chromium",
     "openssh-client",
     "python3-venv",
+    // setpriv (tests as another uid) and setsid (the shared pcscd, started
+    // detached) come from util-linux, which Debian always has; named so a
+    // minimal image gets it too.
+    "util-linux",
 ];
 
 /// Python modules the tests import (through `KEYBRIDGE_PYTHON`).

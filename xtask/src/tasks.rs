@@ -111,6 +111,9 @@ pub fn bench(args: &[String]) -> Result<()> {
 /// - `pkcs11_bench` (issue 4): one P-256 key on a SoftHSM2 token, signed
 ///   with through the daemon, through `ssh-agent` and in a raw cryptoki
 ///   loop; writes `target/bench/pkcs11.json`. Built by the step above.
+/// - `yubikey_bench` (issue 9): one P-256 key on a virtual YubiKey, signed
+///   with through the daemon and in a raw `piv::sign_data` loop; writes
+///   `target/bench/yubikey.json`.
 fn extra_benchmarks(python: &Path) -> Result<()> {
     // Too slow for every `xtask test` (225,000 parses, ~20 s in release):
     // the exhaustive single-byte-edit sweep of a key log runs here.
@@ -139,6 +142,11 @@ fn extra_benchmarks(python: &Path) -> Result<()> {
             std::process::Command::new(target_dir().join("release").join("pkcs11_bench"))
                 .env(PYTHON_ENV, python),
         )
+    })?;
+    step("yubikey bench", || {
+        run(&mut std::process::Command::new(
+            target_dir().join("release").join("yubikey_bench"),
+        ))
     })
 }
 

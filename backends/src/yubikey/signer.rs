@@ -89,10 +89,19 @@ impl YubikeySigner {
         result.map(|b| b.to_vec())
     }
 
-    /// Connects (again) and verifies the cached PIN once.
+    /// Connects (again) and verifies the cached PIN once. A card that is
+    /// not there (unplugged) makes the signer forget its PIN: after the
+    /// card comes back, the user is asked again.
     fn reconnect(&mut self) -> Result<(), BackendError> {
         self.card = None;
-        let mut card = self.open_checked()?;
+        let mut card = match self.open_checked() {
+            Ok(card) => card,
+            Err(e @ BackendError::TokenAbsent(_)) if !held_by_another(&e) => {
+                self.lock();
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         let pin = self.pin.as_ref().ok_or(BackendError::Locked)?;
         // The PIN was right a moment ago: one attempt, never the last.
         card::verify_pin(&mut card, pin, false)?;
@@ -115,6 +124,26 @@ impl YubikeySigner {
             )),
         }
     }
+}
+
+/// Whether the card was pulled out (as opposed to reset or held).
+fn removed(e: &yubikey::Error) -> bool {
+    matches!(
+        e,
+        yubikey::Error::PcscError {
+            inner: Some(
+                pcsc::Error::RemovedCard
+                    | pcsc::Error::NoSmartcard
+                    | pcsc::Error::ReaderUnavailable
+                    | pcsc::Error::UnknownReader
+                    | pcsc::Error::NoReadersAvailable
+            )
+        }
+    )
+}
+
+fn held_by_another(e: &BackendError) -> bool {
+    matches!(e, BackendError::TokenAbsent(m) if m == card::HELD_BY_ANOTHER)
 }
 
 fn supports_metadata(card: &mut Card) -> bool {
@@ -186,8 +215,17 @@ impl Signer for YubikeySigner {
                     if touched_out {
                         return Err(BackendError::TouchTimeout);
                     }
-                    // PIN state lost (another program reset the applet) or
-                    // the card came back: reconnect and re-verify, once.
+                    // Pulled out: the PIN is forgotten, the user unlocks
+                    // again once the card is back.
+                    if removed(&e) {
+                        self.lock();
+                        return Err(BackendError::TokenAbsent(format!(
+                            "YubiKey {} was removed; plug it in and unlock again",
+                            self.params.serial
+                        )));
+                    }
+                    // PIN state lost (another program reset the applet):
+                    // reconnect and re-verify, once.
                     let recoverable = matches!(
                         e,
                         yubikey::Error::AuthenticationError | yubikey::Error::PcscError { .. }

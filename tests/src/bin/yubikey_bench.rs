@@ -1,0 +1,137 @@
+//! The YubiKey benchmark (issue 9): what keybridge costs on top of the card.
+//!
+//! One virtual YubiKey (firmware 5.4.3) on the shared pcscd + vpcd, one
+//! P-256 key generated in slot 9c through the daemon and unlocked `daily`;
+//! then, in rounds taking turns, the same card signs:
+//!
+//! 1. through `keybridge serve`: `POST /v1/sign` for one device over one
+//!    keep-alive connection (a card signs one thing at a time);
+//! 2. in a raw loop: `yubikey::piv::sign_data` over a SHA-256 digest, in
+//!    this process, with the card opened and the PIN verified once.
+//!
+//! Goal: keybridge at least 0.9 × the raw loop. A real YubiKey 5 signs
+//! P-256 in about 70 ms (Yubico's published figure) — the virtual card in
+//! microseconds — so on real hardware the card dominates even more; this
+//! measures what the bridge adds where it shows most.
+//!
+//! `cargo xtask bench` runs it (release build); it writes
+//! `target/bench/yubikey.json`. A missed goal is reported, not failed.
+
+use anyhow::{Context as _, Result, ensure};
+use hyper::body::Bytes;
+use keybridge_tests::bench::{Measurement, Target, exit, keybridge, measure, secs_arg};
+use keybridge_tests::vyubikey::CardConfig;
+use serde_json::json;
+use sha2::Digest as _;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+const SERIAL: u32 = 94_000_001;
+const PIN: &str = "123456";
+const ROUNDS: usize = 3;
+const GOAL: f64 = 0.9;
+const SIGN_REQUEST: &str = r#"{"key":"bench","device":"device-00042","command":"remote-control","args":{"mode":"view"},"ttl":300}"#;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    exit(
+        "yubikey_bench",
+        secs_arg("yubikey_bench", &args, Duration::from_secs(2)).and_then(bench),
+    )
+}
+
+/// Signs with the card directly for `length`; signatures per second.
+fn raw_loop(serial: u32, length: Duration) -> Result<f64> {
+    let mut yk = yubikey::YubiKey::open_by_serial(yubikey::Serial(serial))?;
+    yk.verify_pin(PIN.as_bytes())?;
+    let digest = sha2::Sha256::digest(b"keybridge benchmark Sig_structure stand-in");
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < length {
+        yubikey::piv::sign_data(
+            &mut yk,
+            &digest,
+            yubikey::piv::AlgorithmId::EccP256,
+            yubikey::piv::SlotId::Signature,
+        )?;
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+fn bench(secs: Duration) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let bin_dir = exe.parent().context("executable folder")?.to_owned();
+    let target_dir = bin_dir.parent().context("target folder")?.to_owned();
+    let card = CardConfig::new(SERIAL)
+        .insert()
+        .context("the virtual YubiKey needs pcscd and vsmartcard-vpcd (cargo xtask deps)")?;
+    let tmp = tempfile::tempdir()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (bridge, rounds) = rt.block_on(async {
+        let bridge = keybridge::serve(&bin_dir, tmp.path(), &[]).await?;
+        bridge.cli(
+            &[
+                "keys",
+                "create",
+                "--backend",
+                "yubikey",
+                "--account",
+                "acme",
+                "--agent",
+                "bench",
+                "--label",
+                "bench",
+                "--uri",
+                &format!("yubikey:serial={SERIAL};slot=9c"),
+                "--default-management-key",
+                "--secret-stdin",
+            ],
+            Some(PIN),
+        )?;
+        bridge.cli(
+            &["unlock", "bench", "--remember", "daily", "--secret-stdin"],
+            Some(PIN),
+        )?;
+        let target = Target::Http {
+            socket: bridge.socket.clone(),
+            body: Bytes::from_static(SIGN_REQUEST.as_bytes()),
+            field: "envelope",
+        };
+        let mut rounds: Vec<(Measurement, f64)> = vec![];
+        for _ in 0..ROUNDS {
+            let through = measure(&target, 1, secs, &[bridge.proc.pid()]).await?;
+            // Synchronous on purpose: nothing else runs meanwhile.
+            let raw = raw_loop(SERIAL, secs)?;
+            rounds.push((through, raw));
+        }
+        anyhow::Ok((bridge, rounds))
+    })?;
+    drop(bridge);
+    drop(card);
+    let bridge_rate: f64 =
+        rounds.iter().map(|(m, _)| m.throughput()).sum::<f64>() / rounds.len() as f64;
+    let raw_rate: f64 = rounds.iter().map(|(_, r)| r).sum::<f64>() / rounds.len() as f64;
+    ensure!(raw_rate > 0.0, "the raw loop signed nothing");
+    let ratio = bridge_rate / raw_rate;
+    println!(
+        "yubikey (virtual card, P-256, 1 connection): keybridge {bridge_rate:.0} sig/s, raw piv::sign_data loop {raw_rate:.0} sig/s, ratio {ratio:.2} (goal ≥ {GOAL}) {}",
+        if ratio >= GOAL { "✔" } else { "✘" }
+    );
+    let out = target_dir.join("bench").join("yubikey.json");
+    std::fs::create_dir_all(out.parent().unwrap())?;
+    std::fs::write(
+        &out,
+        serde_json::to_vec_pretty(&json!({
+            "keybridge_sig_per_s": bridge_rate,
+            "raw_sig_per_s": raw_rate,
+            "ratio": ratio,
+            "goal": GOAL,
+            "met": ratio >= GOAL,
+        }))?,
+    )?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
