@@ -440,3 +440,106 @@ fn several_cards_without_a_serial_are_named_not_guessed() {
         "{listing}"
     );
 }
+
+#[test]
+fn pin_policy_always_sends_the_pin_for_every_signature() {
+    let Some(card) = CardConfig::new(92_000_012).insert() else {
+        return;
+    };
+    let b = Bridge::start(NOW);
+    created_kid(&create(
+        &b,
+        "pa",
+        &uri(&card),
+        &["--default-management-key", "--pin-policy", "always"],
+        PIN,
+    ));
+    unlock(&b, "pa", &["--remember", "daily"], PIN);
+    sign_and_verify(&b, "pa"); // the account's genesis and a first command
+    // A VERIFY that carries a PIN (an empty one only reads the counter).
+    let pins_sent = |card: &VirtualYubiKey| {
+        card.apdu_log()
+            .iter()
+            .filter(|a| a.ins == INS_VERIFY && !a.data.is_empty())
+            .count()
+    };
+    for round in 1..=3 {
+        card.clear_log();
+        sign_and_verify(&b, "pa");
+        assert_eq!(
+            pins_sent(&card),
+            1,
+            "round {round}: the PIN once per signature"
+        );
+    }
+}
+
+#[test]
+fn debian_tools_read_the_key_keybridge_generated() {
+    const YKCS11: &str = "/usr/lib/x86_64-linux-gnu/libykcs11.so";
+    // Debian's tools are 2.2.0: a 5.4 card.
+    let Some(card) = CardConfig::new(92_000_013).firmware(5, 4, 3).insert() else {
+        return;
+    };
+    let b = Bridge::start(NOW);
+    created_kid(&create(
+        &b,
+        "dt",
+        &uri(&card),
+        &["--default-management-key"],
+        PIN,
+    ));
+    let shown: Value =
+        serde_json::from_str(&b.ok(&["--json", "keys", "show", "dt"], None)).unwrap();
+    // Our public key as an uncompressed SEC1 point, from our PEM export.
+    let pem = shown["public_key"]["pem"].as_str().unwrap();
+    let ours = keybridge_protocol::PublicKey::from_spki_pem(pem).unwrap();
+    let point = keybridge_protocol::key::hex(&ours.raw_bytes());
+    let tool = |program: &str, args: &[&str]| {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e} (cargo xtask deps installs it)"));
+        assert!(out.status.success(), "{program} {args:?}: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // ykcs11 + pkcs11-tool list the same public key.
+    let label = format!("YubiKey PIV #{}", card.serial());
+    let listed = tool(
+        "pkcs11-tool",
+        &["--module", YKCS11, "--token-label", &label, "-O"],
+    )
+    .replace([' ', '\n'], "");
+    assert!(
+        listed.contains(&point),
+        "ykcs11 does not show our key {point}: {listed}"
+    );
+    // yubico-piv-tool's attestation of the slot certifies our key, and
+    // openssl reads the same public key out of it.
+    let attest = tool(
+        "yubico-piv-tool",
+        &["--reader", &card.reader_name(), "-a", "attest", "-s", "9c"],
+    );
+    let cert = b.home().join("attest.pem");
+    std::fs::write(&cert, attest).unwrap();
+    let from_cert = tool(
+        "openssl",
+        &["x509", "-in", cert.to_str().unwrap(), "-noout", "-pubkey"],
+    );
+    let from_cert = keybridge_protocol::PublicKey::from_spki_pem(&from_cert).unwrap();
+    assert_eq!(
+        from_cert, ours,
+        "the card's attestation certifies the key we recorded"
+    );
+    // The evidence keybridge kept is the same certificate.
+    let leaf = shown["evidence"]["chain"][0].as_str().unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-in", cert.to_str().unwrap(), "-outform", "DER"])
+        .output()
+        .unwrap();
+    use base64::Engine as _;
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD.encode(&out.stdout),
+        leaf
+    );
+}
