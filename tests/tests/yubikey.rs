@@ -74,29 +74,14 @@ fn sign(b: &Bridge, key: &str, device: &str) -> Output {
 fn sign_and_verify(b: &Bridge, key: &str) {
     let r = sign(b, key, "dev-1");
     assert!(r.status.success(), "{}\n{}", stderr(&r), b.daemon_log());
-    let log = b.home().join(format!("{key}.log"));
-    if !log.exists() {
-        let rec = b.home().join(format!("{key}.age"));
-        b.ok(
-            &[
-                "account",
-                "init",
-                "--account",
-                "acme",
-                "--key",
-                key,
-                "--log",
-                log.to_str().unwrap(),
-                "--recovery-file",
-                rec.to_str().unwrap(),
-                "--secret-stdin",
-            ],
-            Some("recovery passphrase 1"),
-        );
-        trust_device(&b.home().join(format!("device-{key}")), &log, "dev-1");
+    let state = b.home().join(format!("device-{key}"));
+    if !state.exists() {
+        // The account's genesis, signed by this key, trusted by a device.
+        let log = b.account_log("acme", key);
+        trust_device(&state, &log, "dev-1");
     }
     let v = device(
-        &b.home().join(format!("device-{key}")),
+        &state,
         &[
             "verify",
             b.home().join(format!("{key}.cose")).to_str().unwrap(),
