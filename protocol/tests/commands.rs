@@ -292,13 +292,7 @@ fn refuses_bad_batch_proof() {
     let mut c = claims("alice", "x");
     c.aud = None;
     c.devs = Some(batch.signed_root());
-    let env = raw_envelope(
-        &a.alice,
-        -8,
-        CONTENT_TYPE,
-        c.to_payload(),
-        Default::default(),
-    );
+    let env = signed_as_is(&a, &c);
     assert_eq!(verify(&a, &env), Err(VerifyError::BadBatchProof));
 }
 
@@ -410,13 +404,7 @@ fn refuses_window_longer_than_24h() {
     let mut c = claims("alice", "dev-1");
     c.exp = c.nbf + 24 * 3600 + 1;
     assert!(UnsignedCommand::new(&c, &a.alice.public()).is_err());
-    let env = raw_envelope(
-        &a.alice,
-        -8,
-        CONTENT_TYPE,
-        c.to_payload(),
-        Default::default(),
-    );
+    let env = signed_as_is(&a, &c);
     assert_eq!(
         verify(&a, &env),
         Err(VerifyError::WindowTooLong(24 * 3600 + 1))
@@ -548,13 +536,7 @@ fn overflowing_windows_are_refused_as_too_long() {
             Err(keybridge_protocol::ClaimsError::WindowTooLong(i64::MAX)),
             "{nbf}..{exp}"
         );
-        let env = raw_envelope(
-            &a.alice,
-            -8,
-            CONTENT_TYPE,
-            c.to_payload(),
-            Default::default(),
-        );
+        let env = signed_as_is(&a, &c);
         assert_eq!(verify(&a, &env), Err(VerifyError::WindowTooLong(i64::MAX)));
     }
 }
@@ -611,13 +593,7 @@ fn iat_outside_nbf_exp_is_malformed() {
             ))
         );
         assert!(UnsignedCommand::new(&c, &a.alice.public()).is_err());
-        let env = raw_envelope(
-            &a.alice,
-            -8,
-            CONTENT_TYPE,
-            c.to_payload(),
-            Default::default(),
-        );
+        let env = signed_as_is(&a, &c);
         assert!(
             matches!(verify(&a, &env), Err(VerifyError::Malformed(m)) if m.contains("iat")),
             "iat {iat}"
@@ -690,13 +666,7 @@ fn unverified_account_reads_iss_and_reports_non_deterministic_encoding() {
     let mut c = claims("alice", "dev-1");
     c.exp = c.nbf + 24 * 3600 + 1;
     c.cmd = "not a command".into();
-    let env = raw_envelope(
-        &a.alice,
-        -8,
-        CONTENT_TYPE,
-        c.to_payload(),
-        Default::default(),
-    );
+    let env = signed_as_is(&a, &c);
     assert_eq!(unverified_account(&env).unwrap(), "acme");
     // Non-deterministic encodings are NotDeterministic, as in check().
     let good = sign_command(&a.alice, &claims("alice", "dev-1"));
@@ -815,13 +785,7 @@ fn aud_must_be_a_valid_device_id() {
             UnsignedCommand::new(&c, &a.alice.public()).is_err(),
             "{bad:?}"
         );
-        let env = raw_envelope(
-            &a.alice,
-            -8,
-            CONTENT_TYPE,
-            c.to_payload(),
-            Default::default(),
-        );
+        let env = signed_as_is(&a, &c);
         assert!(
             matches!(verify(&a, &env), Err(VerifyError::Malformed(m)) if m.contains("aud")),
             "{bad:?}"
@@ -917,4 +881,16 @@ fn largest_accepted_batch_command_fits_and_verifies() {
         assert!(worst <= MAX_ENVELOPE_LEN, "{worst}");
         assert!(worst > MAX_ENVELOPE_LEN - 4, "{worst}");
     }
+}
+
+/// `c` signed by alice exactly as it is (no validation): what an attacker
+/// holding a valid key, or a buggy signer, could send.
+fn signed_as_is(a: &Account, c: &keybridge_protocol::Claims) -> Vec<u8> {
+    raw_envelope(
+        &a.alice,
+        -8,
+        CONTENT_TYPE,
+        c.to_payload(),
+        Default::default(),
+    )
 }
