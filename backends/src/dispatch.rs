@@ -149,6 +149,44 @@ pub fn list(
     }
 }
 
+/// What a residency check proved, in a backend-neutral shape: facts for a
+/// person (name, value) and the backend's full report for `--json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvidenceReport {
+    /// The evidence kind, e.g. `yubikey-piv-attestation`.
+    pub kind: String,
+    /// What was proved, one sentence.
+    pub proved: String,
+    /// What was not checked, one sentence.
+    pub not_checked: String,
+    /// Facts the evidence states (serial, firmware, policies, root, …).
+    pub facts: Vec<(String, String)>,
+    /// The backend's own report.
+    pub report: serde_json::Value,
+}
+
+/// Checks residency evidence of `kind` (leaf-first DER `chain`) for `key`
+/// against the roots in `roots_pem` (PEM certificates, intermediates
+/// allowed; nothing is fetched). Kinds no built backend knows →
+/// [`BackendError::Unsupported`].
+pub fn verify_evidence(
+    kind: &str,
+    chain: &[Vec<u8>],
+    roots_pem: &str,
+    key: &keybridge_protocol::PublicKey,
+) -> Result<EvidenceReport, BackendError> {
+    match kind {
+        #[cfg(feature = "yubikey")]
+        "yubikey-piv-attestation" => yubikey::attestation::verify_report(chain, roots_pem, key),
+        other => {
+            let _ = (chain, roots_pem, key);
+            Err(BackendError::Unsupported(format!(
+                "this build cannot check {other} evidence"
+            )))
+        }
+    }
+}
+
 /// One token (or slot) as [`list`] shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenListing {

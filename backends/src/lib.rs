@@ -36,7 +36,8 @@ pub mod worker;
 pub mod yubikey;
 
 pub use dispatch::{
-    CreateOptions, CreateSpec, ListedKey, TokenListing, create, list, needs_secret, open,
+    CreateOptions, CreateSpec, EvidenceReport, ListedKey, TokenListing, create, list, needs_secret,
+    open, verify_evidence,
 };
 pub use error::BackendError;
 pub use modules::{DEFAULT_PKCS11_MODULES, ModuleAllowlist, set_module_allowlist};

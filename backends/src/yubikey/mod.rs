@@ -11,12 +11,14 @@
 //! | `mod.rs` | creating a key: find the card, check the slot, PIN, management key, generate, attest |
 //! | [`card`] | finding a card by serial, PIN checks with their retry rules, errors → [`BackendError`] |
 //! | [`signer`] | [`YubikeySigner`]: unlock, sign (ES256 over SHA-256, Ed25519 over the bytes), lock |
+//! | [`attestation`] | checking a slot's attestation chain against roots the user holds |
 //!
 //! The PIN is never tried on the user's behalf: no default PIN, no retry,
 //! and the last attempt only with `spend_last_attempt`. Before a PIN is sent
 //! the card is checked to be the one the key record names (serial, and the
 //! slot's public key where the firmware reports it).
 
+pub mod attestation;
 pub mod card;
 pub mod signer;
 

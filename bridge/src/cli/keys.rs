@@ -1,10 +1,11 @@
-//! `keybridge keys create | list | show | export`.
+//! `keybridge keys create | list | show | export | verify-attestation`.
 
 use super::{Ctx, key_line, read_secret};
 use crate::unlock::Remember;
 use crate::wire::{CreateKey, CreatedKey, KeyView};
 use clap::{Subcommand, ValueEnum};
 use keybridge_backends::{BackendKind, TokenListing};
+use std::path::PathBuf;
 
 /// The backend names `--backend` takes: the bridge's only knowledge of
 /// which backends exist.
@@ -90,6 +91,17 @@ pub enum KeysCommand {
         /// cose (hex of the COSE_Key), pem (SPKI) or ssh (authorized_keys line).
         #[arg(long, value_enum, default_value = "pem")]
         format: ExportFormat,
+    },
+    /// Check a YubiKey key's attestation against roots you hold (PEM;
+    /// nothing is fetched) and show the card's serial, firmware, form
+    /// factor and the key's PIN and touch policy.
+    VerifyAttestation {
+        /// Key id (any unique prefix) or label.
+        key: String,
+        /// PEM file of the roots to trust, and any intermediates (e.g.
+        /// Yubico's yubico-ca-certs.txt and yubico-intermediate.pem, concatenated).
+        #[arg(long)]
+        roots: PathBuf,
     },
 }
 
@@ -231,6 +243,9 @@ pub(super) async fn run(ctx: &Ctx, cmd: &KeysCommand) -> anyhow::Result<()> {
                 ExportFormat::Ssh => export.ssh,
             };
             println!("{}", out.trim_end());
+        }
+        KeysCommand::VerifyAttestation { key, roots } => {
+            super::attestation::verify(ctx, key, roots).await?;
         }
     }
     Ok(())

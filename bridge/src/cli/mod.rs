@@ -6,6 +6,7 @@
 //! [`crate::client`]; `--json` prints the API's answer as it is.
 
 mod account;
+mod attestation;
 mod history;
 mod keys;
 mod serve;

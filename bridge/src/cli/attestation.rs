@@ -1,0 +1,85 @@
+//! `keybridge keys verify-attestation KID --roots FILE`: checks a YubiKey
+//! key's attestation (kept by the daemon when the key was made) against
+//! roots the user holds. The roots come from a local PEM file and nothing
+//! is fetched; the check itself is the backend's
+//! (`keybridge_backends::verify_evidence`, by evidence kind).
+
+use super::Ctx;
+use anyhow::{Context as _, bail};
+use std::io::Read as _;
+use std::path::Path;
+
+/// The largest roots file read (Yubico's full CA bundle is about 10 KiB).
+const MAX_ROOTS_FILE: u64 = 1024 * 1024;
+
+pub(super) async fn verify(ctx: &Ctx, key: &str, roots: &Path) -> anyhow::Result<()> {
+    let pem = read_roots(roots)?;
+    let k = ctx.client().key(key).await?;
+    let Some(evidence) = k.evidence else {
+        bail!(
+            "key {} ({} backend) carries no attestation: only keys generated on a YubiKey have one",
+            k.kid,
+            k.backend
+        );
+    };
+    let Some(public) = k.public_key else {
+        bail!("the daemon sent no public key for {key}");
+    };
+    let public = keybridge_protocol::key::unhex(&public.cose)
+        .and_then(|cose| keybridge_protocol::PublicKey::from_cose_key_bytes(&cose).ok())
+        .context("the daemon sent an unreadable public key")?;
+    let chain = evidence
+        .chain
+        .iter()
+        .map(|c| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.decode(c)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .context("the daemon sent evidence that is not base64")?;
+    check(ctx, &k.kid, &evidence.kind, &chain, &pem, &public)
+}
+
+/// Reads the roots file, refusing a huge one before reading it all.
+fn read_roots(path: &Path) -> anyhow::Result<String> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("reading the roots file {}", path.display()))?;
+    let mut text = String::new();
+    file.take(MAX_ROOTS_FILE + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading the roots file {} (PEM text)", path.display()))?;
+    if text.len() as u64 > MAX_ROOTS_FILE {
+        bail!(
+            "the roots file {} is larger than {MAX_ROOTS_FILE} bytes",
+            path.display()
+        );
+    }
+    Ok(text)
+}
+
+/// Checks the evidence with the backend that knows its kind (the bridge
+/// names no backend) and prints what it proved.
+fn check(
+    ctx: &Ctx,
+    kid: &str,
+    kind: &str,
+    chain: &[Vec<u8>],
+    pem: &str,
+    public: &keybridge_protocol::PublicKey,
+) -> anyhow::Result<()> {
+    let report = keybridge_backends::verify_evidence(kind, chain, pem, public)
+        .with_context(|| format!("the attestation of key {kid} does not verify"))?;
+    if ctx.json {
+        ctx.print(&report.report, |_| String::new());
+        return Ok(());
+    }
+    let width = report.facts.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 2;
+    let mut out = format!("attestation verified: {}\n", report.proved);
+    for (name, value) in &report.facts {
+        let label = format!("{name}:");
+        out.push_str(&format!("{label:<width$}{value}\n"));
+    }
+    out.push_str(&format!("({})", report.not_checked));
+    println!("{out}");
+    Ok(())
+}
