@@ -257,6 +257,36 @@ impl Bridge {
         log
     }
 
+    /// `keybridge --json keys create --backend yubikey` of a key labelled
+    /// (and owned by agent) `label` in account `acme` at `uri`; `stdin`
+    /// carries the PIN (and, with `--management-key-stdin`, the key).
+    pub fn create_yubikey_key(
+        &self,
+        label: &str,
+        uri: &str,
+        extra: &[&str],
+        stdin: &str,
+    ) -> Output {
+        let mut args = vec![
+            "--json",
+            "keys",
+            "create",
+            "--backend",
+            "yubikey",
+            "--account",
+            "acme",
+            "--agent",
+            label,
+            "--label",
+            label,
+            "--uri",
+            uri,
+            "--secret-stdin",
+        ];
+        args.extend_from_slice(extra);
+        self.cli(&args, Some(stdin))
+    }
+
     /// An HTTP client on this daemon's socket.
     pub fn http(&self) -> Http {
         Http {

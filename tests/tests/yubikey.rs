@@ -20,24 +20,7 @@ fn stderr(o: &Output) -> String {
 /// `keybridge keys create --backend yubikey` for `uri`, the PIN (and more
 /// lines) on standard input.
 fn create(b: &Bridge, label: &str, uri: &str, extra: &[&str], stdin: &str) -> Output {
-    let mut args = vec![
-        "--json",
-        "keys",
-        "create",
-        "--backend",
-        "yubikey",
-        "--account",
-        "acme",
-        "--agent",
-        label,
-        "--label",
-        label,
-        "--uri",
-        uri,
-        "--secret-stdin",
-    ];
-    args.extend_from_slice(extra);
-    b.cli(&args, Some(stdin))
+    b.create_yubikey_key(label, uri, extra, stdin)
 }
 
 fn created_kid(o: &Output) -> String {

@@ -23,24 +23,10 @@ fn stderr(o: &Output) -> String {
 /// more `keys create` arguments (algorithm, policies).
 fn create(b: &Bridge, label: &str, card: &VirtualYubiKey, extra: &[&str]) {
     let uri = format!("yubikey:serial={};slot=9c", card.serial());
-    let mut args = vec![
-        "keys",
-        "create",
-        "--backend",
-        "yubikey",
-        "--account",
-        "acme",
-        "--agent",
-        label,
-        "--label",
-        label,
-        "--uri",
-        &uri,
-        "--secret-stdin",
-        "--default-management-key",
-    ];
+    let mut args = vec!["--default-management-key"];
     args.extend_from_slice(extra);
-    b.ok(&args, Some(PIN));
+    let r = b.create_yubikey_key(label, &uri, &args, PIN);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
 }
 
 /// Writes `card`'s test CA (root first, then any intermediate) to a PEM
