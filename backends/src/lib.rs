@@ -17,6 +17,7 @@
 //! - [`passphrase`]: the memorized key, Argon2id → Ed25519.
 //! - [`pkcs11`]: keys on PKCS#11 tokens, RFC 7512 URIs (feature `pkcs11`).
 //! - [`worker`]: one thread per key that owns its session; requests queue to it.
+//! - [`presence`]: whether a removable token is there, from its watch.
 //!
 //! No network, no async runtime: the only async piece is the `oneshot`
 //! channel a [`Worker`] answers on.
@@ -29,6 +30,7 @@ mod modules;
 pub mod passphrase;
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
+pub mod presence;
 mod record;
 mod uri;
 pub mod worker;
@@ -41,6 +43,7 @@ pub use dispatch::{
 };
 pub use error::BackendError;
 pub use modules::{DEFAULT_PKCS11_MODULES, ModuleAllowlist, set_module_allowlist};
+pub use presence::{Presence, Seen, UNSEEN_LIMIT_SECS};
 pub use record::{BackendKind, KeyRecord, RecordError, UnknownBackend};
 pub use secrecy::{ExposeSecret, SecretString};
 pub use uri::pkcs11::{ObjectType, Pkcs11Uri, Pkcs11UriError};
@@ -94,6 +97,13 @@ pub trait Signer: Send + 'static {
     /// touch the token, readable from other threads (the signer itself is
     /// busy then). `None` for signers that never wait for a touch.
     fn touch_indicator(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+        None
+    }
+
+    /// Whether the token is there, as the backend's own watch sees it while
+    /// unlocked (see [`presence`]). `None` for keys that cannot be pulled
+    /// out.
+    fn presence(&self) -> Option<std::sync::Arc<Presence>> {
         None
     }
 

@@ -32,6 +32,7 @@ struct Shared {
     name: String,
     public: PublicKey,
     touch: Option<Arc<AtomicBool>>,
+    presence: Option<Arc<crate::Presence>>,
     evidence: Option<crate::Evidence>,
     stopped: AtomicBool,
     /// The signer; `None` once the worker has stopped. The thread takes the
@@ -78,6 +79,7 @@ impl Worker {
         let shared = Arc::new(Shared {
             public: signer.public_key().clone(),
             touch: signer.touch_indicator(),
+            presence: signer.presence(),
             evidence: signer.residency_evidence(),
             stopped: AtomicBool::new(false),
             in_place: signer.signs_in_place(),
@@ -112,6 +114,15 @@ impl Worker {
             .touch
             .as_ref()
             .is_some_and(|t| t.load(Ordering::Acquire))
+    }
+
+    /// Whether the key's token is there, as its backend's watch saw it
+    /// last ([`crate::Seen::Present`] for keys that cannot be pulled out).
+    pub fn presence(&self) -> crate::Seen {
+        self.shared
+            .presence
+            .as_ref()
+            .map_or(crate::Seen::Present, |p| p.get())
     }
 
     /// The name given at [`Worker::spawn`].

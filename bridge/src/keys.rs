@@ -4,7 +4,7 @@
 
 use crate::clock::Clock;
 use crate::paths::{self, Paths};
-use crate::unlock::{Remember, Unlocker};
+use crate::unlock::{PresenceEvent, Remember, Unlocker};
 use keybridge_backends::{BackendError, KeyRecord, SecretString, Worker};
 use keybridge_protocol::{Kid, PublicKey};
 use serde::{Deserialize, Serialize};
@@ -113,6 +113,12 @@ impl KeyEntry {
     /// Locks if the grant lapsed by boot-clock time `boot`; true if it did.
     pub async fn expire(&self, boot: i64) -> bool {
         self.unlock.expire(&self.worker, boot).await
+    }
+
+    /// Locks if the key's token was pulled out or has been unseen too long
+    /// (see [`Unlocker::check_presence`]).
+    pub async fn check_presence(&self, boot: i64) -> Option<PresenceEvent> {
+        self.unlock.check_presence(&self.worker, boot).await
     }
 
     /// Signs `tbs` if the grant allows (see [`Unlocker::sign`]).
@@ -304,11 +310,29 @@ impl Keys {
         }
     }
 
-    /// Locks the keys whose grant lapsed (boot-clock time `boot`).
+    /// Locks the keys whose grant lapsed, or whose token went (boot-clock
+    /// time `boot`).
     pub async fn expire_all(&self, boot: i64) {
         for e in self.all() {
             if e.expire(boot).await {
                 tracing::info!(kid = %e.kid(), "unlock expired; key locked");
+            }
+            let kid = e.kid();
+            let limit = keybridge_backends::UNSEEN_LIMIT_SECS;
+            match e.check_presence(boot).await {
+                Some(PresenceEvent::Removed) => {
+                    tracing::info!(%kid, "token pulled out: PIN forgotten, key locked");
+                }
+                Some(PresenceEvent::Unseen) => tracing::info!(
+                    %kid,
+                    "token not seen (pcscd away?); the PIN is forgotten if it stays away {limit} s"
+                ),
+                Some(PresenceEvent::Back) => tracing::info!(%kid, "token seen again"),
+                Some(PresenceEvent::UnseenTooLong) => tracing::info!(
+                    %kid,
+                    "token not seen for {limit} s: PIN forgotten, key locked"
+                ),
+                None => {}
             }
         }
     }

@@ -13,10 +13,15 @@
 //! The grant is the one source of truth for "unlocked": it changes only
 //! under the key's transition lock, together with the worker's state, so
 //! what the API shows is what a signature finds.
+//!
+//! A key on a removable token also loses its grant when the token goes
+//! ([`Unlocker::check_presence`], run by the same sweep): at once when it
+//! is pulled out, after [`UNSEEN_LIMIT_SECS`] on the boot clock when it
+//! cannot be seen (pcscd away, the machine asleep).
 
 use crate::clock::Clock;
 use crate::keys::{KeyError, Keys};
-use keybridge_backends::{BackendError, SecretString, Worker};
+use keybridge_backends::{BackendError, SecretString, Seen, UNSEEN_LIMIT_SECS, Worker};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -114,9 +119,30 @@ pub struct Unlocker {
     /// changes the grant and the worker together.
     transition: tokio::sync::Mutex<()>,
     failures: Mutex<Failures>,
+    /// Boot-clock time since which the key's token has been unseen.
+    unseen_since: Mutex<Option<i64>>,
+}
+
+/// What the presence sweep did to a key (for the daemon's log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceEvent {
+    /// The token was pulled out: the key lost its unlock (the backend had
+    /// already forgotten the PIN).
+    Removed,
+    /// The token cannot be seen since now; the unlock stays for
+    /// [`UNSEEN_LIMIT_SECS`].
+    Unseen,
+    /// Seen again within the limit: nothing was lost.
+    Back,
+    /// Unseen for [`UNSEEN_LIMIT_SECS`]: the key lost its unlock.
+    UnseenTooLong,
 }
 
 impl Unlocker {
+    fn unseen_since(&self) -> std::sync::MutexGuard<'_, Option<i64>> {
+        self.unseen_since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn grant(&self) -> std::sync::MutexGuard<'_, Option<Grant>> {
         self.grant.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -257,6 +283,39 @@ impl Unlocker {
 }
 
 impl Unlocker {
+    /// Applies what the backend's presence watch saw, at boot-clock time
+    /// `boot`: a token pulled out loses its grant now, one unseen since
+    /// [`UNSEEN_LIMIT_SECS`] ago loses it now, and the worker is locked
+    /// (the backend zeroizes the PIN). Returns what changed, if anything.
+    pub async fn check_presence(&self, worker: &Worker, boot: i64) -> Option<PresenceEvent> {
+        let gone = match worker.presence() {
+            Seen::Present => {
+                return self.unseen_since().take().map(|_| PresenceEvent::Back);
+            }
+            Seen::Removed => PresenceEvent::Removed,
+            Seen::Unseen => {
+                let mut since = self.unseen_since();
+                let Some(start) = *since else {
+                    *since = Some(boot);
+                    return Some(PresenceEvent::Unseen);
+                };
+                if boot.saturating_sub(start) < UNSEEN_LIMIT_SECS {
+                    return None;
+                }
+                PresenceEvent::UnseenTooLong
+            }
+        };
+        self.grant().as_ref()?;
+        let _transition = self.transition.lock().await;
+        // An unlock that came in between saw the token again.
+        if worker.presence() == Seen::Present || self.grant().take().is_none() {
+            return None;
+        }
+        *self.unseen_since() = None;
+        worker.lock().await;
+        Some(gone)
+    }
+
     /// A signature under a timed grant. A backend that locked itself (a
     /// token that forgot its PIN because it was unplugged) answers
     /// `Locked`: the grant goes too, so that what the API shows stays what

@@ -2,6 +2,7 @@
 //! and pcsc-lite, a virtual YubiKey on vpcd, and `keybridge-device`
 //! verifying what was signed. Serials 92_000_000 + n are this file's.
 
+use keybridge_tests::vyubikey::pcscd::PrivatePcscd;
 use keybridge_tests::vyubikey::{
     CardConfig, INS_VERIFY, KeySpec, ManagementKey, Touch, VirtualYubiKey, insert_all,
 };
@@ -256,8 +257,14 @@ fn another_card_in_the_reader_never_sees_the_pin() {
     assert_eq!(pins_sent(&other), 0, "no PIN was sent to the other card");
 }
 
+/// Whether `key` shows unlocked.
+fn shows_unlocked(b: &Bridge, key: &str) -> bool {
+    let shown: Value = serde_json::from_str(&b.ok(&["--json", "keys", "show", key], None)).unwrap();
+    shown["unlocked"].as_bool().expect("unlocked is a boolean")
+}
+
 #[test]
-fn a_card_pulled_out_gives_token_absent_and_works_when_back() {
+fn a_card_pulled_out_forgets_the_pin_at_once_and_works_after_the_pin() {
     let Some(mut card) = CardConfig::new(92_000_007).insert() else {
         return;
     };
@@ -272,16 +279,28 @@ fn a_card_pulled_out_gives_token_absent_and_works_when_back() {
     unlock(&b, "pl", &["--remember", "daily"], PIN);
     sign_and_verify(&b, "pl");
     card.remove();
+    // No request needed: the backend's watch forgets the PIN and the key
+    // shows locked as soon as pcscd reports the reader empty.
+    assert!(
+        poll_until(Duration::from_secs(10), || !shows_unlocked(&b, "pl")),
+        "the key still shows unlocked after its card was pulled out\n{}",
+        b.daemon_log()
+    );
+    assert!(
+        b.daemon_log().contains("token pulled out: PIN forgotten"),
+        "{}",
+        b.daemon_log()
+    );
     let r = sign(&b, "pl", "dev-1");
+    assert_eq!(r.status.code(), Some(4), "locked: {}", stderr(&r));
+    // Unlocking while the card is away: token_absent, and the daemon stays.
+    let r = unlock(&b, "pl", &["--remember", "daily"], PIN);
     assert_eq!(r.status.code(), Some(7), "{}", stderr(&r));
+    assert!(stderr(&r).contains("92000007"), "{}", stderr(&r));
     assert!(
         b.cli(&["status"], None).status.success(),
         "the daemon stays up"
     );
-    // The PIN was forgotten with the card: the key shows locked at once.
-    let shown: Value =
-        serde_json::from_str(&b.ok(&["--json", "keys", "show", "pl"], None)).unwrap();
-    assert_eq!(shown["unlocked"], false, "{shown}");
     card.reinsert();
     let r = sign(&b, "pl", "dev-1");
     assert_eq!(
@@ -294,6 +313,128 @@ fn a_card_pulled_out_gives_token_absent_and_works_when_back() {
     let r = unlock(&b, "pl", &["--remember", "daily"], PIN);
     assert!(r.status.success(), "{}", stderr(&r));
     sign_and_verify(&b, "pl");
+}
+
+/// A card in a private pcscd (one a test may stop), a daemon that uses it,
+/// and a P-256 key in slot 9c unlocked `daily`.
+fn behind_private_pcscd(serial: u32) -> Option<(PrivatePcscd, VirtualYubiKey, Bridge)> {
+    let pcscd = PrivatePcscd::start()?;
+    let card = CardConfig::new(serial).insert_into(&pcscd);
+    let (var, socket) = pcscd.env();
+    let b = Bridge::start_with_env(NOW, None, &[(var, &socket)]);
+    // The test process cannot ask this pcscd: wait until the daemon sees the
+    // card.
+    assert!(
+        poll_until(Duration::from_secs(10), || {
+            b.cli(&["keys", "list", "--backend", "yubikey"], None)
+                .stdout
+                .windows(8)
+                .any(|w| w == serial.to_string().as_bytes())
+        }),
+        "the daemon never saw card {serial} in the private pcscd"
+    );
+    created_kid(&create(
+        &b,
+        "pc",
+        &uri(&card),
+        &["--default-management-key"],
+        PIN,
+    ));
+    let r = unlock(&b, "pc", &["--remember", "daily"], PIN);
+    assert!(r.status.success(), "{}", stderr(&r));
+    sign_and_verify(&b, "pc");
+    Some((pcscd, card, b))
+}
+
+/// Stops `pcscd` and waits until the daemon has noticed (its log says so).
+fn stop_pcscd(pcscd: &mut PrivatePcscd, b: &Bridge) {
+    pcscd.stop();
+    assert!(
+        poll_until(Duration::from_secs(10), || b
+            .daemon_log()
+            .contains("token not seen")),
+        "the daemon did not notice pcscd going\n{}",
+        b.daemon_log()
+    );
+}
+
+#[test]
+fn a_pcscd_restart_costs_no_pin_and_the_daemon_reconnects() {
+    let Some((mut pcscd, mut card, b)) = behind_private_pcscd(92_000_014) else {
+        return;
+    };
+    stop_pcscd(&mut pcscd, &b);
+    let r = sign(&b, "pc", "dev-1");
+    assert_eq!(r.status.code(), Some(7), "{}", stderr(&r));
+    assert!(stderr(&r).contains("pcscd"), "{}", stderr(&r));
+    assert!(b.cli(&["status"], None).status.success(), "daemon up");
+    assert!(shows_unlocked(&b, "pc"), "a pcscd restart keeps the unlock");
+    // Four minutes and more later on the boot clock: within the limit.
+    b.set_clocks(NOW, NOW + 299);
+    card.remove();
+    pcscd.restart();
+    card.reinsert();
+    card.clear_log();
+    assert!(
+        poll_until(Duration::from_secs(10), || sign(&b, "pc", "dev-2")
+            .status
+            .success()),
+        "no signature after pcscd came back\n{}",
+        b.daemon_log()
+    );
+    assert_eq!(
+        pins_sent(&card),
+        1,
+        "the new connection got the cached PIN once, the user was not asked"
+    );
+    assert!(shows_unlocked(&b, "pc"));
+    assert!(
+        poll_until(Duration::from_secs(10), || b
+            .daemon_log()
+            .contains("token seen again")),
+        "{}",
+        b.daemon_log()
+    );
+}
+
+#[test]
+fn a_card_unseen_for_five_minutes_forgets_the_pin() {
+    let Some((mut pcscd, mut card, b)) = behind_private_pcscd(92_000_015) else {
+        return;
+    };
+    stop_pcscd(&mut pcscd, &b);
+    // The machine slept (or pcscd stayed away) five minutes: boot clock.
+    b.set_clocks(NOW, NOW + 300);
+    assert!(
+        poll_until(Duration::from_secs(10), || !shows_unlocked(&b, "pc")),
+        "still unlocked after five minutes unseen\n{}",
+        b.daemon_log()
+    );
+    assert!(
+        b.daemon_log().contains("token not seen for 300 s"),
+        "{}",
+        b.daemon_log()
+    );
+    card.remove();
+    pcscd.restart();
+    card.reinsert();
+    card.clear_log();
+    let r = sign(&b, "pc", "dev-2");
+    assert_eq!(r.status.code(), Some(4), "asked again: {}", stderr(&r));
+    assert_eq!(pins_sent(&card), 0, "no cached PIN was left to send");
+    assert!(
+        poll_until(Duration::from_secs(10), || unlock(
+            &b,
+            "pc",
+            &["--remember", "daily"],
+            PIN
+        )
+        .status
+        .success()),
+        "{}",
+        b.daemon_log()
+    );
+    sign_and_verify(&b, "pc");
 }
 
 #[test]

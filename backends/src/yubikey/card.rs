@@ -12,6 +12,9 @@ use yubikey::{PinPolicy, TouchPolicy, YubiKey};
 /// Where the fix for a card held by another program is.
 pub const HELD_BY_ANOTHER: &str = "the YubiKey is held exclusively by another program (most often gpg's scdaemon; also ykman, a browser or another agent): close it, or let scdaemon share the card (`disable-ccid` or `pcsc-shared` in ~/.gnupg/scdaemon.conf)";
 
+/// What a card that cannot be reached because pcscd is away gets.
+pub const SERVICE_AWAY: &str = "pcscd, the smart-card service, is not running (restarting, or the machine is waking up): the next request reconnects; if it stays away, start it (`systemctl start pcscd.socket`)";
+
 /// An open connection to one card (shared mode; the crate takes a PC/SC
 /// transaction per operation). Dropping it resets the card, which clears
 /// its PIN state.
@@ -56,6 +59,11 @@ impl Card {
     /// The crate's handle.
     pub fn yk(&mut self) -> &mut YubiKey {
         &mut self.yk
+    }
+
+    /// The PC/SC name of the reader the card is in.
+    pub fn reader_name(&self) -> &str {
+        self.yk.name()
     }
 
     /// The card's serial number.
@@ -214,6 +222,15 @@ pub fn map_error(e: yubikey::Error) -> BackendError {
         E::PcscError {
             inner: Some(pcsc::Error::SharingViolation),
         } => BackendError::TokenAbsent(HELD_BY_ANOTHER.into()),
+        E::PcscError {
+            inner:
+                Some(
+                    pcsc::Error::NoService
+                    | pcsc::Error::ServiceStopped
+                    | pcsc::Error::CommError
+                    | pcsc::Error::InvalidHandle,
+                ),
+        } => BackendError::TokenAbsent(SERVICE_AWAY.into()),
         E::PcscError { inner } => BackendError::TokenAbsent(format!(
             "the YubiKey went away ({}); plug it in again: the next request reconnects",
             inner.map_or_else(|| "PC/SC error".to_owned(), |e| e.to_string())
@@ -264,5 +281,9 @@ mod tests {
             inner: Some(pcsc::Error::SharingViolation),
         });
         assert!(held.to_string().contains("scdaemon"), "{held}");
+        for away in [pcsc::Error::NoService, pcsc::Error::ServiceStopped] {
+            let e = map_error(yubikey::Error::PcscError { inner: Some(away) });
+            assert!(e.to_string().contains("pcscd"), "{e}");
+        }
     }
 }

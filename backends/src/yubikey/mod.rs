@@ -21,6 +21,7 @@
 pub mod attestation;
 pub mod card;
 pub mod signer;
+mod watch;
 
 use crate::dispatch::CreateSpec;
 use crate::record::{BackendKind, KeyRecord};

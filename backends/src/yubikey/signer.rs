@@ -7,11 +7,13 @@
 //! open connection; if the card was unplugged, reset by another program or
 //! its PIN state lost, the signer reconnects and re-verifies with the
 //! cached PIN once. A slot with PIN policy `always` gets the PIN before
-//! every signature.
+//! every signature. While unlocked, a [watch](super::watch) forgets the PIN
+//! the moment the card is pulled out.
 
 use super::card::{self, Card};
+use super::watch::{self, SharedPin, Watch};
 use super::{YubikeyParams, card_algorithm, slot_of};
-use crate::{BackendError, ExposeSecret as _, SecretString, Signer};
+use crate::{BackendError, ExposeSecret as _, Presence, SecretString, Signer};
 use keybridge_protocol::{Algorithm, PublicKey};
 use sha2::{Digest as _, Sha256};
 use std::sync::Arc;
@@ -27,9 +29,12 @@ pub struct YubikeySigner {
     public: PublicKey,
     params: YubikeyParams,
     slot: SlotId,
-    /// While unlocked: the open card and the PIN (wiped on lock).
+    /// While unlocked: the open card and the PIN (wiped on lock, or by the
+    /// watch when the card is pulled out).
     card: Option<Card>,
-    pin: Option<SecretString>,
+    pin: SharedPin,
+    presence: Arc<Presence>,
+    watch: Option<Watch>,
     touch_pending: Arc<AtomicBool>,
 }
 
@@ -41,7 +46,9 @@ impl YubikeySigner {
             public,
             params,
             card: None,
-            pin: None,
+            pin: SharedPin::default(),
+            presence: Arc::default(),
+            watch: None,
             touch_pending: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -64,6 +71,18 @@ impl YubikeySigner {
             // signature is checked against the recorded key instead.
             None => Ok(card),
         }
+    }
+
+    /// Verifies the cached PIN on `card`: one attempt, never the last (it
+    /// was right a moment ago). [`BackendError::Locked`] once forgotten.
+    fn verify_cached_pin(&self, card: &mut Card) -> Result<(), BackendError> {
+        let pin = self.pin.lock().unwrap_or_else(|e| e.into_inner());
+        let pin = pin.as_ref().ok_or(BackendError::Locked)?;
+        card::verify_pin(card, pin, false)
+    }
+
+    fn has_pin(&self) -> bool {
+        self.pin.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
     fn pin_always(&self) -> bool {
@@ -90,21 +109,13 @@ impl YubikeySigner {
     }
 
     /// Connects (again) and verifies the cached PIN once. A card that is
-    /// not there (unplugged) makes the signer forget its PIN: after the
-    /// card comes back, the user is asked again.
+    /// not found keeps the PIN here: whether it was pulled out is for the
+    /// watch to say (pcscd may just not have found it again yet after a
+    /// restart); a card found with another key never gets the PIN.
     fn reconnect(&mut self) -> Result<(), BackendError> {
         self.card = None;
-        let mut card = match self.open_checked() {
-            Ok(card) => card,
-            Err(e @ BackendError::TokenAbsent(_)) if !held_by_another(&e) => {
-                self.lock();
-                return Err(e);
-            }
-            Err(e) => return Err(e),
-        };
-        let pin = self.pin.as_ref().ok_or(BackendError::Locked)?;
-        // The PIN was right a moment ago: one attempt, never the last.
-        card::verify_pin(&mut card, pin, false)?;
+        let mut card = self.open_checked()?;
+        self.verify_cached_pin(&mut card)?;
         self.card = Some(card);
         Ok(())
     }
@@ -142,10 +153,6 @@ fn removed(e: &yubikey::Error) -> bool {
     )
 }
 
-fn held_by_another(e: &BackendError) -> bool {
-    matches!(e, BackendError::TokenAbsent(m) if m == card::HELD_BY_ANOTHER)
-}
-
 fn supports_metadata(card: &mut Card) -> bool {
     let v = card.yk().version();
     (v.major, v.minor) >= (5, 3)
@@ -163,23 +170,32 @@ impl Signer for YubikeySigner {
     ) -> Result<(), BackendError> {
         let mut card = self.open_checked()?;
         card::verify_pin(&mut card, secret, spend_last_attempt)?;
-        self.pin = Some(SecretString::from(secret.expose_secret().to_owned()));
+        *self.pin.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(SecretString::from(secret.expose_secret().to_owned()));
+        self.watch = watch::start(
+            card.reader_name(),
+            Arc::clone(&self.pin),
+            Arc::clone(&self.presence),
+        );
         self.card = Some(card);
         Ok(())
     }
 
     fn lock(&mut self) {
+        self.watch = None;
         // Dropping the card resets it: its PIN state is gone too.
         self.card = None;
-        self.pin = None;
+        drop(self.pin.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
 
     fn is_unlocked(&self) -> bool {
-        self.pin.is_some()
+        self.has_pin()
     }
 
     fn sign(&mut self, tbs: &[u8]) -> Result<Vec<u8>, BackendError> {
-        if self.pin.is_none() {
+        if !self.has_pin() {
+            // Forgotten by the watch (card pulled out), or never given.
+            self.lock();
             return Err(BackendError::Locked);
         }
         if self.public.algorithm() == Algorithm::Ed25519 && tbs.len() > MAX_ED25519_MESSAGE {
@@ -195,8 +211,7 @@ impl Signer for YubikeySigner {
         loop {
             let mut card = self.card.take().ok_or(BackendError::Locked)?;
             if self.pin_always() {
-                let pin = self.pin.as_ref().ok_or(BackendError::Locked)?;
-                card::verify_pin(&mut card, pin, false)?;
+                self.verify_cached_pin(&mut card)?;
             }
             let started = std::time::Instant::now();
             match self.raw_sign(&mut card, tbs) {
@@ -242,6 +257,10 @@ impl Signer for YubikeySigner {
 
     fn touch_indicator(&self) -> Option<Arc<AtomicBool>> {
         Some(Arc::clone(&self.touch_pending))
+    }
+
+    fn presence(&self) -> Option<Arc<Presence>> {
+        Some(Arc::clone(&self.presence))
     }
 
     fn residency_evidence(&self) -> Option<crate::Evidence> {

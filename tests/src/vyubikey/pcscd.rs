@@ -99,7 +99,11 @@ pub fn ensure_running() -> Result<(), Missing> {
         std::fs::write(&conf, config_text()).expect("writing the reader config");
     }
     let conf_arg = conf.to_str().expect("a UTF-8 path").to_owned();
-    let running = pcscd_processes();
+    // A test's private pcscd (see [`PrivatePcscd`]) is left alone.
+    let running: Vec<_> = pcscd_processes()
+        .into_iter()
+        .filter(|(_, args)| !is_private(args))
+        .collect();
     let ours = running.iter().any(|(_, args)| {
         args.windows(2)
             .any(|w| (w[0] == "-c" || w[0] == "--config") && w[1] == conf_arg)
@@ -196,11 +200,146 @@ fn readers_listed(limit: Duration) -> bool {
     })
 }
 
+/// The vpcd port of a [`PrivatePcscd`]'s one reader (after the shared
+/// pcscd's two).
+pub const PRIVATE_PORT: u16 = FIRST_PORT + READERS;
+
+fn private_dir() -> PathBuf {
+    state_dir().join("private")
+}
+
+fn private_config() -> PathBuf {
+    private_dir().join("reader.conf")
+}
+
+/// Whether a pcscd's arguments name the private config.
+fn is_private(args: &[String]) -> bool {
+    let conf = private_config();
+    args.iter().any(|a| Path::new(a) == conf)
+}
+
+/// A pcscd of one test's own, for tests that stop and restart pcscd (the
+/// shared one must stay up for everyone else), with one vpcd reader on
+/// [`PRIVATE_PORT`] named like the shared ones.
+///
+/// pcscd 1.9.9 always listens on /run/pcscd/pcscd.comm; this one runs in a
+/// mount namespace of its own (`unshare -m`, root) where a private folder
+/// is mounted over /run/pcscd, so its socket appears at
+/// [`PrivatePcscd::socket`]. Clients reach it with `PCSCLITE_CSOCK_NAME`
+/// set to that path — the daemon under test gets it in its environment; the
+/// test process itself keeps talking to the shared pcscd (libpcsclite reads
+/// the variable once per process), so cards in this reader are not waited
+/// for through PC/SC here. One at a time per machine (a lock file).
+pub struct PrivatePcscd {
+    run: PathBuf,
+    child: Option<std::process::Child>,
+    _lock: File,
+}
+
+impl PrivatePcscd {
+    /// Starts it. `None`, with a SKIP line, when pcscd or vpcd is missing
+    /// (a panic under `CI=true`).
+    pub fn start() -> Option<Self> {
+        if let Err(Missing(what)) = ensure_running() {
+            assert!(
+                !crate::in_ci(),
+                "private pcscd unavailable under CI: {what} (run cargo xtask deps)"
+            );
+            eprintln!("SKIP: private pcscd unavailable: {what}; run `cargo xtask deps`");
+            return None;
+        }
+        std::fs::create_dir_all(private_dir()).expect("creating the private pcscd folder");
+        let lock = lock(&state_dir().join("private.lock"), Duration::from_secs(300))
+            .unwrap_or_else(|e| panic!("{e}"));
+        // A test killed before its drop ran leaves its pcscd behind.
+        for (pid, args) in pcscd_processes() {
+            if is_private(&args) {
+                stop(pid);
+            }
+        }
+        std::fs::write(
+            private_config(),
+            format!(
+                "FRIENDLYNAME \"{READER_PREFIX}\"\nDEVICENAME /dev/null:{PRIVATE_PORT}\n\
+                 LIBPATH {VPCD_DRIVER}\nCHANNELID {PRIVATE_PORT}\n"
+            ),
+        )
+        .expect("writing the private reader config");
+        let run = private_dir().join("run");
+        std::fs::create_dir_all(&run).expect("creating the private socket folder");
+        let mut p = PrivatePcscd {
+            run,
+            child: None,
+            _lock: lock,
+        };
+        p.run_pcscd();
+        Some(p)
+    }
+
+    /// The socket clients reach it on (`PCSCLITE_CSOCK_NAME`).
+    pub fn socket(&self) -> PathBuf {
+        self.run.join("pcscd.comm")
+    }
+
+    /// The environment a process needs to use this pcscd.
+    pub fn env(&self) -> (&'static str, PathBuf) {
+        ("PCSCLITE_CSOCK_NAME", self.socket())
+    }
+
+    /// Stops pcscd (TERM) and waits until it is gone: every client's
+    /// context and card handle goes with it, as in a restart.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop(child.id());
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts pcscd again after [`PrivatePcscd::stop`].
+    pub fn restart(&mut self) {
+        self.stop();
+        self.run_pcscd();
+    }
+
+    fn run_pcscd(&mut self) {
+        let _ = std::fs::remove_file(self.socket());
+        std::fs::create_dir_all("/run/pcscd").expect("creating /run/pcscd");
+        let log = File::create(private_dir().join("pcscd.log")).expect("creating pcscd.log");
+        let script = format!(
+            "mount --bind '{}' /run/pcscd && exec {PCSCD} --foreground --config '{}'",
+            self.run.display(),
+            private_config().display()
+        );
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("running unshare (util-linux)");
+        self.child = Some(child);
+        let socket = self.socket();
+        assert!(
+            crate::poll_until(Duration::from_secs(10), || socket.exists()),
+            "the private pcscd did not open {} within 10 s (root is needed). Its log:\n{}",
+            socket.display(),
+            std::fs::read_to_string(private_dir().join("pcscd.log")).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for PrivatePcscd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// A reader port claimed for one card; released on drop.
 #[derive(Debug)]
 pub struct ReaderLease {
     port: u16,
-    _lock: File,
+    /// `None` for the reader of a [`PrivatePcscd`], whose own lock covers it.
+    _lock: Option<File>,
 }
 
 impl ReaderLease {
@@ -221,7 +360,10 @@ impl ReaderLease {
                 if got.len() < n
                     && let Ok(file) = lock(&path, Duration::ZERO)
                 {
-                    got.push(ReaderLease { port, _lock: file });
+                    got.push(ReaderLease {
+                        port,
+                        _lock: Some(file),
+                    });
                 }
             }
             if got.len() == n {
@@ -241,14 +383,32 @@ impl ReaderLease {
         }
     }
 
+    /// The reader of `pcscd` (held while it is).
+    pub fn private(_pcscd: &PrivatePcscd) -> Self {
+        ReaderLease {
+            port: PRIVATE_PORT,
+            _lock: None,
+        }
+    }
+
+    /// Whether this is a [`PrivatePcscd`]'s reader (which the test process
+    /// cannot watch through PC/SC).
+    pub fn is_private(&self) -> bool {
+        self.port == PRIVATE_PORT
+    }
+
     /// The vpcd port of this reader.
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// The PC/SC reader name.
+    /// The PC/SC reader name (a private pcscd's reader is its `00 00`).
     pub fn reader_name(&self) -> String {
-        reader_name(self.port)
+        if self.is_private() {
+            reader_name(FIRST_PORT)
+        } else {
+            reader_name(self.port)
+        }
     }
 }
 

@@ -70,9 +70,13 @@ impl Connection {
 fn read_frame(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 2];
     stream.read_exact(&mut len)?;
+    // vpcd has sent the length alone and holds the payload back (Nagle)
+    // until the length is acknowledged. Setting TCP_QUICKACK sends a pending
+    // ACK at once; the kernel leaves quick-ACK mode as soon as we answer, so
+    // it must be set here, between the two reads, every time.
+    SockRef::from(&*stream).set_tcp_quickack(true)?;
     let mut payload = vec![0u8; usize::from(u16::from_be_bytes(len))];
     stream.read_exact(&mut payload)?;
-    // Quick-ACK mode lapses after a while: re-arm it after every read.
     SockRef::from(&*stream).set_tcp_quickack(true)?;
     Ok(payload)
 }
@@ -94,10 +98,19 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
             [_] => {}
             apdu => {
                 let response = answer(shared, apdu);
+                if is_signature(apdu) && !shared.sign_time.is_zero() {
+                    std::thread::sleep(shared.sign_time);
+                }
                 write_frame(&mut stream, &response)?;
             }
         }
     }
+}
+
+/// The last (or only) APDU of a GENERAL AUTHENTICATE with a key slot: a
+/// signature, not management-key authentication (slot 9b).
+fn is_signature(apdu: &[u8]) -> bool {
+    matches!(apdu, [cla, 0x87, _, p2, ..] if cla & 0x10 == 0 && *p2 != 0x9b)
 }
 
 /// Answers one APDU, waiting for a touch (without holding the card's lock)
