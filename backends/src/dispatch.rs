@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "pkcs11")]
 use crate::pkcs11;
+#[cfg(feature = "tpm")]
+use crate::tpm;
 #[cfg(feature = "yubikey")]
 use crate::yubikey;
 
@@ -44,6 +46,9 @@ pub struct CreateSpec {
     /// What only some backends take (policies, overwriting, the management
     /// key); the others refuse what they cannot honour.
     pub options: CreateOptions,
+    /// The folder key files live in (the bridge's private keys folder): a
+    /// TPM key keeps its TSS2 key file there.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// Creation options beyond the common ones.
@@ -62,6 +67,8 @@ pub struct CreateOptions {
     pub default_management_key: bool,
     /// Try the PIN even if it is the last attempt.
     pub spend_last_attempt: bool,
+    /// Also make the new key persistent at the URI's handle (TPM).
+    pub persistent: bool,
 }
 
 /// Generates (or derives, or opens with `existing`) the key `spec` describes;
@@ -96,6 +103,13 @@ pub fn create(spec: CreateSpec) -> Result<(Box<dyn Signer>, KeyRecord), BackendE
         }
         #[cfg(not(feature = "yubikey"))]
         BackendKind::Yubikey => return Err(not_built(BackendKind::Yubikey)),
+        #[cfg(feature = "tpm")]
+        BackendKind::Tpm => {
+            let dir = spec.state_dir.clone();
+            let (signer, record) = tpm::create_from_spec(spec, dir.as_deref())?;
+            (Box::new(signer), record)
+        }
+        #[cfg(not(feature = "tpm"))]
         BackendKind::Tpm => return Err(not_built(BackendKind::Tpm)),
     };
     // Creating derived the key (or logged in to the token); it stays
@@ -116,7 +130,7 @@ pub fn needs_secret(backend: BackendKind, uri: Option<&KeyUri>) -> bool {
                 && !matches!(uri, Some(KeyUri::Pkcs11(u)) if u.pin_source.is_some())
         }
         BackendKind::Yubikey => cfg!(feature = "yubikey"),
-        BackendKind::Tpm => false,
+        BackendKind::Tpm => cfg!(feature = "tpm"),
     }
 }
 
@@ -142,9 +156,14 @@ pub fn list(
         BackendKind::Yubikey => yubikey::list(),
         #[cfg(not(feature = "yubikey"))]
         BackendKind::Yubikey => Err(not_built(BackendKind::Yubikey)),
+        #[cfg(feature = "tpm")]
+        BackendKind::Tpm => Err(BackendError::Unsupported(
+            "a TPM holds no list of keys: keybridge's TPM keys are files in its state folder (keybridge keys list shows them); persistent ones: tpm2_getcap handles-persistent".into(),
+        )),
         BackendKind::Passphrase => Err(BackendError::Unsupported(
             "a passphrase key is derived, not kept in a token: there is nothing to list".into(),
         )),
+        #[cfg(not(feature = "tpm"))]
         BackendKind::Tpm => Err(not_built(BackendKind::Tpm)),
     }
 }
@@ -178,6 +197,8 @@ pub fn verify_evidence(
     match kind {
         #[cfg(feature = "yubikey")]
         "yubikey-piv-attestation" => yubikey::attestation::verify_report(chain, roots_pem, key),
+        #[cfg(feature = "tpm")]
+        tpm::EVIDENCE_KIND => tpm::attestation::verify_report(chain, roots_pem, key),
         other => {
             let _ = (chain, roots_pem, key);
             Err(BackendError::Unsupported(format!(
@@ -235,11 +256,11 @@ pub struct ListedKey {
     pub uri: String,
 }
 
-/// Opens the signer a key record describes, locked.
+/// Opens the signer a key record describes, locked. `state_dir` is the
+/// folder the record's key files are in (see [`CreateSpec::state_dir`]).
 ///
-/// Backends that are not built yet (or not compiled in) answer
-/// [`BackendError::Unsupported`].
-pub fn open(record: &KeyRecord) -> Result<Box<dyn Signer>, BackendError> {
+/// Backends that are not compiled in answer [`BackendError::Unsupported`].
+pub fn open(record: &KeyRecord, state_dir: &std::path::Path) -> Result<Box<dyn Signer>, BackendError> {
     match record.backend {
         BackendKind::Passphrase => Ok(Box::new(passphrase::PassphraseSigner::from_record(record)?)),
         #[cfg(feature = "pkcs11")]
@@ -250,10 +271,20 @@ pub fn open(record: &KeyRecord) -> Result<Box<dyn Signer>, BackendError> {
         BackendKind::Yubikey => Ok(Box::new(yubikey::open_record(record)?)),
         #[cfg(not(feature = "yubikey"))]
         BackendKind::Yubikey => Err(not_built(BackendKind::Yubikey)),
-        BackendKind::Tpm => Err(not_built(BackendKind::Tpm)),
+        #[cfg(feature = "tpm")]
+        BackendKind::Tpm => Ok(Box::new(tpm::open_record(record, state_dir)?)),
+        #[cfg(not(feature = "tpm"))]
+        BackendKind::Tpm => {
+            let _ = state_dir;
+            Err(not_built(BackendKind::Tpm))
+        }
     }
 }
 
+#[cfg_attr(
+    all(feature = "pkcs11", feature = "yubikey", feature = "tpm"),
+    allow(dead_code)
+)]
 fn not_built(kind: BackendKind) -> BackendError {
     let compiled_in = match kind {
         BackendKind::Passphrase => true,
@@ -261,11 +292,8 @@ fn not_built(kind: BackendKind) -> BackendError {
         BackendKind::Yubikey => cfg!(feature = "yubikey"),
         BackendKind::Tpm => cfg!(feature = "tpm"),
     };
-    BackendError::Unsupported(if compiled_in {
-        format!("the {kind} backend is not built yet")
-    } else {
-        format!("keybridge was built without the {kind} feature")
-    })
+    debug_assert!(!compiled_in, "{kind} is built");
+    BackendError::Unsupported(format!("keybridge was built without the {kind} feature"))
 }
 
 #[cfg(test)]
@@ -285,6 +313,7 @@ mod tests {
             secret: Some(SecretString::from("correct horse battery staple")),
             now: 0,
             options: Default::default(),
+            state_dir: None,
         }
     }
 
@@ -293,38 +322,25 @@ mod tests {
     }
 
     #[test]
-    fn hardware_backends_say_they_are_not_built_yet() {
+    fn backends_left_out_of_the_build_say_so_before_any_secret() {
         let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
         let public = PublicKey::ed25519(key.verifying_key().as_bytes()).unwrap();
-        #[cfg(not(feature = "yubikey"))]
         let hardware = [
-            (BackendKind::Yubikey, "yubikey:serial=1;slot=9c"),
-            (BackendKind::Tpm, "tpm:handle=0x81000101"),
+            (BackendKind::Pkcs11, "pkcs11:token=t;object=k", cfg!(feature = "pkcs11")),
+            (BackendKind::Yubikey, "yubikey:serial=1;slot=9c", cfg!(feature = "yubikey")),
+            (BackendKind::Tpm, "tpm:handle=0x81000101", cfg!(feature = "tpm")),
         ];
-        #[cfg(feature = "yubikey")]
-        let hardware = [(BackendKind::Tpm, "tpm:handle=0x81000101")];
-        for (kind, uri) in hardware {
-            let compiled_in = match kind {
-                BackendKind::Yubikey => cfg!(feature = "yubikey"),
-                _ => cfg!(feature = "tpm"),
-            };
-            let expected = if compiled_in {
-                format!("the {kind} backend is not built yet")
-            } else {
-                format!("keybridge was built without the {kind} feature")
-            };
+        for (kind, uri, _) in hardware.into_iter().filter(|(_, _, built)| !built) {
+            let expected = format!("keybridge was built without the {kind} feature");
             let record =
                 KeyRecord::new(uri.into(), kind, &public, None, 0, serde_json::Value::Null);
-            let err = open(&record).err().expect("not built");
+            let err = open(&record, std::path::Path::new("/nonexistent")).err().expect("not built");
             assert!(matches!(err, BackendError::Unsupported(_)));
             assert_eq!(err.to_string(), expected);
-            // Creating and listing say the same, before any secret is asked.
             let err = refusal(spec(kind, Some(uri)));
-            assert!(matches!(err, BackendError::Unsupported(_)));
             assert_eq!(err.to_string(), expected);
             assert!(!needs_secret(kind, None));
-            let err = list(kind, None).unwrap_err();
-            assert!(matches!(err, BackendError::Unsupported(_)), "{err:?}");
+            assert!(matches!(list(kind, None), Err(BackendError::Unsupported(_))));
         }
         assert!(matches!(
             list(BackendKind::Passphrase, None),

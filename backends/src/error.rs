@@ -36,6 +36,10 @@ pub enum BackendError {
     /// the text says which. When it returns, the next request finds it.
     #[error("the token is not present: {0}")]
     TokenAbsent(String),
+    /// The token refuses every PIN for a while (a TPM's dictionary-attack
+    /// lockout): the message says how long and how to recover.
+    #[error("the PIN cannot be tried now: {0}")]
+    LockedOut(String),
     /// The user did not touch the key in time (`touch_timeout`).
     #[error("the security key was not touched in time")]
     TouchTimeout,

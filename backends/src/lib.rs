@@ -33,7 +33,11 @@ pub mod pkcs11;
 pub mod presence;
 mod record;
 mod uri;
+#[cfg(feature = "tpm")]
+pub mod tpm;
 pub mod worker;
+#[cfg(any(feature = "yubikey", feature = "tpm"))]
+mod x509;
 #[cfg(feature = "yubikey")]
 pub mod yubikey;
 

@@ -450,7 +450,7 @@ mod tests {
     #[test]
     fn unlock_is_deterministic_and_a_wrong_passphrase_changes_nothing() {
         let (_, record) = alice();
-        let mut signer = crate::open(record).unwrap();
+        let mut signer = crate::open(record, std::path::Path::new("/nonexistent")).unwrap();
         assert!(!signer.is_unlocked());
         assert!(matches!(signer.sign(b"x"), Err(BackendError::Locked)));
 

@@ -174,7 +174,7 @@ impl Keys {
                 .map_err(|e| err(&path, e.to_string()))?;
             let stored: StoredKey =
                 serde_json::from_str(&text).map_err(|e| err(&path, e.to_string()))?;
-            match keybridge_backends::open(&stored.record) {
+            match keybridge_backends::open(&stored.record, &dir) {
                 Ok(signer) => {
                     keys.start(stored, signer)
                         .map_err(|e| err(&path, e.to_string()))?;
@@ -248,6 +248,13 @@ impl Keys {
         paths::write_atomic(&dir.join(format!("{}.json", kid.to_hex())), &json)
             .map_err(|e| KeyError::Storage(e.to_string()))?;
         Ok((self.start(stored, signer)?, true))
+    }
+
+    /// The private folder key records and key files live in (made if
+    /// missing); `None` if it cannot be made safely.
+    pub fn keys_dir(&self) -> Option<std::path::PathBuf> {
+        let dir = self.paths.keys_dir();
+        paths::private_dir(&dir).ok().map(|()| dir)
     }
 
     fn get(&self, kid: &Kid) -> Option<Arc<KeyEntry>> {

@@ -157,6 +157,9 @@ pub struct CreateKey {
     /// Try the PIN even if it is the last attempt.
     #[serde(default)]
     pub spend_last_attempt: bool,
+    /// Also make the new key persistent at the URI's handle (TPM).
+    #[serde(default)]
+    pub persistent: bool,
 }
 
 /// The answer to `POST /v1/keys`.

@@ -3,6 +3,7 @@
 //! small HTTP client for driving the API concurrently.
 
 pub mod bench;
+pub mod swtpm;
 pub mod vyubikey;
 
 use serde_json::Value;

@@ -418,7 +418,7 @@ softhsm_test! {
         drop(signer);
 
         // The record re-opens through the backend dispatch (daemon start: no PIN).
-        let mut reopened = keybridge_backends::open(&record).expect("open the record");
+        let mut reopened = keybridge_backends::open(&record, std::path::Path::new("/nonexistent")).expect("open the record");
         assert!(!reopened.is_unlocked());
         assert_eq!(reopened.public_key(), &record.public().unwrap());
         reopened.unlock(&pin(), false).unwrap();
@@ -518,7 +518,7 @@ softhsm_test! {
         let public = record.public().unwrap();
         let sig = signer.sign(b"before").unwrap();
         public.verify(Algorithm::Es256, b"before", &sig).unwrap();
-        let mut locked = keybridge_backends::open(&record).unwrap();
+        let mut locked = keybridge_backends::open(&record, std::path::Path::new("/nonexistent")).unwrap();
 
         let away = hsm.file("away");
         std::fs::rename(&token.dir, &away).unwrap();
@@ -530,7 +530,7 @@ softhsm_test! {
         let err = locked.unlock(&pin(), false).unwrap_err();
         assert!(matches!(err, BackendError::TokenAbsent(_)), "{err:?}");
         // Daemon start while the token is away: the record still opens.
-        let mut opened_while_away = keybridge_backends::open(&record).expect("open while away");
+        let mut opened_while_away = keybridge_backends::open(&record, std::path::Path::new("/nonexistent")).expect("open while away");
 
         std::fs::rename(&away, &token.dir).unwrap();
         // SoftHSM2 sees the token again only after a re-initialisation,
@@ -701,6 +701,7 @@ softhsm_test! {
             secret,
             now: NOW,
             options: Default::default(),
+            state_dir: None,
         };
 
         // No secret in the request: the PIN comes from the file. P-256 by default.

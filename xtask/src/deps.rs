@@ -21,6 +21,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "swtpm-tools",
     "tpm2-tools",
     "libtss2-dev",
+    // Cross-checks of TPM keys: openssl's tpm2 provider reads and writes
+    // TSS2 key files; swtpm_setup's local CA (EK certificates) needs
+    // certtool.
+    "tpm2-openssl",
+    "gnutls-bin",
     "pcscd",
     "libpcsclite-dev",
     "vsmartcard-vpcd",

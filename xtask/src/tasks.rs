@@ -114,6 +114,9 @@ pub fn bench(args: &[String]) -> Result<()> {
 /// - `yubikey_bench` (issue 9): one P-256 key on a virtual YubiKey, signed
 ///   with through the daemon and in a raw `piv::sign_data` loop; writes
 ///   `target/bench/yubikey.json`.
+/// - `tpm_bench` (issue 10): one P-256 key in swtpm, through the daemon
+///   and in a raw tss-esapi load-sign-flush loop; writes
+///   `target/bench/tpm.json`.
 fn extra_benchmarks(python: &Path) -> Result<()> {
     // Too slow for every `xtask test` (225,000 parses, ~20 s in release):
     // the exhaustive single-byte-edit sweep of a key log runs here.
@@ -146,6 +149,11 @@ fn extra_benchmarks(python: &Path) -> Result<()> {
     step("yubikey bench", || {
         run(&mut std::process::Command::new(
             target_dir().join("release").join("yubikey_bench"),
+        ))
+    })?;
+    step("tpm bench", || {
+        run(&mut std::process::Command::new(
+            target_dir().join("release").join("tpm_bench"),
         ))
     })
 }

@@ -72,6 +72,7 @@ mod tests {
             secret: None,
             now: 0,
             options: Default::default(),
+            state_dir: None,
         }
     }
 

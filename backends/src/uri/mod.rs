@@ -3,15 +3,13 @@
 //! - `passphrase:account=ACME;agent=alice`
 //! - `pkcs11:token=…;object=…?module-path=…` (RFC 7512)
 //! - `yubikey:serial=12345678;slot=9c`
-//! - `tpm:handle=0x81000101`
+//! - `tpm:file=/abs/key.pem;handle=0x81000101;tcti=…` ([`tpm`])
 //!
-//! Each reference is parsed once, here, when it is read: the passphrase
-//! form, the RFC 7512 `pkcs11:` form ([`pkcs11`]) and the `yubikey:` form
-//! ([`yubikey`]) fully (pure parsing, compiled in every build). The `tpm:`
-//! form is recognized by its scheme and kept as written until its backend
-//! exists and parses it here too.
+//! Each reference is parsed once, here, when it is read (pure parsing,
+//! compiled in every build, whichever backends are).
 
 pub mod pkcs11;
+pub mod tpm;
 pub mod yubikey;
 
 use crate::record::BackendKind;
@@ -19,6 +17,7 @@ use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_enco
 use pkcs11::{Pkcs11Uri, Pkcs11UriError};
 use std::fmt;
 use std::str::FromStr;
+use tpm::{TpmUri, TpmUriError};
 use yubikey::{YubikeyUri, YubikeyUriError};
 
 /// A parsed key reference.
@@ -35,9 +34,8 @@ pub enum KeyUri {
     Pkcs11(Pkcs11Uri),
     /// A YubiKey PIV slot, parsed.
     Yubikey(YubikeyUri),
-    /// A TPM key: the whole `tpm:` URI as written. Not parsed yet: the TPM
-    /// backend will parse it (here) when it lands.
-    Tpm(String),
+    /// A TPM key (or where a new one goes), parsed.
+    Tpm(TpmUri),
 }
 
 /// Why a key reference could not be read.
@@ -58,6 +56,9 @@ pub enum UriError {
     /// A `yubikey:` reference that is not `serial=…;slot=…`.
     #[error(transparent)]
     Yubikey(#[from] YubikeyUriError),
+    /// A `tpm:` reference keybridge does not accept.
+    #[error(transparent)]
+    Tpm(#[from] TpmUriError),
 }
 
 /// A key reference as it may appear in an error or a log line: attribute
@@ -158,7 +159,7 @@ impl FromStr for KeyUri {
             BackendKind::Passphrase => parse_passphrase(rest)?,
             BackendKind::Pkcs11 => KeyUri::Pkcs11(s.parse()?),
             BackendKind::Yubikey => KeyUri::Yubikey(s.parse()?),
-            BackendKind::Tpm => KeyUri::Tpm(s.to_owned()),
+            BackendKind::Tpm => KeyUri::Tpm(s.parse()?),
         })
     }
 }
@@ -203,7 +204,7 @@ impl fmt::Display for KeyUri {
             ),
             KeyUri::Pkcs11(uri) => uri.fmt(f),
             KeyUri::Yubikey(u) => u.fmt(f),
-            KeyUri::Tpm(s) => f.write_str(s),
+            KeyUri::Tpm(u) => u.fmt(f),
         }
     }
 }
@@ -316,13 +317,13 @@ mod tests {
     }
 
     #[test]
-    fn yubikey_uris_are_parsed_and_tpm_uris_kept_whole() {
+    fn yubikey_and_tpm_uris_are_parsed() {
         let yk = "yubikey:serial=12345678;slot=9c";
         assert_eq!(yk.parse(), Ok(KeyUri::Yubikey(yk.parse().unwrap())));
         assert_eq!(yk.parse::<KeyUri>().unwrap().to_string(), yk);
         let tpm = "tpm:handle=0x81000101";
         let parsed: KeyUri = tpm.parse().unwrap();
-        assert_eq!(parsed, KeyUri::Tpm(tpm.into()));
+        assert_eq!(parsed, KeyUri::Tpm(tpm.parse().unwrap()));
         assert_eq!(parsed.backend(), BackendKind::Tpm);
         assert_eq!(parsed.to_string(), tpm);
     }

@@ -3,10 +3,9 @@
 //! certificate to a root the caller holds.
 //!
 //! The chain comes from the key record (hence from the card, or from anyone
-//! who could write the record): it is hostile input. Every certificate is
-//! size-limited and parsed by `x509-cert`'s DER decoder, which rejects
-//! anything that is not exactly one well-formed certificate; the number of
-//! certificates and of signature checks during path building is bounded.
+//! who could write the record): it is hostile input. Certificates are
+//! parsed and paths built by the code the TPM's EK certificate check shares
+//! ([`crate::x509`]: size limits, strict DER, bounded path building).
 //!
 //! What is checked:
 //! - the leaf certifies exactly the key (P-256 or Ed25519 SubjectPublicKeyInfo);
@@ -25,26 +24,17 @@
 //! expire; callers say so), revocation (Yubico publishes none for these).
 
 use crate::BackendError;
+use crate::x509::{
+    ChainError, ID_EC_PUBLIC_KEY, ID_ED25519, Parsed, Roots, SECP256R1, check_key_cert_sign,
+    check_signature, curve_of, refuse_unknown_critical,
+};
+pub use crate::x509::{MAX_CERTIFICATE_LEN, MAX_ROOTS};
 use keybridge_protocol::PublicKey;
 use serde::Serialize;
-use sha2::{Digest as _, Sha256, Sha384, Sha512};
-use x509_cert::Certificate;
+use x509_cert::der::Decode as _;
 use x509_cert::der::asn1::ObjectIdentifier;
-use x509_cert::der::{Decode as _, Encode as _, Reader as _, SliceReader};
 use x509_cert::ext::Extension;
-use x509_cert::ext::pkix::{BasicConstraints, KeyUsage};
-
-/// The largest certificate accepted. Yubico's are about 1 KiB (a card
-/// refuses an f9 certificate over 3052 bytes); an RSA-8192 root stays well
-/// under this.
-pub const MAX_CERTIFICATE_LEN: usize = 16 * 1024;
-/// The most certificates a roots file may hold.
-pub const MAX_ROOTS: usize = 64;
-/// The most certificates above the f9 certificate (intermediates and the
-/// root). Yubico's longest path today has three.
-const MAX_DEPTH: usize = 5;
-/// The most signature checks path building may spend.
-const MAX_SIGNATURE_CHECKS: usize = 128;
+use x509_cert::ext::pkix::BasicConstraints;
 
 /// Yubico's PIV attestation extensions (1.3.6.1.4.1.41482.3.x).
 pub mod oid {
@@ -58,14 +48,6 @@ pub mod oid {
     /// Form factor: one raw byte (low bits the model, high bits flags).
     pub const FORM_FACTOR: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.41482.3.9");
 }
-
-const ID_CE_BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");
-const ID_CE_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.15");
-const ID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
-const ID_ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
-const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
-const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
-const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
 
 /// Why an attestation does not verify. Each variant is one thing a caller
 /// (or an attacker) can cause.
@@ -171,6 +153,31 @@ pub enum AttestationError {
     },
 }
 
+impl From<ChainError> for AttestationError {
+    fn from(e: ChainError) -> Self {
+        match e {
+            ChainError::TooManyRoots(n) => AttestationError::TooManyRoots(n),
+            ChainError::NoRoots => AttestationError::NoRoots,
+            ChainError::Malformed { position, reason } => {
+                AttestationError::Malformed { position, reason }
+            }
+            ChainError::BadSignature { subject, issuer } => {
+                AttestationError::BadSignature { subject, issuer }
+            }
+            ChainError::ForeignRoot { subject, issuer } => {
+                AttestationError::ForeignRoot { subject, issuer }
+            }
+            ChainError::NotACa { subject, reason } => AttestationError::NotACa { subject, reason },
+            ChainError::UnknownCriticalExtension { subject, oid } => {
+                AttestationError::UnknownCriticalExtension { subject, oid }
+            }
+            ChainError::UnsupportedAlgorithm { subject, algorithm } => {
+                AttestationError::UnsupportedAlgorithm { subject, algorithm }
+            }
+        }
+    }
+}
+
 /// What a verified attestation says about the card and the key. The
 /// certificates' validity periods were not checked ([`Report::validity_checked`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -251,7 +258,7 @@ pub fn verify(
         )));
     }
     let attested = read_extensions(leaf.extensions())?;
-    refuse_unknown_critical(&leaf)?;
+    refuse_unknown_critical(&leaf, &[])?;
 
     // leaf ← f9
     if leaf.issuer != f9.subject {
@@ -270,27 +277,12 @@ pub fn verify(
     check_f9(&f9)?;
 
     // f9 ← intermediates ← root
-    let pool = roots
-        .iter()
-        .enumerate()
-        .map(|(i, der)| {
-            let cert = Parsed::new(der, &format!("certificate {} of the roots file", i + 1))?;
-            // A self-issued certificate is an anchor only if its own
-            // signature verifies; otherwise it is merely unusable.
-            let root = cert.subject == cert.issuer && check_signature(&cert, &cert).is_ok();
-            Ok(Candidate { cert, root })
-        })
-        .collect::<Result<Vec<_>, AttestationError>>()?;
-    if !pool.iter().any(|c| c.root) {
-        return Err(AttestationError::NoRoots);
-    }
-    let mut path = Vec::new();
-    let mut budget = MAX_SIGNATURE_CHECKS;
-    find_path(&pool, &f9, &mut path, &mut budget)?;
+    let roots = Roots::new(roots)?;
+    let path = roots.path_from(&f9)?;
 
-    let top = &pool[*path.last().expect("a found path ends at a root")].cert;
+    let top = path.last().expect("a found path ends at a root");
     let mut subjects = vec![leaf.subject_name(), f9.subject_name()];
-    subjects.extend(path.iter().map(|&i| pool[i].cert.subject_name()));
+    subjects.extend(path.iter().map(|c| c.subject_name()));
     Ok(Report {
         serial: attested.serial,
         firmware: attested.firmware.map(|[a, b, c]| format!("{a}.{b}.{c}")),
@@ -306,38 +298,7 @@ pub fn verify(
 /// The DER certificates of a PEM file (`-----BEGIN CERTIFICATE-----`
 /// blocks; text around them is ignored, other block types are refused).
 pub fn certificates_from_pem(text: &str) -> Result<Vec<Vec<u8>>, AttestationError> {
-    const BEGIN: &str = "-----BEGIN ";
-    const END: &str = "-----END ";
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find(BEGIN) {
-        let position = format!("PEM block {} of the roots file", out.len() + 1);
-        let malformed = |reason: String| AttestationError::Malformed {
-            position: position.clone(),
-            reason,
-        };
-        let block = &rest[start..];
-        // The end line: "-----END LABEL-----".
-        let end = block
-            .find(END)
-            .and_then(|e| {
-                block[e + END.len()..]
-                    .find("-----")
-                    .map(|t| e + END.len() + t + 5)
-            })
-            .ok_or_else(|| malformed("no END line".into()))?;
-        let (label, der) = x509_cert::der::pem::decode_vec(&block.as_bytes()[..end])
-            .map_err(|e| malformed(e.to_string()))?;
-        if label != "CERTIFICATE" {
-            return Err(malformed(format!("a {label} block, not a CERTIFICATE")));
-        }
-        if out.len() == MAX_ROOTS {
-            return Err(AttestationError::TooManyRoots(MAX_ROOTS + 1));
-        }
-        out.push(der);
-        rest = &block[end..];
-    }
-    Ok(out)
+    Ok(crate::x509::certificates_from_pem(text)?)
 }
 
 /// Reads Yubico's extensions from a leaf's extensions. Absent ones are
@@ -427,196 +388,6 @@ pub fn form_factor(code: u8) -> FormFactor {
     }
 }
 
-/// A certificate parsed once, with the exact bytes its signature covers.
-struct Parsed<'a> {
-    cert: Certificate,
-    /// The TBSCertificate as it appears in the input (never re-encoded).
-    tbs: &'a [u8],
-    subject: Vec<u8>,
-    issuer: Vec<u8>,
-}
-
-impl<'a> Parsed<'a> {
-    fn new(der: &'a [u8], position: &str) -> Result<Self, AttestationError> {
-        let malformed = |reason: String| AttestationError::Malformed {
-            position: position.to_owned(),
-            reason,
-        };
-        if der.len() > MAX_CERTIFICATE_LEN {
-            return Err(malformed(format!(
-                "{} bytes, more than the {MAX_CERTIFICATE_LEN} accepted",
-                der.len()
-            )));
-        }
-        // `from_der` refuses trailing bytes and non-DER encodings.
-        let cert = Certificate::from_der(der).map_err(|e| malformed(e.to_string()))?;
-        let tbs = SliceReader::new(der)
-            .and_then(|mut r| {
-                r.sequence(|r| {
-                    let tbs = r.tlv_bytes()?;
-                    r.tlv_bytes()?; // signatureAlgorithm
-                    r.tlv_bytes()?; // signatureValue
-                    Ok(tbs)
-                })
-            })
-            .map_err(|e| malformed(e.to_string()))?;
-        let t = cert.tbs_certificate();
-        // RFC 5280 §4.1.1.2: the algorithm outside the signed part must be
-        // the one inside it, or the signature could be reinterpreted.
-        if t.signature() != cert.signature_algorithm() {
-            return Err(malformed(
-                "its signature algorithm differs inside and outside the signed part".into(),
-            ));
-        }
-        let name = |n: &x509_cert::name::Name| n.to_der().map_err(|e| malformed(e.to_string()));
-        Ok(Parsed {
-            subject: name(t.subject())?,
-            issuer: name(t.issuer())?,
-            tbs,
-            cert,
-        })
-    }
-
-    fn subject_name(&self) -> String {
-        self.cert.tbs_certificate().subject().to_string()
-    }
-
-    fn issuer_name(&self) -> String {
-        self.cert.tbs_certificate().issuer().to_string()
-    }
-
-    fn extensions(&self) -> &[Extension] {
-        self.cert
-            .tbs_certificate()
-            .extensions()
-            .map_or(&[][..], |e| e.as_slice())
-    }
-
-    /// The extension with `oid`, if present once; twice is malformed
-    /// (RFC 5280 §4.2).
-    fn extension(&self, oid: ObjectIdentifier) -> Result<Option<&Extension>, AttestationError> {
-        let mut found = self.extensions().iter().filter(|e| e.extn_id == oid);
-        let first = found.next();
-        if found.next().is_some() {
-            return Err(AttestationError::Malformed {
-                position: format!("\"{}\"", self.subject_name()),
-                reason: format!("extension {oid} appears twice"),
-            });
-        }
-        Ok(first)
-    }
-
-    fn basic_constraints(&self) -> Result<Option<BasicConstraints>, AttestationError> {
-        self.decode_extension(ID_CE_BASIC_CONSTRAINTS)
-    }
-
-    fn key_usage(&self) -> Result<Option<KeyUsage>, AttestationError> {
-        self.decode_extension(ID_CE_KEY_USAGE)
-    }
-
-    fn decode_extension<T: for<'b> x509_cert::der::Decode<'b>>(
-        &self,
-        oid: ObjectIdentifier,
-    ) -> Result<Option<T>, AttestationError> {
-        self.extension(oid)?
-            .map(|e| {
-                T::from_der(e.extn_value.as_bytes()).map_err(|_| AttestationError::Malformed {
-                    position: format!("\"{}\"", self.subject_name()),
-                    reason: format!("extension {oid} does not decode"),
-                })
-            })
-            .transpose()
-    }
-}
-
-/// A certificate from the roots file, and whether it is an anchor.
-struct Candidate<'a> {
-    cert: Parsed<'a>,
-    root: bool,
-}
-
-/// Extends `path` (indexes into `pool`, nearest the f9 certificate first)
-/// from `current` up to a root: depth-first over the certificates whose
-/// subject is `current`'s issuer and whose key verifies its signature.
-fn find_path(
-    pool: &[Candidate<'_>],
-    current: &Parsed<'_>,
-    path: &mut Vec<usize>,
-    budget: &mut usize,
-) -> Result<(), AttestationError> {
-    // The most telling reason a candidate was refused, if any was.
-    let mut refused: Option<AttestationError> = None;
-    for (i, candidate) in pool.iter().enumerate() {
-        if path.contains(&i) || candidate.cert.subject != current.issuer {
-            continue;
-        }
-        if *budget == 0 {
-            break;
-        }
-        *budget -= 1;
-        match check_signature(current, &candidate.cert) {
-            Ok(()) => {}
-            // Same name, another key: another card's root (or an
-            // impostor). Keep looking; it is reported as foreign below.
-            Err(AttestationError::BadSignature { .. }) => continue,
-            Err(e) => {
-                refused = Some(e);
-                continue;
-            }
-        }
-        // `path.len()` CA certificates lie between this candidate and the
-        // f9 certificate, which is not counted: it is the card's issuing
-        // key, as an end entity's would be (see `check_f9`).
-        if let Err(e) = check_ca(&candidate.cert, path.len()) {
-            refused = Some(e);
-            continue;
-        }
-        path.push(i);
-        if candidate.root {
-            return Ok(());
-        }
-        if path.len() < MAX_DEPTH {
-            match find_path(pool, &candidate.cert, path, budget) {
-                Ok(()) => return Ok(()),
-                Err(AttestationError::ForeignRoot { .. }) => {}
-                Err(e) => refused = Some(e),
-            }
-        }
-        path.pop();
-    }
-    Err(refused.unwrap_or_else(|| AttestationError::ForeignRoot {
-        subject: current.subject_name(),
-        issuer: current.issuer_name(),
-    }))
-}
-
-/// A certificate above the f9 certificate: it must be a CA, allowed to
-/// sign certificates, with room for `below` CA certificates under it.
-fn check_ca(cert: &Parsed<'_>, below: usize) -> Result<(), AttestationError> {
-    let not_a_ca = |reason: String| AttestationError::NotACa {
-        subject: cert.subject_name(),
-        reason,
-    };
-    match cert.basic_constraints()? {
-        Some(BasicConstraints {
-            ca: true,
-            path_len_constraint,
-        }) => {
-            if let Some(limit) = path_len_constraint
-                && usize::from(limit) < below
-            {
-                return Err(not_a_ca(format!(
-                    "its pathLenConstraint {limit} allows fewer than the {below} CA certificates below it"
-                )));
-            }
-        }
-        Some(_) => return Err(not_a_ca("basicConstraints says CA=false".into())),
-        None => return Err(not_a_ca("it has no basicConstraints".into())),
-    }
-    check_key_cert_sign(cert)?;
-    refuse_unknown_critical(cert)
-}
-
 /// The f9 certificate: no basicConstraints is accepted (see [`verify`]);
 /// anything that says it may not sign certificates is not.
 fn check_f9(f9: &Parsed<'_>) -> Result<(), AttestationError> {
@@ -627,29 +398,7 @@ fn check_f9(f9: &Parsed<'_>) -> Result<(), AttestationError> {
         });
     }
     check_key_cert_sign(f9)?;
-    refuse_unknown_critical(f9)
-}
-
-fn check_key_cert_sign(cert: &Parsed<'_>) -> Result<(), AttestationError> {
-    match cert.key_usage()? {
-        Some(ku) if !ku.key_cert_sign() => Err(AttestationError::NotACa {
-            subject: cert.subject_name(),
-            reason: "its keyUsage does not allow keyCertSign".into(),
-        }),
-        _ => Ok(()),
-    }
-}
-
-fn refuse_unknown_critical(cert: &Parsed<'_>) -> Result<(), AttestationError> {
-    match cert.extensions().iter().find(|e| {
-        e.critical && e.extn_id != ID_CE_BASIC_CONSTRAINTS && e.extn_id != ID_CE_KEY_USAGE
-    }) {
-        Some(e) => Err(AttestationError::UnknownCriticalExtension {
-            subject: cert.subject_name(),
-            oid: e.extn_id.to_string(),
-        }),
-        None => Ok(()),
-    }
+    Ok(refuse_unknown_critical(f9, &[])?)
 }
 
 /// The key a leaf certifies, as keybridge knows keys.
@@ -673,123 +422,6 @@ fn leaf_key(leaf: &Parsed<'_>) -> Result<PublicKey, AttestationError> {
         },
         o => Err(other(&format!("a key of algorithm {o}"))),
     }
-}
-
-fn curve_of(spki: &x509_cert::spki::SubjectPublicKeyInfoOwned) -> Option<ObjectIdentifier> {
-    spki.algorithm
-        .parameters
-        .as_ref()
-        .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
-}
-
-#[derive(Clone, Copy)]
-enum Hash {
-    Sha256,
-    Sha384,
-    Sha512,
-}
-
-impl Hash {
-    fn digest(self, data: &[u8]) -> Vec<u8> {
-        match self {
-            Hash::Sha256 => Sha256::digest(data).to_vec(),
-            Hash::Sha384 => Sha384::digest(data).to_vec(),
-            Hash::Sha512 => Sha512::digest(data).to_vec(),
-        }
-    }
-}
-
-/// Checks that `issuer`'s key signed `subject`.
-fn check_signature(subject: &Parsed<'_>, issuer: &Parsed<'_>) -> Result<(), AttestationError> {
-    use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
-    enum Kind {
-        Rsa,
-        Ecdsa,
-        Ed25519,
-    }
-    let alg = &subject.cert.signature_algorithm().oid;
-    let (kind, hash) = match alg.to_string().as_str() {
-        "1.2.840.113549.1.1.11" => (Kind::Rsa, Hash::Sha256),
-        "1.2.840.113549.1.1.12" => (Kind::Rsa, Hash::Sha384),
-        "1.2.840.113549.1.1.13" => (Kind::Rsa, Hash::Sha512),
-        "1.2.840.10045.4.3.2" => (Kind::Ecdsa, Hash::Sha256),
-        "1.2.840.10045.4.3.3" => (Kind::Ecdsa, Hash::Sha384),
-        "1.2.840.10045.4.3.4" => (Kind::Ecdsa, Hash::Sha512),
-        "1.3.101.112" => (Kind::Ed25519, Hash::Sha512),
-        other => {
-            return Err(AttestationError::UnsupportedAlgorithm {
-                subject: subject.subject_name(),
-                algorithm: other.to_owned(),
-            });
-        }
-    };
-    let bad = || AttestationError::BadSignature {
-        subject: subject.subject_name(),
-        issuer: issuer.subject_name(),
-    };
-    let unsupported_key = |what: String| AttestationError::UnsupportedAlgorithm {
-        subject: issuer.subject_name(),
-        algorithm: what,
-    };
-    let signature = subject.cert.signature().as_bytes().ok_or_else(bad)?;
-    let spki = issuer.cert.tbs_certificate().subject_public_key_info();
-    let key_bits = spki.subject_public_key.as_bytes().ok_or_else(bad)?;
-    let ok = match kind {
-        Kind::Rsa => {
-            use rsa::pkcs1v15::Pkcs1v15Sign;
-            use rsa::pkcs8::DecodePublicKey as _;
-            if spki.algorithm.oid != RSA_ENCRYPTION {
-                return Err(bad());
-            }
-            // Refuses moduli over 8192 bits (a bounded cost).
-            let der = spki.to_der().map_err(|_| bad())?;
-            let key = rsa::RsaPublicKey::from_public_key_der(&der).map_err(|_| bad())?;
-            let scheme = match hash {
-                Hash::Sha256 => Pkcs1v15Sign::new::<Sha256>(),
-                Hash::Sha384 => Pkcs1v15Sign::new::<Sha384>(),
-                Hash::Sha512 => Pkcs1v15Sign::new::<Sha512>(),
-            };
-            key.verify(scheme, &hash.digest(subject.tbs), signature)
-                .is_ok()
-        }
-        Kind::Ecdsa => {
-            if spki.algorithm.oid != ID_EC_PUBLIC_KEY {
-                return Err(bad());
-            }
-            let prehash = hash.digest(subject.tbs);
-            match curve_of(spki) {
-                Some(SECP256R1) => {
-                    let key =
-                        p256::ecdsa::VerifyingKey::from_sec1_bytes(key_bits).map_err(|_| bad())?;
-                    let sig = p256::ecdsa::DerSignature::try_from(signature).map_err(|_| bad())?;
-                    key.verify_prehash(&prehash, &sig).is_ok()
-                }
-                Some(SECP384R1) => {
-                    let key =
-                        p384::ecdsa::VerifyingKey::from_sec1_bytes(key_bits).map_err(|_| bad())?;
-                    let sig = p384::ecdsa::DerSignature::try_from(signature).map_err(|_| bad())?;
-                    key.verify_prehash(&prehash, &sig).is_ok()
-                }
-                other => {
-                    return Err(unsupported_key(format!(
-                        "an EC key on curve {}",
-                        other.map_or_else(|| "(unnamed)".to_owned(), |c| c.to_string())
-                    )));
-                }
-            }
-        }
-        Kind::Ed25519 => {
-            if spki.algorithm.oid != ID_ED25519 {
-                return Err(bad());
-            }
-            let raw: [u8; 32] = key_bits.try_into().map_err(|_| bad())?;
-            let sig: [u8; 64] = signature.try_into().map_err(|_| bad())?;
-            let key = ed25519_dalek::VerifyingKey::from_bytes(&raw).map_err(|_| bad())?;
-            key.verify_strict(subject.tbs, &ed25519_dalek::Signature::from_bytes(&sig))
-                .is_ok()
-        }
-    };
-    if ok { Ok(()) } else { Err(bad()) }
 }
 
 /// [`verify`] with the roots as PEM text, in the backend-neutral shape
@@ -854,10 +486,15 @@ pub fn verify_report(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::x509::{ID_CE_BASIC_CONSTRAINTS, ID_CE_KEY_USAGE, check_ca};
+    use sha2::{Digest as _, Sha256};
     use std::str::FromStr as _;
+    use x509_cert::Certificate;
     use x509_cert::builder::{Builder as _, CertificateBuilder, profile::BuilderProfile};
+    use x509_cert::der::Encode as _;
     use x509_cert::der::asn1::OctetString;
     use x509_cert::der::{DateTime, EncodePem as _, pem::LineEnding};
+    use x509_cert::ext::pkix::KeyUsage;
     use x509_cert::ext::pkix::KeyUsages;
     use x509_cert::name::Name;
     use x509_cert::serial_number::SerialNumber;

@@ -82,7 +82,7 @@ pub async fn create(
     // secret back.
     let req: CreateKey = serde_json::from_slice(&body)
         .map_err(|_| ApiError::BadRequest(
-            "expected {\"backend\", \"account\", \"agent\", \"secret\", optional \"uri\", \"label\", \"remember\", \"alg\", \"existing\", \"pin_policy\", \"touch_policy\", \"overwrite\", \"management_key\", \"default_management_key\", \"spend_last_attempt\"}".into(),
+            "expected {\"backend\", \"account\", \"agent\", \"secret\", optional \"uri\", \"label\", \"remember\", \"alg\", \"existing\", \"pin_policy\", \"touch_policy\", \"overwrite\", \"management_key\", \"default_management_key\", \"spend_last_attempt\", \"persistent\"}".into(),
         ))?;
     if req.account.is_empty() || req.agent.is_empty() {
         return Err(ApiError::BadRequest(
@@ -147,7 +147,9 @@ pub async fn create(
             management_key: req.management_key,
             default_management_key: req.default_management_key,
             spend_last_attempt: req.spend_last_attempt,
+            persistent: req.persistent,
         },
+        state_dir: s.keys.keys_dir(),
     };
     let (signer, record) = blocking(move || keybridge_backends::create(spec)).await?;
     let stored = StoredKey {
@@ -182,7 +184,7 @@ pub async fn unlock(
     let e = s.keys.resolve(&sel)?;
     let req: Unlock = serde_json::from_slice(&body).map_err(|_| {
         ApiError::BadRequest(
-            "expected {\"secret\", optional \"remember\", \"spend_last_attempt\"}".into(),
+            "expected {\"secret\", optional \"remember\", \"spend_last_attempt\", \"persistent\"}".into(),
         )
     })?;
     let mode = req

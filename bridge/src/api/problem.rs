@@ -27,6 +27,10 @@ pub enum ApiError {
     /// The PIN is blocked.
     #[error("the PIN is blocked; unblock it with the PUK or the token's admin tool")]
     PinBlocked,
+    /// The token refuses PINs for a while (TPM lockout), with why and how
+    /// long.
+    #[error("the PIN cannot be tried now: {0}")]
+    LockedOut(String),
     /// The token is not there.
     #[error("the token is not present: {0}")]
     TokenAbsent(String),
@@ -75,7 +79,7 @@ impl ApiError {
             ApiError::Locked => "locked",
             ApiError::WrongPin { .. } => "wrong_pin",
             ApiError::LastAttempt => "last_attempt",
-            ApiError::PinBlocked => "pin_blocked",
+            ApiError::PinBlocked | ApiError::LockedOut(_) => "pin_blocked",
             ApiError::TokenAbsent(_) => "token_absent",
             ApiError::TouchTimeout => "touch_timeout",
             ApiError::PolicyDenied(_) => "policy_denied",
@@ -96,7 +100,7 @@ impl ApiError {
             ApiError::Locked => StatusCode::LOCKED,
             ApiError::WrongPin { .. } => StatusCode::UNAUTHORIZED,
             ApiError::LastAttempt => StatusCode::CONFLICT,
-            ApiError::PinBlocked => StatusCode::LOCKED,
+            ApiError::PinBlocked | ApiError::LockedOut(_) => StatusCode::LOCKED,
             ApiError::TokenAbsent(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TouchTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PolicyDenied(_) | ApiError::Forbidden => StatusCode::FORBIDDEN,
@@ -117,6 +121,7 @@ impl From<BackendError> for ApiError {
             BackendError::WrongSecret { retries_left } => ApiError::WrongPin { retries_left },
             BackendError::LastAttempt { .. } => ApiError::LastAttempt,
             BackendError::PinBlocked => ApiError::PinBlocked,
+            BackendError::LockedOut(why) => ApiError::LockedOut(why),
             BackendError::TokenAbsent(what) => ApiError::TokenAbsent(what),
             BackendError::TouchTimeout => ApiError::TouchTimeout,
             BackendError::InvalidSecret(why) => ApiError::BadRequest(why),

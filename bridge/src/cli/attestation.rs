@@ -1,6 +1,7 @@
-//! `keybridge keys verify-attestation KID --roots FILE`: checks a YubiKey
-//! key's attestation (kept by the daemon when the key was made) against
-//! roots the user holds. The roots come from a local PEM file and nothing
+//! `keybridge keys verify-attestation KID [--roots FILE]`: checks a key's
+//! residency evidence (a YubiKey's attestation chain, a TPM's
+//! certification; kept by the daemon when the key was made) against roots
+//! the user holds. The roots come from a local PEM file and nothing
 //! is fetched; the check itself is the backend's
 //! (`keybridge_backends::verify_evidence`, by evidence kind).
 
@@ -12,16 +13,21 @@ use std::path::Path;
 /// The largest roots file read (Yubico's full CA bundle is about 10 KiB).
 const MAX_ROOTS_FILE: u64 = 1024 * 1024;
 
-pub(super) async fn verify(ctx: &Ctx, key: &str, roots: &Path) -> anyhow::Result<()> {
-    let pem = read_roots(roots)?;
+pub(super) async fn verify(ctx: &Ctx, key: &str, roots: Option<&Path>) -> anyhow::Result<()> {
+    let pem = roots.map(read_roots).transpose()?.unwrap_or_default();
     let k = ctx.client().key(key).await?;
     let Some(evidence) = k.evidence else {
         bail!(
-            "key {} ({} backend) carries no attestation: only keys generated on a YubiKey have one",
+            "key {} ({} backend) carries no attestation: only keys generated on a YubiKey or in a TPM have one",
             k.kid,
             k.backend
         );
     };
+    if roots.is_none() && evidence.kind == "yubikey-piv-attestation" {
+        bail!(
+            "a YubiKey attestation is checked against roots you hold: give --roots (Yubico's PIV roots, PEM)"
+        );
+    }
     let Some(public) = k.public_key else {
         bail!("the daemon sent no public key for {key}");
     };

@@ -67,6 +67,10 @@ pub enum KeysCommand {
         /// Try the PIN even if it is the last attempt before the token blocks.
         #[arg(long)]
         spend_last_attempt: bool,
+        /// Also keep the new key at the URI's persistent handle (TPM:
+        /// --uri tpm:handle=0x81000100; a taken handle is refused).
+        #[arg(long)]
+        persistent: bool,
     },
     /// List the daemon's keys, or (with --backend, e.g. pkcs11 --module M)
     /// the tokens and usable keys a backend shows, like pkcs11-tool -L -O.
@@ -99,9 +103,12 @@ pub enum KeysCommand {
         /// Key id (any unique prefix) or label.
         key: String,
         /// PEM file of the roots to trust, and any intermediates (e.g.
-        /// Yubico's yubico-ca-certs.txt and yubico-intermediate.pem, concatenated).
+        /// Yubico's yubico-ca-certs.txt and yubico-intermediate.pem,
+        /// concatenated; a TPM vendor's EK CA). A YubiKey needs it; a TPM
+        /// key's certification is checked without it (the EK chain then
+        /// is not).
         #[arg(long)]
-        roots: PathBuf,
+        roots: Option<PathBuf>,
     },
 }
 
@@ -143,6 +150,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: &KeysCommand) -> anyhow::Result<()> {
             management_key_stdin,
             default_management_key,
             spend_last_attempt,
+            persistent,
         } => {
             let passphrase = backend == BackendKind::Passphrase.name();
             // A PKCS#11 URI may name a pin-source file the daemon reads;
@@ -189,6 +197,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: &KeysCommand) -> anyhow::Result<()> {
                 management_key,
                 default_management_key: *default_management_key,
                 spend_last_attempt: *spend_last_attempt,
+                persistent: *persistent,
             };
             let created = ctx.client().create_key(&req).await?;
             ctx.print(&created, |c: &CreatedKey| {
@@ -245,7 +254,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: &KeysCommand) -> anyhow::Result<()> {
             println!("{}", out.trim_end());
         }
         KeysCommand::VerifyAttestation { key, roots } => {
-            super::attestation::verify(ctx, key, roots).await?;
+            super::attestation::verify(ctx, key, roots.as_deref()).await?;
         }
     }
     Ok(())
