@@ -260,7 +260,10 @@ pub struct ListedKey {
 /// folder the record's key files are in (see [`CreateSpec::state_dir`]).
 ///
 /// Backends that are not compiled in answer [`BackendError::Unsupported`].
-pub fn open(record: &KeyRecord, state_dir: &std::path::Path) -> Result<Box<dyn Signer>, BackendError> {
+pub fn open(
+    record: &KeyRecord,
+    state_dir: &std::path::Path,
+) -> Result<Box<dyn Signer>, BackendError> {
     match record.backend {
         BackendKind::Passphrase => Ok(Box::new(passphrase::PassphraseSigner::from_record(record)?)),
         #[cfg(feature = "pkcs11")]
@@ -326,21 +329,38 @@ mod tests {
         let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
         let public = PublicKey::ed25519(key.verifying_key().as_bytes()).unwrap();
         let hardware = [
-            (BackendKind::Pkcs11, "pkcs11:token=t;object=k", cfg!(feature = "pkcs11")),
-            (BackendKind::Yubikey, "yubikey:serial=1;slot=9c", cfg!(feature = "yubikey")),
-            (BackendKind::Tpm, "tpm:handle=0x81000101", cfg!(feature = "tpm")),
+            (
+                BackendKind::Pkcs11,
+                "pkcs11:token=t;object=k",
+                cfg!(feature = "pkcs11"),
+            ),
+            (
+                BackendKind::Yubikey,
+                "yubikey:serial=1;slot=9c",
+                cfg!(feature = "yubikey"),
+            ),
+            (
+                BackendKind::Tpm,
+                "tpm:handle=0x81000101",
+                cfg!(feature = "tpm"),
+            ),
         ];
         for (kind, uri, _) in hardware.into_iter().filter(|(_, _, built)| !built) {
             let expected = format!("keybridge was built without the {kind} feature");
             let record =
                 KeyRecord::new(uri.into(), kind, &public, None, 0, serde_json::Value::Null);
-            let err = open(&record, std::path::Path::new("/nonexistent")).err().expect("not built");
+            let err = open(&record, std::path::Path::new("/nonexistent"))
+                .err()
+                .expect("not built");
             assert!(matches!(err, BackendError::Unsupported(_)));
             assert_eq!(err.to_string(), expected);
             let err = refusal(spec(kind, Some(uri)));
             assert_eq!(err.to_string(), expected);
             assert!(!needs_secret(kind, None));
-            assert!(matches!(list(kind, None), Err(BackendError::Unsupported(_))));
+            assert!(matches!(
+                list(kind, None),
+                Err(BackendError::Unsupported(_))
+            ));
         }
         assert!(matches!(
             list(BackendKind::Passphrase, None),
@@ -373,7 +393,7 @@ mod tests {
             "a passphrase key's URI is passphrase:account=ACME;agent=alice; it names the account and agent"
         );
         // A URI of another backend, the same.
-        let err = refusal(spec(BackendKind::Passphrase, Some("tpm:handle=1")));
+        let err = refusal(spec(BackendKind::Passphrase, Some("tpm:handle=0x81000001")));
         assert!(matches!(err, BackendError::InvalidUri(_)), "{err:?}");
     }
 

@@ -32,12 +32,12 @@ pub mod passphrase;
 pub mod pkcs11;
 pub mod presence;
 mod record;
-mod uri;
 #[cfg(feature = "tpm")]
 pub mod tpm;
+mod uri;
 pub mod worker;
 #[cfg(any(feature = "yubikey", feature = "tpm"))]
-mod x509;
+pub mod x509;
 #[cfg(feature = "yubikey")]
 pub mod yubikey;
 

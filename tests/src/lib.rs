@@ -129,8 +129,16 @@ impl Bridge {
     }
 
     /// Starts the daemon (again) with extra `serve` arguments and waits
-    /// until it answers.
+    /// until it answers. A daemon still running is stopped first (TERM):
+    /// otherwise the readiness check would talk to the old one.
     pub fn restart_with(&mut self, extra: &[&str]) {
+        if self
+            .child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        {
+            self.signal("-TERM");
+        }
         let log = std::fs::File::create(self.home().join("daemon.log")).unwrap();
         let child = Command::new(bin("keybridge"))
             .args(["serve", "--system-policy"])

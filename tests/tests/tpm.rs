@@ -120,6 +120,14 @@ fn lockout_counter(tpm: &Swtpm) -> u32 {
         .unwrap_or_else(|e| panic!("{value}: {e}"))
 }
 
+/// How many session handles `tpm2_getcap <what>` lists.
+fn session_handles(tpm: &Swtpm, what: &str) -> usize {
+    tpm.tpm2_ok("getcap", &[what])
+        .lines()
+        .filter(|l| l.trim_start().starts_with("- 0x"))
+        .count()
+}
+
 fn tool(program: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     std::process::Command::new(program)
         .args(args)
@@ -143,7 +151,10 @@ fn a_tpm_key_survives_a_daemon_restart_and_signs_what_a_device_accepts() {
     let c = created(&create(&b, "wk", &[], PIN));
     let kid = c["kid"].as_str().unwrap().to_owned();
     let file = std::fs::read_to_string(key_file(&b, &kid)).unwrap();
-    assert!(file.starts_with("-----BEGIN TSS2 PRIVATE KEY-----"), "{file}");
+    assert!(
+        file.starts_with("-----BEGIN TSS2 PRIVATE KEY-----"),
+        "{file}"
+    );
     assert!(!file.contains(PIN));
     assert!(
         tpm.transient_handles().is_empty(),
@@ -169,7 +180,11 @@ fn wrong_pins_count_down_to_a_lockout_that_is_explained_and_never_overspent() {
     created(&create(&b, "lo", &[], PIN));
     let r = unlock(&b, "lo", &[], "wrong-pin-1");
     assert_eq!(r.status.code(), Some(5), "{}", stderr(&r));
-    assert!(stderr(&r).contains('2'), "two attempts left: {}", stderr(&r));
+    assert!(
+        stderr(&r).contains('2'),
+        "two attempts left: {}",
+        stderr(&r)
+    );
     assert_eq!(lockout_counter(&tpm), 1, "exactly one attempt spent");
     // keybridge's own backoff after a wrong secret: move the clock on.
     b.set_time(NOW + 10);
@@ -192,12 +207,18 @@ fn wrong_pins_count_down_to_a_lockout_that_is_explained_and_never_overspent() {
     let r = unlock(&b, "lo", &["--spend-last-attempt"], PIN);
     assert_eq!(r.status.code(), Some(6), "{}", stderr(&r));
     assert!(stderr(&r).contains("1000 s"), "{}", stderr(&r));
-    assert!(stderr(&r).contains("tpm2_dictionarylockout"), "{}", stderr(&r));
+    assert!(
+        stderr(&r).contains("tpm2_dictionarylockout"),
+        "{}",
+        stderr(&r)
+    );
     assert_eq!(lockout_counter(&tpm), 3, "no attempt while locked out");
     tpm.clear_lockout();
     b.set_time(NOW + 200);
     let r = unlock(&b, "lo", &["--remember", "daily"], PIN);
     assert!(r.status.success(), "{}", stderr(&r));
+    // Signed at the time the device believes.
+    b.set_clocks(NOW, NOW + 200);
     sign_and_verify(&b, "lo");
 }
 
@@ -263,12 +284,26 @@ fn a_thousand_signatures_and_a_hundred_unlocks_leave_no_object_loaded() {
             let (s, v) = c.request("POST", "/v1/sign", Some(&body)).await.unwrap();
             assert_eq!(s, 200, "signature {i}: {v}");
         }
+        let (s, v) = c
+            .request("POST", "/v1/keys/many/lock", None)
+            .await
+            .unwrap();
+        assert_eq!(s, 200, "{v}");
     });
     assert_eq!(
         tpm.transient_handles(),
         Vec::<u32>::new(),
         "objects left loaded"
     );
+    assert_eq!(
+        session_handles(&tpm, "handles-saved-session"),
+        0,
+        "no session is left behind"
+    );
+    assert_eq!(session_handles(&tpm, "handles-loaded-session"), 0);
+    // Nothing the TSS libraries would complain about on the way.
+    let log = b.daemon_log();
+    assert!(!log.contains("ERROR"), "{log}");
 }
 
 #[test]
@@ -289,8 +324,16 @@ fn openssl_reads_our_key_file_and_we_open_one_openssl_made() {
     let pubout = tool_ok(
         "openssl",
         &[
-            "pkey", "-provider", "tpm2", "-provider", "default", "-in",
-            file.to_str().unwrap(), "-passin", &pass, "-pubout",
+            "pkey",
+            "-provider",
+            "tpm2",
+            "-provider",
+            "default",
+            "-in",
+            file.to_str().unwrap(),
+            "-passin",
+            &pass,
+            "-pubout",
         ],
         &env,
     );
@@ -311,8 +354,18 @@ fn openssl_reads_our_key_file_and_we_open_one_openssl_made() {
     let der = tool_ok(
         "openssl",
         &[
-            "pkeyutl", "-provider", "tpm2", "-provider", "default", "-sign", "-inkey",
-            file.to_str().unwrap(), "-passin", &pass, "-in", dgst.to_str().unwrap(),
+            "pkeyutl",
+            "-provider",
+            "tpm2",
+            "-provider",
+            "default",
+            "-sign",
+            "-inkey",
+            file.to_str().unwrap(),
+            "-passin",
+            &pass,
+            "-in",
+            dgst.to_str().unwrap(),
         ],
         &env,
     );
@@ -330,8 +383,17 @@ fn openssl_reads_our_key_file_and_we_open_one_openssl_made() {
     tool_ok(
         "openssl",
         &[
-            "genpkey", "-provider", "tpm2", "-algorithm", "EC", "-pkeyopt", "group:P-256",
-            "-pkeyopt", &auth, "-out", theirs_file.to_str().unwrap(),
+            "genpkey",
+            "-provider",
+            "tpm2",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "group:P-256",
+            "-pkeyopt",
+            &auth,
+            "-out",
+            theirs_file.to_str().unwrap(),
         ],
         &env,
     );
@@ -348,8 +410,15 @@ fn openssl_reads_our_key_file_and_we_open_one_openssl_made() {
     tool_ok(
         "openssl",
         &[
-            "genpkey", "-provider", "tpm2", "-algorithm", "EC", "-pkeyopt", "group:P-256",
-            "-out", nopass.to_str().unwrap(),
+            "genpkey",
+            "-provider",
+            "tpm2",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "group:P-256",
+            "-out",
+            nopass.to_str().unwrap(),
         ],
         &env,
     );
@@ -381,16 +450,35 @@ fn tpm2_tools_load_the_blobs_of_our_key_file_and_read_the_same_public_key() {
     tpm.tpm2_ok(
         "createprimary",
         &[
-            "-C", "o", "-g", "sha256", "-G", "ecc256:null:aes128cfb", "-a",
+            "-C",
+            "o",
+            "-g",
+            "sha256",
+            "-G",
+            "ecc256:null:aes128cfb",
+            "-a",
             "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt",
-            "-c", &path("prim.ctx"),
+            "-c",
+            &path("prim.ctx"),
         ],
     );
     tpm.tpm2_ok(
         "load",
-        &["-C", &path("prim.ctx"), "-u", &path("key.pub"), "-r", &path("key.priv"), "-c", &path("key.ctx")],
+        &[
+            "-C",
+            &path("prim.ctx"),
+            "-u",
+            &path("key.pub"),
+            "-r",
+            &path("key.priv"),
+            "-c",
+            &path("key.ctx"),
+        ],
     );
-    tpm.tpm2_ok("readpublic", &["-c", &path("key.ctx"), "-f", "pem", "-o", &path("key.pem")]);
+    tpm.tpm2_ok(
+        "readpublic",
+        &["-c", &path("key.ctx"), "-f", "pem", "-o", &path("key.pem")],
+    );
     let theirs = keybridge_protocol::PublicKey::from_spki_pem(
         &std::fs::read_to_string(path("key.pem")).unwrap(),
     )
@@ -439,7 +527,13 @@ fn the_certification_verifies_and_a_tampered_one_is_refused() {
     let ca = b.home().join("ek-ca.pem");
     std::fs::write(&ca, tpm.ek_ca_pem().expect("an EK CA")).unwrap();
     let out = b.ok(
-        &["keys", "verify-attestation", "cert", "--roots", ca.to_str().unwrap()],
+        &[
+            "keys",
+            "verify-attestation",
+            "cert",
+            "--roots",
+            ca.to_str().unwrap(),
+        ],
         None,
     );
     assert!(out.to_lowercase().contains("endorsement"), "{out}");
@@ -449,24 +543,49 @@ fn the_certification_verifies_and_a_tampered_one_is_refused() {
     tool_ok(
         "openssl",
         &[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-subj", "/CN=not the EK CA", "-days", "1", "-keyout",
-            foreign_key.to_str().unwrap(), "-out", foreign.to_str().unwrap(),
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=not the EK CA",
+            "-days",
+            "1",
+            "-keyout",
+            foreign_key.to_str().unwrap(),
+            "-out",
+            foreign.to_str().unwrap(),
         ],
         &[],
     );
     let r = b.cli(
-        &["keys", "verify-attestation", "cert", "--roots", foreign.to_str().unwrap()],
+        &[
+            "keys",
+            "verify-attestation",
+            "cert",
+            "--roots",
+            foreign.to_str().unwrap(),
+        ],
         None,
     );
     assert!(!r.status.success(), "a foreign root verified the EK");
     // The record's statement tampered with (one byte of the attest
     // structure): refused after a restart.
-    let record = b.home().join("state").join("keys").join(format!("{kid}.json"));
+    let record = b
+        .home()
+        .join("state")
+        .join("keys")
+        .join(format!("{kid}.json"));
     let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let attest = v["record"]["params"]["certification"][0].as_str().unwrap().to_owned();
+    let attest = v["record"]["params"]["certification"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let mut bytes = b64.decode(attest).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
@@ -474,5 +593,9 @@ fn the_certification_verifies_and_a_tampered_one_is_refused() {
     std::fs::write(&record, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
     b.restart();
     let r = b.cli(&["keys", "verify-attestation", "cert"], None);
-    assert!(!r.status.success(), "a tampered statement verified");
+    assert!(
+        !r.status.success(),
+        "a tampered statement verified: {}",
+        String::from_utf8_lossy(&r.stdout)
+    );
 }

@@ -35,7 +35,7 @@
 //!   sensitiveDataOrigin and userWithAuth, neither restricted nor a
 //!   decryption key;
 //! - with roots: an EK certificate is present and chains to them (the EK
-//!   certificate is an end entity with a decryption key; see [`check_ek`]).
+//!   certificate is an end entity with a decryption key; see `check_ek`).
 //!
 //! What is not: that the AK belongs to a genuine TPM. Without roots the AK
 //! is trusted on first use (most firmware TPMs have no EK certificate);

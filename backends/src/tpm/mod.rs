@@ -181,9 +181,9 @@ pub fn create_from_spec(
         None => None,
     };
     let parent_handle = tpm.parent(parent)?;
-    let session = tpm.salted_session(parent_handle)?;
+    let session = tpm.salted_session(parent_handle, true)?;
     let (public, private) = tpm.create_key(parent_handle, session, pin)?;
-    let key = tpm.load(parent_handle, session, public.clone(), private.clone())?;
+    let key = tpm.load(parent_handle, public.clone(), private.clone())?;
     let public_key = public_key_of(&public)?;
     let certification = certify(&mut tpm, key, session, pin, &public_key, &public)?;
     if let Some(h) = persistent {
@@ -209,7 +209,13 @@ pub fn create_from_spec(
             .map(|b| base64::engine::general_purpose::STANDARD.encode(b))
             .collect(),
     };
-    finish(&spec, &uri, public_key, params, Some(KeyBlobs { public, private }))
+    finish(
+        &spec,
+        &uri,
+        public_key,
+        params,
+        Some(KeyBlobs { public, private }),
+    )
 }
 
 /// Adopts a key made elsewhere: a TSS2 key file (tpm2-openssl) or a key at
@@ -266,7 +272,9 @@ fn adopt(
     signer
         .unlock(pin, spec.options.spend_last_attempt)
         .map_err(|e| match e {
-            BackendError::WrongSecret { retries_left } => BackendError::WrongSecret { retries_left },
+            BackendError::WrongSecret { retries_left } => {
+                BackendError::WrongSecret { retries_left }
+            }
             e => e,
         })?;
     let key_file = match file {

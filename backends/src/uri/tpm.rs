@@ -42,7 +42,9 @@ pub struct TpmUri {
 
 /// Why a `tpm:` reference was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("tpm URI: {0} (expected tpm:[file=/abs/key.pem][;handle=0x81…][;parent=0x40000001][;tcti=…])")]
+#[error(
+    "tpm URI: {0} (expected tpm:[file=/abs/key.pem][;handle=0x81…][;parent=0x40000001][;tcti=…])"
+)]
 pub struct TpmUriError(pub String);
 
 fn bad(m: impl Into<String>) -> TpmUriError {

@@ -7,7 +7,7 @@
 //! open connection; if the card was unplugged, reset by another program or
 //! its PIN state lost, the signer reconnects and re-verifies with the
 //! cached PIN once. A slot with PIN policy `always` gets the PIN before
-//! every signature. While unlocked, a [watch](super::watch) forgets the PIN
+//! every signature. While unlocked, a watch (`watch.rs`) forgets the PIN
 //! the moment the card is pulled out.
 
 use super::card::{self, Card};

@@ -184,7 +184,8 @@ pub async fn unlock(
     let e = s.keys.resolve(&sel)?;
     let req: Unlock = serde_json::from_slice(&body).map_err(|_| {
         ApiError::BadRequest(
-            "expected {\"secret\", optional \"remember\", \"spend_last_attempt\", \"persistent\"}".into(),
+            "expected {\"secret\", optional \"remember\", \"spend_last_attempt\", \"persistent\"}"
+                .into(),
         )
     })?;
     let mode = req

@@ -97,7 +97,8 @@ fn raw_loop(tcti: &str, file: &KeyFile, length: Duration) -> Result<f64> {
     })?;
     let public = Public::unmarshall(file.public_area()?)?;
     let private = Private::try_from(file.private_area()?.to_vec())?;
-    let digest: [u8; 32] = sha2::Sha256::digest(b"keybridge benchmark Sig_structure stand-in").into();
+    let digest: [u8; 32] =
+        sha2::Sha256::digest(b"keybridge benchmark Sig_structure stand-in").into();
     let scheme = SignatureScheme::EcDsa {
         hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
     };
@@ -138,8 +139,18 @@ fn bench(secs: Duration) -> Result<()> {
             keybridge::serve(&bin_dir, tmp.path(), &[("TPM2TOOLS_TCTI", &tcti_path)]).await?;
         let created = bridge.cli(
             &[
-                "--json", "keys", "create", "--backend", "tpm", "--account", "acme", "--agent",
-                "bench", "--label", "bench", "--secret-stdin",
+                "--json",
+                "keys",
+                "create",
+                "--backend",
+                "tpm",
+                "--account",
+                "acme",
+                "--agent",
+                "bench",
+                "--label",
+                "bench",
+                "--secret-stdin",
             ],
             Some(PIN),
         )?;
@@ -151,7 +162,10 @@ fn bench(secs: Duration) -> Result<()> {
             &["unlock", "bench", "--remember", "daily", "--secret-stdin"],
             Some(PIN),
         )?;
-        let key_file = tmp.path().join("state/keys").join(format!("{kid}.tss2.pem"));
+        let key_file = tmp
+            .path()
+            .join("state/keys")
+            .join(format!("{kid}.tss2.pem"));
         let file = KeyFile::from_pem(&std::fs::read_to_string(&key_file)?)?;
         let target = Target::Http {
             socket: bridge.socket.clone(),
