@@ -390,9 +390,24 @@ impl Tpm {
     /// (0x01c00016), in that order. Most firmware TPMs have none.
     pub fn ek_certificate(&mut self) -> Option<Vec<u8>> {
         use tss_esapi::abstraction::nv;
+        use tss_esapi::constants::CapabilityType;
         use tss_esapi::handles::NvIndexTpmHandle;
         use tss_esapi::interface_types::resource_handles::NvAuth;
+        use tss_esapi::structures::CapabilityData;
+        // Only indexes that exist are read: asking for a missing one makes
+        // the TSS libraries log errors.
+        let present: Vec<u32> = match self.ctx.execute_without_session(|ctx| {
+            ctx.get_capability(CapabilityType::Handles, 0x01c0_0000, 64)
+        }) {
+            Ok((CapabilityData::Handles(list), _)) => {
+                list.into_inner().iter().map(|h| u32::from(*h)).collect()
+            }
+            _ => return None,
+        };
         for index in [0x01c0_0002u32, 0x01c0_000a, 0x01c0_0016] {
+            if !present.contains(&index) {
+                continue;
+            }
             let Ok(nv_handle) = NvIndexTpmHandle::new(index) else {
                 continue;
             };
