@@ -404,7 +404,7 @@ impl Swtpm {
             }
             // Our swtpm, not some other process on a port we thought free,
             // must hold both listening sockets before we ask it anything.
-            listens(pid, port) && listens(pid, port + 1) && answers(&tcti)
+            listens_on(pid, &[port, port + 1]) && answers(&tcti)
         });
         if let Some(why) = exited {
             self.child = None;
@@ -452,33 +452,46 @@ fn free_port_pair() -> u16 {
     panic!("no pair of free adjacent loopback ports in 100 tries");
 }
 
-/// Whether process `pid` holds a listening TCP socket on `port`: its
-/// inode in /proc/net/tcp is one of the process's open files.
-fn listens(pid: u32, port: u16) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+/// Whether process `pid` holds listening TCP sockets on all of `ports`:
+/// their inodes in /proc/net/tcp are among the process's open files.
+fn listens_on(pid: u32, ports: &[u16]) -> bool {
+    use std::io::BufRead as _;
+    let Ok(table) = std::fs::File::open("/proc/net/tcp") else {
         return false;
     };
-    let port_hex = format!(":{port:04X}");
     // Columns: sl local_address rem_address st tx:rx tr:when retrnsmt uid
-    // timeout inode …; state 0A is LISTEN.
-    let inodes: Vec<String> = table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            (cols.len() > 9 && cols[1].ends_with(&port_hex) && cols[3] == "0A")
-                .then(|| format!("socket:[{}]", cols[9]))
-        })
-        .collect();
-    if inodes.is_empty() {
-        return false;
+    // timeout inode …; state 0A is LISTEN. The kernel lists every listening
+    // socket before any other (its listening hash, then the established
+    // one), so the scan stops at the first other state: the table holds
+    // thousands of TIME_WAIT lines from the tools' connections, and reading
+    // them all takes ~100 ms. (Stopping early can only miss a listener,
+    // which makes the caller wait, never take a stranger for swtpm.)
+    let mut wanted: Vec<(u16, String)> = Vec::new();
+    for line in std::io::BufReader::new(table).lines().skip(1) {
+        let Ok(line) = line else { return false };
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() < 10 || cols[3] != "0A" {
+            break;
+        }
+        let port = cols[1]
+            .rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+        if let Some(port) = port.filter(|p| ports.contains(p)) {
+            wanted.push((port, format!("socket:[{}]", cols[9])));
+        }
     }
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return false;
     };
-    fds.filter_map(Result::ok)
+    let open: Vec<PathBuf> = fds
+        .filter_map(Result::ok)
         .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .any(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+        .collect();
+    ports.iter().all(|port| {
+        wanted
+            .iter()
+            .any(|(p, inode)| p == port && open.iter().any(|o| o.as_os_str() == inode.as_str()))
+    })
 }
 
 /// Whether the TPM at `tcti` answers `tpm2_getcap properties-fixed`.
@@ -604,8 +617,9 @@ mod tests {
     fn a_listener_of_this_process_is_found_in_proc() {
         let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
         let port = l.local_addr().unwrap().port();
-        assert!(listens(std::process::id(), port));
+        assert!(listens_on(std::process::id(), &[port]));
+        assert!(!listens_on(std::process::id(), &[port, port + 1]));
         drop(l);
-        assert!(!listens(std::process::id(), port));
+        assert!(!listens_on(std::process::id(), &[port]));
     }
 }

@@ -98,13 +98,12 @@ fn show(b: &Bridge, key: &str) -> Value {
 
 /// The key file keybridge keeps for `kid`.
 fn key_file(b: &Bridge, kid: &str) -> PathBuf {
-    let dir = b.home().join("state").join("keys");
-    let path = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.file_name().unwrap().to_string_lossy() == format!("{kid}.tss2.pem"))
-        .unwrap_or_else(|| panic!("no key file for {kid} in {}", dir.display()));
+    let path = b
+        .home()
+        .join("state")
+        .join("keys")
+        .join(format!("{kid}.tss2.pem"));
+    assert!(path.is_file(), "no key file {}", path.display());
     path
 }
 
