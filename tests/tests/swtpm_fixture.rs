@@ -283,29 +283,3 @@ fn dropping_the_fixture_stops_swtpm_and_removes_its_folder() {
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     assert!(!state.exists());
 }
-
-#[test]
-fn zz_timing() {
-    let t = std::time::Instant::now();
-    let tpm = Swtpm::start().unwrap();
-    eprintln!("start {:?}", t.elapsed());
-    let t = std::time::Instant::now();
-    tpm.tpm2_ok("getcap", &["properties-fixed"]);
-    eprintln!("tpm2 {:?}", t.elapsed());
-    let t = std::time::Instant::now();
-    tpm.flush_contexts();
-    eprintln!("flush {:?}", t.elapsed());
-    let t = std::time::Instant::now();
-    let _ = tpm.transient_handles();
-    eprintln!("transient_handles {:?}", t.elapsed());
-    let mut tpm = tpm;
-    let t = std::time::Instant::now();
-    tpm.kill();
-    eprintln!("kill {:?}", t.elapsed());
-    let t = std::time::Instant::now();
-    tpm.restart();
-    eprintln!("restart {:?}", t.elapsed());
-    let t = std::time::Instant::now();
-    let _e = Swtpm::start_with_ek_cert().unwrap();
-    eprintln!("start_with_ek_cert {:?}", t.elapsed());
-}

@@ -510,6 +510,46 @@ fn a_persistent_key_is_collision_checked_and_opens_by_handle() {
 }
 
 #[test]
+fn a_key_under_a_persistent_parent_names_it_in_its_file_and_signs() {
+    let Some(tpm) = Swtpm::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let prim = dir.path().join("srk.ctx");
+    // A storage key the administrator made persistent (as tpm2-tools does).
+    tpm.tpm2_ok(
+        "createprimary",
+        &[
+            "-C",
+            "o",
+            "-G",
+            "ecc256:null:aes128cfb",
+            "-c",
+            prim.to_str().unwrap(),
+        ],
+    );
+    tpm.tpm2_ok(
+        "evictcontrol",
+        &["-C", "o", "-c", prim.to_str().unwrap(), "0x81000001"],
+    );
+    let b = bridge(&tpm);
+    let kid = created(&create(&b, "pp", &["--uri", "tpm:parent=0x81000001"], PIN))["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let text = std::fs::read_to_string(key_file(&b, &kid)).unwrap();
+    let file = keybridge_backends::tpm::keyfile::KeyFile::from_pem(&text).unwrap();
+    assert_eq!(file.parent, 0x8100_0001);
+    let r = unlock(&b, "pp", &["--remember", "daily"], PIN);
+    assert!(r.status.success(), "{}", stderr(&r));
+    sign_and_verify(&b, "pp");
+    // A parent that is not there is a clear error, nothing is made.
+    let r = create(&b, "nop", &["--uri", "tpm:parent=0x81000002"], PIN);
+    assert!(!r.status.success());
+    assert!(stderr(&r).contains("0x81000002"), "{}", stderr(&r));
+}
+
+#[test]
 fn the_certification_verifies_and_a_tampered_one_is_refused() {
     let Some(tpm) = Swtpm::start_with_ek_cert() else {
         return;

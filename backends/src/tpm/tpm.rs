@@ -152,6 +152,12 @@ impl Tpm {
 
     /// The object at persistent `handle` (not flushed: it stays).
     pub fn persistent(&mut self, handle: u32) -> Result<ObjectHandle, BackendError> {
+        // Asked first: a missing handle would make the TSS libraries log.
+        if !self.persistent_taken(handle)? {
+            return Err(BackendError::NotFound(format!(
+                "no key at persistent handle {handle:#010x}"
+            )));
+        }
         let h = PersistentTpmHandle::new(handle).map_err(map_error)?;
         self.ctx
             .execute_without_session(|ctx| ctx.tr_from_tpm_public(TpmHandle::Persistent(h)))
