@@ -550,3 +550,105 @@ pub(crate) fn check_signature(subject: &Parsed<'_>, issuer: &Parsed<'_>) -> Resu
     };
     if ok { Ok(()) } else { Err(bad()) }
 }
+
+/// Small certificate hierarchies built in memory, for the tests of the
+/// attestation modules: certificates with exactly the names, serial and
+/// extensions given (as vendors' certificates are, with no key identifiers
+/// added), valid from 2024 to 2064.
+#[cfg(test)]
+pub(crate) mod test_pki {
+    use super::ID_CE_BASIC_CONSTRAINTS;
+    use p256::ecdsa::signature::{Keypair, Signer};
+    use x509_cert::builder::{Builder as _, CertificateBuilder, profile::BuilderProfile};
+    use x509_cert::der::asn1::{ObjectIdentifier, OctetString};
+    use x509_cert::der::{DateTime, Decode as _, Encode as _};
+    use x509_cert::ext::Extension;
+    use x509_cert::ext::pkix::BasicConstraints;
+    use x509_cert::name::Name;
+    use x509_cert::serial_number::SerialNumber;
+    use x509_cert::spki::{
+        DynSignatureAlgorithmIdentifier, EncodePublicKey, SignatureBitStringEncoding,
+        SubjectPublicKeyInfoOwned, SubjectPublicKeyInfoRef,
+    };
+    use x509_cert::time::{Time, Validity};
+
+    /// Names and extensions exactly as given.
+    struct Fixed {
+        issuer: Name,
+        subject: Name,
+        extensions: Vec<Extension>,
+    }
+
+    impl BuilderProfile for Fixed {
+        fn get_issuer(&self, _subject: &Name) -> Name {
+            self.issuer.clone()
+        }
+        fn get_subject(&self) -> Name {
+            self.subject.clone()
+        }
+        fn build_extensions(
+            &self,
+            _spk: SubjectPublicKeyInfoRef<'_>,
+            _issuer_spk: SubjectPublicKeyInfoRef<'_>,
+            _tbs: &x509_cert::TbsCertificate,
+        ) -> x509_cert::builder::Result<Vec<Extension>> {
+            Ok(self.extensions.clone())
+        }
+    }
+
+    /// A certificate (DER) for `spki`, signed by `key` with signatures of
+    /// type `S`.
+    pub(crate) fn issue<K, S>(
+        key: &K,
+        issuer: Name,
+        subject: Name,
+        serial: SerialNumber,
+        spki: SubjectPublicKeyInfoOwned,
+        extensions: Vec<Extension>,
+    ) -> Vec<u8>
+    where
+        K: Signer<S> + Keypair + DynSignatureAlgorithmIdentifier,
+        K::VerifyingKey: EncodePublicKey,
+        S: SignatureBitStringEncoding,
+    {
+        let profile = Fixed {
+            issuer,
+            subject,
+            extensions,
+        };
+        let validity = Validity::new(
+            Time::from(DateTime::new(2024, 1, 1, 0, 0, 0).unwrap()),
+            Time::from(DateTime::new(2064, 1, 1, 0, 0, 0).unwrap()),
+        );
+        CertificateBuilder::new(profile, serial, validity, spki)
+            .unwrap()
+            .build::<_, S>(key)
+            .unwrap()
+            .to_der()
+            .unwrap()
+    }
+
+    /// The SubjectPublicKeyInfo of a public key.
+    pub(crate) fn spki(key: &impl EncodePublicKey) -> SubjectPublicKeyInfoOwned {
+        let der = key.to_public_key_der().unwrap();
+        SubjectPublicKeyInfoOwned::from_der(der.as_bytes()).unwrap()
+    }
+
+    /// An extension with `value` (DER) as its extnValue.
+    pub(crate) fn ext(oid: ObjectIdentifier, critical: bool, value: &[u8]) -> Extension {
+        Extension {
+            extn_id: oid,
+            critical,
+            extn_value: OctetString::new(value).unwrap(),
+        }
+    }
+
+    /// A critical basicConstraints.
+    pub(crate) fn basic_constraints(ca: bool, path_len: Option<u8>) -> Extension {
+        let bc = BasicConstraints {
+            ca,
+            path_len_constraint: path_len,
+        };
+        ext(ID_CE_BASIC_CONSTRAINTS, true, &bc.to_der().unwrap())
+    }
+}

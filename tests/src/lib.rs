@@ -218,6 +218,55 @@ impl Bridge {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `keybridge sign` of a remote-control command for `device` with
+    /// `key`; the envelope goes to `<home>/<key>.cose`.
+    pub fn sign_for(&self, key: &str, device: &str) -> Output {
+        let out = self.home().join(format!("{key}.cose"));
+        self.cli(
+            &[
+                "sign",
+                "--key",
+                key,
+                "--device",
+                device,
+                "--command",
+                "remote-control",
+                "--out",
+                out.to_str().expect("a UTF-8 path"),
+            ],
+            None,
+        )
+    }
+
+    /// Signs for `dev-1` with `key` and has a device that trusts `key`'s
+    /// account (its genesis signed by `key`, account `acme`) verify it at
+    /// `now`.
+    pub fn sign_and_verify(&self, key: &str, now: i64) {
+        let r = self.sign_for(key, "dev-1");
+        assert!(
+            r.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&r.stderr),
+            self.daemon_log()
+        );
+        let state = self.home().join(format!("device-{key}"));
+        if !state.exists() {
+            let log = self.account_log("acme", key);
+            trust_device(&state, &log, "dev-1");
+        }
+        let envelope = self.home().join(format!("{key}.cose"));
+        let v = device(
+            &state,
+            &[
+                "verify",
+                envelope.to_str().expect("a UTF-8 path"),
+                "--now",
+                &now.to_string(),
+            ],
+        );
+        assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    }
+
     /// Creates a passphrase key for `account`/`agent` labelled `agent`;
     /// returns its kid.
     pub fn passphrase_key(&self, account: &str, agent: &str) -> String {

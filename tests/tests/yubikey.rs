@@ -37,43 +37,12 @@ fn unlock(b: &Bridge, key: &str, extra: &[&str], pin: &str) -> Output {
 }
 
 fn sign(b: &Bridge, key: &str, device: &str) -> Output {
-    let out = b.home().join(format!("{key}.cose"));
-    b.cli(
-        &[
-            "sign",
-            "--key",
-            key,
-            "--device",
-            device,
-            "--command",
-            "remote-control",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        None,
-    )
+    b.sign_for(key, device)
 }
 
 /// Signs for `dev-1` and has a device that trusts `key`'s account verify it.
 fn sign_and_verify(b: &Bridge, key: &str) {
-    let r = sign(b, key, "dev-1");
-    assert!(r.status.success(), "{}\n{}", stderr(&r), b.daemon_log());
-    let state = b.home().join(format!("device-{key}"));
-    if !state.exists() {
-        // The account's genesis, signed by this key, trusted by a device.
-        let log = b.account_log("acme", key);
-        trust_device(&state, &log, "dev-1");
-    }
-    let v = device(
-        &state,
-        &[
-            "verify",
-            b.home().join(format!("{key}.cose")).to_str().unwrap(),
-            "--now",
-            &NOW.to_string(),
-        ],
-    );
-    assert!(v.status.success(), "{}", stderr(&v));
+    b.sign_and_verify(key, NOW);
 }
 
 /// VERIFYs that carried a PIN to `card` (an empty VERIFY only reads the

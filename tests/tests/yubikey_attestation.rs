@@ -4,6 +4,7 @@
 //! checking the chain keybridge kept. Serials 93_000_000 + n are this file's.
 
 use base64::Engine as _;
+use keybridge_backends::x509::ChainError;
 use keybridge_backends::yubikey::attestation::{self, AttestationError};
 use keybridge_protocol::PublicKey;
 use keybridge_tests::vyubikey::{CardConfig, ChainShape, KeySpec, VirtualYubiKey, insert_all};
@@ -194,7 +195,10 @@ fn a_foreign_root_of_the_same_name_is_refused() {
     );
     let (chain, key) = evidence(&b, "fr");
     let e = attestation::verify(&chain, &roots_der(&cards[1]), &key).unwrap_err();
-    assert!(matches!(e, AttestationError::ForeignRoot { .. }), "{e}");
+    assert!(
+        matches!(e, AttestationError::Chain(ChainError::ForeignRoot { .. })),
+        "{e}"
+    );
     // The card's own roots file: fine.
     let out = verify_attestation(&b, "fr", &roots_file(&b, "own-ca", &cards[0]), false);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -247,7 +251,10 @@ fn a_tampered_extension_is_refused() {
         .expect("the policy extension");
     leaf[at + 3] = 1;
     let e = attestation::verify(&chain, &roots, &key).unwrap_err();
-    assert!(matches!(e, AttestationError::BadSignature { .. }), "{e}");
+    assert!(
+        matches!(e, AttestationError::Chain(ChainError::BadSignature { .. })),
+        "{e}"
+    );
 }
 
 #[test]

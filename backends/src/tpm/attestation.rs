@@ -712,50 +712,45 @@ mod tests {
         key: PublicKey,
     }
 
-    fn key_of(public: &[u8]) -> PublicKey {
-        let public = Public::unmarshall(public).unwrap();
-        PublicKey::p256_sec1(&p256_point(&public).unwrap()).unwrap()
+    impl Case {
+        /// The evidence `chain`, about the key in its public area (blob 3).
+        fn new(chain: Vec<Vec<u8>>) -> Self {
+            let public = Public::unmarshall(&chain[3]).unwrap();
+            let key = PublicKey::p256_sec1(&p256_point(&public).unwrap()).unwrap();
+            Case { chain, key }
+        }
     }
 
     /// The TPM without an EK certificate.
     fn plain() -> Case {
-        Case {
-            chain: vec![
-                fixture!("plain/attest.bin"),
-                fixture!("plain/signature.bin"),
-                fixture!("plain/ak-public.bin"),
-                fixture!("plain/key-public.bin"),
-            ],
-            key: key_of(&fixture!("plain/key-public.bin")),
-        }
+        Case::new(vec![
+            fixture!("plain/attest.bin"),
+            fixture!("plain/signature.bin"),
+            fixture!("plain/ak-public.bin"),
+            fixture!("plain/key-public.bin"),
+        ])
     }
 
     /// The plain TPM's key that may be duplicated.
     fn movable() -> Case {
-        Case {
-            chain: vec![
-                fixture!("plain/movable-attest.bin"),
-                fixture!("plain/movable-signature.bin"),
-                fixture!("plain/ak-public.bin"),
-                fixture!("plain/movable-public.bin"),
-            ],
-            key: key_of(&fixture!("plain/movable-public.bin")),
-        }
+        Case::new(vec![
+            fixture!("plain/movable-attest.bin"),
+            fixture!("plain/movable-signature.bin"),
+            fixture!("plain/ak-public.bin"),
+            fixture!("plain/movable-public.bin"),
+        ])
     }
 
     /// The TPM with EK certificates, with its RSA EK certificate (the one
     /// keybridge reads first).
     fn with_ek() -> Case {
-        Case {
-            chain: vec![
-                fixture!("ek/attest.bin"),
-                fixture!("ek/signature.bin"),
-                fixture!("ek/ak-public.bin"),
-                fixture!("ek/key-public.bin"),
-                fixture!("ek/ek-rsa.der"),
-            ],
-            key: key_of(&fixture!("ek/key-public.bin")),
-        }
+        Case::new(vec![
+            fixture!("ek/attest.bin"),
+            fixture!("ek/signature.bin"),
+            fixture!("ek/ak-public.bin"),
+            fixture!("ek/key-public.bin"),
+            fixture!("ek/ek-rsa.der"),
+        ])
     }
 
     fn roots() -> Vec<Vec<u8>> {
@@ -1234,48 +1229,22 @@ mod tests {
         //! EK certificates as vendors make them, and certificates that are
         //! not EK certificates, from a small test PKI.
         use super::super::*;
+        use crate::x509::test_pki::{self, basic_constraints, ext};
         use std::str::FromStr as _;
-        use x509_cert::builder::{Builder as _, CertificateBuilder, profile::BuilderProfile};
-        use x509_cert::der::asn1::{Any, OctetString, SetOfVec, Utf8StringRef};
-        use x509_cert::der::{DateTime, Decode as _, Encode as _, Tag};
+        use x509_cert::der::asn1::{Any, SetOfVec, Utf8StringRef};
+        use x509_cert::der::{Decode as _, Encode as _, Tag};
         use x509_cert::ext::Extension;
         use x509_cert::ext::pkix::{KeyUsage, KeyUsages};
         use x509_cert::name::{Name, RdnSequence, RelativeDistinguishedName};
         use x509_cert::serial_number::SerialNumber;
-        use x509_cert::spki::SubjectPublicKeyInfoRef;
-        use x509_cert::spki::{EncodePublicKey as _, SubjectPublicKeyInfoOwned};
-        use x509_cert::time::{Time, Validity};
-
-        struct Fixed {
-            issuer: Name,
-            subject: Name,
-            extensions: Vec<Extension>,
-        }
-
-        impl BuilderProfile for Fixed {
-            fn get_issuer(&self, _subject: &Name) -> Name {
-                self.issuer.clone()
-            }
-            fn get_subject(&self) -> Name {
-                self.subject.clone()
-            }
-            fn build_extensions(
-                &self,
-                _spk: SubjectPublicKeyInfoRef<'_>,
-                _issuer_spk: SubjectPublicKeyInfoRef<'_>,
-                _tbs: &x509_cert::TbsCertificate,
-            ) -> x509_cert::builder::Result<Vec<Extension>> {
-                Ok(self.extensions.clone())
-            }
-        }
+        use x509_cert::spki::SubjectPublicKeyInfoOwned;
 
         fn signer(seed: u8) -> p256::ecdsa::SigningKey {
             p256::ecdsa::SigningKey::from_slice(&[seed; 32]).unwrap()
         }
 
         fn spki(key: &p256::ecdsa::SigningKey) -> SubjectPublicKeyInfoOwned {
-            let der = key.verifying_key().to_public_key_der().unwrap();
-            SubjectPublicKeyInfoOwned::from_der(der.as_bytes()).unwrap()
+            test_pki::spki(key.verifying_key())
         }
 
         fn issue(
@@ -1285,29 +1254,14 @@ mod tests {
             spki: SubjectPublicKeyInfoOwned,
             extensions: Vec<Extension>,
         ) -> Vec<u8> {
-            let validity = Validity::new(
-                Time::from(DateTime::new(2024, 1, 1, 0, 0, 0).unwrap()),
-                Time::from(DateTime::new(2064, 1, 1, 0, 0, 0).unwrap()),
-            );
-            let profile = Fixed {
+            test_pki::issue::<_, p256::ecdsa::DerSignature>(
+                by,
                 issuer,
                 subject,
+                SerialNumber::from(7u32),
+                spki,
                 extensions,
-            };
-            CertificateBuilder::new(profile, SerialNumber::from(7u32), validity, spki)
-                .unwrap()
-                .build::<_, p256::ecdsa::DerSignature>(by)
-                .unwrap()
-                .to_der()
-                .unwrap()
-        }
-
-        fn ext(oid: ObjectIdentifier, critical: bool, value: Vec<u8>) -> Extension {
-            Extension {
-                extn_id: oid,
-                critical,
-                extn_value: OctetString::new(value).unwrap(),
-            }
+            )
         }
 
         fn name(s: &str) -> Name {
@@ -1337,18 +1291,18 @@ mod tests {
             let dir = Name::from_der(&rdns.to_der().unwrap()).unwrap();
             let san = SubjectAltName(vec![GeneralName::DirectoryName(dir)]);
             vec![
-                ext(ID_CE_SUBJECT_ALT_NAME, true, san.to_der().unwrap()),
+                ext(ID_CE_SUBJECT_ALT_NAME, true, &san.to_der().unwrap()),
                 ext(
                     crate::x509::ID_CE_KEY_USAGE,
                     true,
-                    KeyUsage(KeyUsages::KeyEncipherment.into())
+                    &KeyUsage(KeyUsages::KeyEncipherment.into())
                         .to_der()
                         .unwrap(),
                 ),
                 ext(
                     ID_CE_EXT_KEY_USAGE,
                     false,
-                    ExtendedKeyUsage(vec![TCG_KP_EK_CERTIFICATE])
+                    &ExtendedKeyUsage(vec![TCG_KP_EK_CERTIFICATE])
                         .to_der()
                         .unwrap(),
                 ),
@@ -1359,16 +1313,7 @@ mod tests {
 
         fn ca() -> (p256::ecdsa::SigningKey, Vec<u8>) {
             let key = signer(1);
-            let extensions = vec![ext(
-                crate::x509::ID_CE_BASIC_CONSTRAINTS,
-                true,
-                BasicConstraints {
-                    ca: true,
-                    path_len_constraint: None,
-                }
-                .to_der()
-                .unwrap(),
-            )];
+            let extensions = vec![basic_constraints(true, None)];
             let der = issue(&key, name(CA), name(CA), spki(&key), extensions);
             (key, der)
         }
@@ -1406,7 +1351,7 @@ mod tests {
             exts[2] = ext(
                 ID_CE_EXT_KEY_USAGE,
                 false,
-                ExtendedKeyUsage(vec![server_auth]).to_der().unwrap(),
+                &ExtendedKeyUsage(vec![server_auth]).to_der().unwrap(),
             );
             let e = check(exts).unwrap_err();
             assert!(
@@ -1415,16 +1360,7 @@ mod tests {
             );
             // A CA certificate in the EK position.
             let mut exts = ek_extensions();
-            exts.push(ext(
-                crate::x509::ID_CE_BASIC_CONSTRAINTS,
-                true,
-                BasicConstraints {
-                    ca: true,
-                    path_len_constraint: None,
-                }
-                .to_der()
-                .unwrap(),
-            ));
+            exts.push(basic_constraints(true, None));
             let e = check(exts).unwrap_err();
             assert!(
                 matches!(&e, CertifyError::NotAnEkCertificate { reason, .. } if reason.contains("CA")),
@@ -1439,7 +1375,7 @@ mod tests {
             exts.push(ext(
                 ObjectIdentifier::new_unwrap("2.5.29.30"),
                 true,
-                vec![0x30, 0x00],
+                &[0x30, 0x00],
             ));
             let e = check(exts).unwrap_err();
             assert!(
@@ -1451,7 +1387,7 @@ mod tests {
             );
             // A subjectAltName that does not decode.
             let mut exts = ek_extensions();
-            exts[0] = ext(ID_CE_SUBJECT_ALT_NAME, true, vec![0x04, 0x00]);
+            exts[0] = ext(ID_CE_SUBJECT_ALT_NAME, true, &[0x04, 0x00]);
             let e = check(exts).unwrap_err();
             assert!(
                 matches!(e, CertifyError::Chain(ChainError::Malformed { .. })),

@@ -132,7 +132,7 @@ impl Tpm {
     /// tpm2-openssl's template, or a persistent key.
     pub fn parent(&mut self, parent: u32) -> Result<KeyHandle, BackendError> {
         if parent == OWNER_HIERARCHY {
-            let template = primary_template()?;
+            let template = template(Role::StoragePrimary)?;
             let primary = self
                 .ctx
                 .execute_with_nullauth_session(|ctx| {
@@ -230,7 +230,7 @@ impl Tpm {
         pin: &SecretString,
     ) -> Result<(Public, Private), BackendError> {
         let auth = auth(pin)?;
-        let template = key_template()?;
+        let template = template(Role::SigningKey)?;
         let created = self
             .ctx
             .execute_with_session(Some(session), |ctx| {
@@ -362,7 +362,7 @@ impl Tpm {
     ) -> Result<Certified, BackendError> {
         use tss_esapi::structures::Data;
         use tss_esapi::traits::Marshall as _;
-        let template = ak_template()?;
+        let template = template(Role::AttestationKey)?;
         let ak = self
             .ctx
             .execute_with_nullauth_session(|ctx| {
@@ -437,41 +437,6 @@ impl Tpm {
     }
 }
 
-/// The attestation key: restricted ECC P-256 signing (ECDSA-SHA256),
-/// fixedTPM, fixedParent, sensitiveDataOrigin, userWithAuth (empty auth),
-/// noDA.
-fn ak_template() -> Result<Public, BackendError> {
-    let attrs = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_no_da(true)
-        .with_restricted(true)
-        .with_sign_encrypt(true)
-        .build()
-        .map_err(map_error)?;
-    PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attrs)
-        .with_ecc_parameters(
-            PublicEccParametersBuilder::new()
-                .with_symmetric(SymmetricDefinitionObject::Null)
-                .with_ecc_scheme(EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)))
-                .with_curve(EccCurve::NistP256)
-                .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
-                .with_is_signing_key(true)
-                .with_is_decryption_key(false)
-                .with_restricted(true)
-                .build()
-                .map_err(map_error)?,
-        )
-        .with_ecc_unique_identifier(EccPoint::default())
-        .build()
-        .map_err(map_error)
-}
-
 /// The TPM's auth value for `pin`.
 fn auth(pin: &SecretString) -> Result<Auth, BackendError> {
     Auth::try_from(pin.expose_secret().as_bytes().to_vec()).map_err(|_| {
@@ -480,7 +445,7 @@ fn auth(pin: &SecretString) -> Result<Auth, BackendError> {
 }
 
 /// No hash-check ticket: our keys are not restricted.
-fn null_ticket() -> tss_esapi::Result<HashcheckTicket> {
+pub fn null_ticket() -> tss_esapi::Result<HashcheckTicket> {
     HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
         tag: TPM2_ST_HASHCHECK,
         hierarchy: TPM2_RH_NULL,
@@ -507,35 +472,63 @@ fn strip_zeros(b: &[u8]) -> &[u8] {
     &b[first..]
 }
 
-/// The owner-hierarchy primary tpm2-openssl (and tpm2-tss-engine,
-/// ssh-tpm-agent) rebuild for keys whose parent is `0x40000001`: ECC P-256
-/// restricted decryption key, AES-128-CFB, lockout-exempt (noDA), and an
-/// **empty** `unique` (32 zero bytes make a different primary: loading
-/// then fails with `TPM_RC_INTEGRITY`).
-fn primary_template() -> Result<Public, BackendError> {
+/// Which ECC P-256 object a template makes.
+#[derive(Clone, Copy)]
+enum Role {
+    /// The owner-hierarchy primary tpm2-openssl (and tpm2-tss-engine,
+    /// ssh-tpm-agent) rebuild for keys whose parent is `0x40000001`:
+    /// restricted decryption (storage) key, AES-128-CFB, lockout-exempt
+    /// (noDA).
+    StoragePrimary,
+    /// A keybridge key: ECDSA-SHA256 signing, not restricted, under
+    /// dictionary-attack protection (no noDA).
+    SigningKey,
+    /// The attestation key: restricted ECDSA-SHA256 signing, noDA.
+    AttestationKey,
+}
+
+/// The template of a P-256 object in `role`: fixedTPM, fixedParent,
+/// sensitiveDataOrigin, userWithAuth, SHA-256 names, and an **empty**
+/// `unique` (for a primary, 32 zero bytes would make a different key:
+/// loading tpm2-openssl's files then fails with `TPM_RC_INTEGRITY`).
+fn template(role: Role) -> Result<Public, BackendError> {
+    let (restricted, signing, no_da) = match role {
+        Role::StoragePrimary => (true, false, true),
+        Role::SigningKey => (false, true, false),
+        Role::AttestationKey => (true, true, true),
+    };
     let attrs = ObjectAttributesBuilder::new()
         .with_fixed_tpm(true)
         .with_fixed_parent(true)
         .with_sensitive_data_origin(true)
         .with_user_with_auth(true)
-        .with_no_da(true)
-        .with_restricted(true)
-        .with_decrypt(true)
+        .with_no_da(no_da)
+        .with_restricted(restricted)
+        .with_decrypt(!signing)
+        .with_sign_encrypt(signing)
         .build()
         .map_err(map_error)?;
+    let (symmetric, scheme) = if signing {
+        (
+            SymmetricDefinitionObject::Null,
+            EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+        )
+    } else {
+        (SymmetricDefinitionObject::AES_128_CFB, EccScheme::Null)
+    };
     PublicBuilder::new()
         .with_public_algorithm(PublicAlgorithm::Ecc)
         .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
         .with_object_attributes(attrs)
         .with_ecc_parameters(
             PublicEccParametersBuilder::new()
-                .with_symmetric(SymmetricDefinitionObject::AES_128_CFB)
-                .with_ecc_scheme(EccScheme::Null)
+                .with_symmetric(symmetric)
+                .with_ecc_scheme(scheme)
                 .with_curve(EccCurve::NistP256)
                 .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
-                .with_is_signing_key(false)
-                .with_is_decryption_key(true)
-                .with_restricted(true)
+                .with_is_signing_key(signing)
+                .with_is_decryption_key(!signing)
+                .with_restricted(restricted)
                 .build()
                 .map_err(map_error)?,
         )
@@ -544,37 +537,10 @@ fn primary_template() -> Result<Public, BackendError> {
         .map_err(map_error)
 }
 
-/// A keybridge key: ECC P-256, ECDSA-SHA256, fixedTPM, fixedParent,
-/// sensitiveDataOrigin, userWithAuth, sign; not decrypt, not restricted,
-/// and under dictionary-attack protection (no noDA).
-fn key_template() -> Result<Public, BackendError> {
-    let attrs = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_sign_encrypt(true)
-        .build()
-        .map_err(map_error)?;
-    PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attrs)
-        .with_ecc_parameters(
-            PublicEccParametersBuilder::new()
-                .with_symmetric(SymmetricDefinitionObject::Null)
-                .with_ecc_scheme(EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)))
-                .with_curve(EccCurve::NistP256)
-                .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
-                .with_is_signing_key(true)
-                .with_is_decryption_key(false)
-                .with_restricted(false)
-                .build()
-                .map_err(map_error)?,
-        )
-        .with_ecc_unique_identifier(EccPoint::default())
-        .build()
-        .map_err(map_error)
+/// tpm2-openssl's owner primary (see [`Role::StoragePrimary`]); public for
+/// the benchmark's raw loop, which must rebuild the same parent.
+pub fn primary_template() -> Result<Public, BackendError> {
+    template(Role::StoragePrimary)
 }
 
 /// The P-256 point of an ECC public area, as `04‖x‖y`.

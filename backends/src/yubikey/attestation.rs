@@ -66,22 +66,6 @@ pub enum AttestationError {
         "the evidence holds {0} certificates; a YubiKey attestation is the leaf and the f9 certificate"
     )]
     UnexpectedChainLength(usize),
-    /// The roots file holds more certificates than [`MAX_ROOTS`].
-    #[error("the roots file holds {0} certificates, more than the {MAX_ROOTS} accepted")]
-    TooManyRoots(usize),
-    /// The roots file holds no self-signed certificate to end a path at.
-    #[error("the roots file holds no root (self-signed) certificate")]
-    NoRoots,
-    /// A certificate that does not parse, is too large, or contradicts
-    /// itself.
-    #[error("{position} is not a well-formed certificate: {reason}")]
-    Malformed {
-        /// Which certificate (`the f9 certificate`, `certificate 2 of the
-        /// roots file`).
-        position: String,
-        /// What is wrong with it.
-        reason: String,
-    },
     /// The leaf certifies a key other than the one asked about.
     #[error("the attestation certificate certifies another key ({0}), not this one")]
     KeyMismatch(String),
@@ -95,54 +79,14 @@ pub enum AttestationError {
         /// The f9 certificate's subject.
         f9: String,
     },
-    /// A signature that does not verify: the certificate was altered, or
-    /// was not signed by the certificate that should have signed it.
-    #[error(
-        "the signature of \"{subject}\" by \"{issuer}\" does not verify: the certificate was altered or not issued by it"
-    )]
-    BadSignature {
-        /// The certificate whose signature failed.
-        subject: String,
-        /// The certificate whose key was tried.
-        issuer: String,
-    },
-    /// No certificate in the roots file issued the top of the chain: the
-    /// card belongs to another PKI (another vendor, a test CA, a forgery).
-    #[error(
-        "no certificate in the roots file issued \"{subject}\" (issuer \"{issuer}\"): the attestation chains to a foreign root"
-    )]
-    ForeignRoot {
-        /// The certificate left without an issuer.
-        subject: String,
-        /// The issuer it names.
-        issuer: String,
-    },
-    /// A certificate above the f9 certificate that may not issue
-    /// certificates.
-    #[error("\"{subject}\" issues certificates but is not a CA: {reason}")]
-    NotACa {
-        /// The certificate.
-        subject: String,
-        /// basicConstraints, keyUsage or pathLenConstraint.
-        reason: String,
-    },
-    /// A critical extension this verifier does not implement (RFC 5280
-    /// §4.2: such a certificate must be refused).
-    #[error("\"{subject}\" has a critical extension {oid} that keybridge does not understand")]
-    UnknownCriticalExtension {
-        /// The certificate.
-        subject: String,
-        /// The extension.
-        oid: String,
-    },
-    /// A signature or key algorithm outside the supported set.
-    #[error("\"{subject}\" is signed with {algorithm}, which keybridge does not verify")]
-    UnsupportedAlgorithm {
-        /// The certificate.
-        subject: String,
-        /// What it uses.
-        algorithm: String,
-    },
+    /// A certificate that does not parse, a signature that does not verify
+    /// (the leaf's by the f9 certificate, or any above it), a foreign root
+    /// (the card belongs to another PKI: another vendor, a test CA, a
+    /// forgery), a certificate that may not issue certificates, a critical
+    /// extension or an algorithm keybridge does not implement, or an
+    /// unusable roots file. Its message is the [`ChainError`]'s.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
     /// A Yubico extension with the wrong shape.
     #[error("the attestation extension {oid} is malformed: {reason}")]
     BadExtension {
@@ -151,31 +95,6 @@ pub enum AttestationError {
         /// What is wrong with it.
         reason: String,
     },
-}
-
-impl From<ChainError> for AttestationError {
-    fn from(e: ChainError) -> Self {
-        match e {
-            ChainError::TooManyRoots(n) => AttestationError::TooManyRoots(n),
-            ChainError::NoRoots => AttestationError::NoRoots,
-            ChainError::Malformed { position, reason } => {
-                AttestationError::Malformed { position, reason }
-            }
-            ChainError::BadSignature { subject, issuer } => {
-                AttestationError::BadSignature { subject, issuer }
-            }
-            ChainError::ForeignRoot { subject, issuer } => {
-                AttestationError::ForeignRoot { subject, issuer }
-            }
-            ChainError::NotACa { subject, reason } => AttestationError::NotACa { subject, reason },
-            ChainError::UnknownCriticalExtension { subject, oid } => {
-                AttestationError::UnknownCriticalExtension { subject, oid }
-            }
-            ChainError::UnsupportedAlgorithm { subject, algorithm } => {
-                AttestationError::UnsupportedAlgorithm { subject, algorithm }
-            }
-        }
-    }
 }
 
 /// What a verified attestation says about the card and the key. The
@@ -243,7 +162,7 @@ pub fn verify(
         return Err(AttestationError::UnexpectedChainLength(chain.len()));
     }
     if roots.len() > MAX_ROOTS {
-        return Err(AttestationError::TooManyRoots(roots.len()));
+        return Err(ChainError::TooManyRoots(roots.len()).into());
     }
     let leaf = Parsed::new(leaf, "the attestation certificate")?;
     let f9 = Parsed::new(f9, "the f9 certificate")?;
@@ -392,10 +311,11 @@ pub fn form_factor(code: u8) -> FormFactor {
 /// anything that says it may not sign certificates is not.
 fn check_f9(f9: &Parsed<'_>) -> Result<(), AttestationError> {
     if let Some(BasicConstraints { ca: false, .. }) = f9.basic_constraints()? {
-        return Err(AttestationError::NotACa {
+        return Err(ChainError::NotACa {
             subject: f9.subject_name(),
             reason: "the f9 certificate's basicConstraints says CA=false".into(),
-        });
+        }
+        .into());
     }
     check_key_cert_sign(f9)?;
     Ok(refuse_unknown_critical(f9, &[])?)
@@ -486,20 +406,18 @@ pub fn verify_report(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::x509::{ID_CE_BASIC_CONSTRAINTS, ID_CE_KEY_USAGE, check_ca};
+    use crate::x509::test_pki::{self, basic_constraints, ext};
+    use crate::x509::{ID_CE_KEY_USAGE, check_ca};
     use sha2::{Digest as _, Sha256};
     use std::str::FromStr as _;
     use x509_cert::Certificate;
-    use x509_cert::builder::{Builder as _, CertificateBuilder, profile::BuilderProfile};
     use x509_cert::der::Encode as _;
-    use x509_cert::der::asn1::OctetString;
-    use x509_cert::der::{DateTime, EncodePem as _, pem::LineEnding};
+    use x509_cert::der::{EncodePem as _, pem::LineEnding};
     use x509_cert::ext::pkix::KeyUsage;
     use x509_cert::ext::pkix::KeyUsages;
     use x509_cert::name::Name;
     use x509_cert::serial_number::SerialNumber;
-    use x509_cert::spki::{SubjectPublicKeyInfoOwned, SubjectPublicKeyInfoRef};
-    use x509_cert::time::{Time, Validity};
+    use x509_cert::spki::SubjectPublicKeyInfoOwned;
 
     /// A throwaway RSA-2048 key (made with `openssl genpkey` for these
     /// tests only): Yubico's older roots and f9 certificates are RSA.
@@ -534,30 +452,6 @@ ND9D9fddV9Yh5HVnVelJgg==\n\
 -----END PRIVATE KEY-----\n\
 ";
 
-    /// Names and extensions exactly as given, like the cards' certificates.
-    struct Fixed {
-        issuer: Name,
-        subject: Name,
-        extensions: Vec<Extension>,
-    }
-
-    impl BuilderProfile for Fixed {
-        fn get_issuer(&self, _subject: &Name) -> Name {
-            self.issuer.clone()
-        }
-        fn get_subject(&self) -> Name {
-            self.subject.clone()
-        }
-        fn build_extensions(
-            &self,
-            _spk: SubjectPublicKeyInfoRef<'_>,
-            _issuer_spk: SubjectPublicKeyInfoRef<'_>,
-            _tbs: &x509_cert::TbsCertificate,
-        ) -> x509_cert::builder::Result<Vec<Extension>> {
-            Ok(self.extensions.clone())
-        }
-    }
-
     /// The issuing side of a test certificate.
     enum Signer {
         P256(p256::ecdsa::SigningKey),
@@ -578,20 +472,18 @@ ND9D9fddV9Yh5HVnVelJgg==\n\
             Signer::Rsa(rsa::pkcs1v15::SigningKey::new(key))
         }
         fn spki(&self) -> SubjectPublicKeyInfoOwned {
-            use x509_cert::spki::EncodePublicKey as _;
-            let der = match self {
-                Signer::P256(k) => k.verifying_key().to_public_key_der(),
-                Signer::P384(k) => k.verifying_key().to_public_key_der(),
+            match self {
+                Signer::P256(k) => test_pki::spki(k.verifying_key()),
+                Signer::P384(k) => test_pki::spki(k.verifying_key()),
                 Signer::Rsa(k) => {
                     use rsa::signature::Keypair as _;
-                    k.verifying_key().to_public_key_der()
+                    test_pki::spki(&k.verifying_key())
                 }
             }
-            .unwrap();
-            SubjectPublicKeyInfoOwned::from_der(der.as_bytes()).unwrap()
         }
     }
 
+    /// A certificate with the serial derived from its subject's name.
     fn issue(
         signer: &Signer,
         issuer: &str,
@@ -599,40 +491,23 @@ ND9D9fddV9Yh5HVnVelJgg==\n\
         spki: &SubjectPublicKeyInfoOwned,
         extensions: Vec<Extension>,
     ) -> Vec<u8> {
-        let profile = Fixed {
-            issuer: Name::from_str(issuer).unwrap(),
-            subject: Name::from_str(subject).unwrap(),
-            extensions,
-        };
-        let validity = Validity::new(
-            Time::from(DateTime::new(2024, 1, 1, 0, 0, 0).unwrap()),
-            Time::from(DateTime::new(2064, 1, 1, 0, 0, 0).unwrap()),
-        );
         let serial = SerialNumber::new(&Sha256::digest(subject.as_bytes())[..8]).unwrap();
-        let builder = CertificateBuilder::new(profile, serial, validity, spki.clone()).unwrap();
-        let cert = match signer {
-            Signer::P256(k) => builder.build::<_, p256::ecdsa::DerSignature>(k),
-            Signer::P384(k) => builder.build::<_, p384::ecdsa::DerSignature>(k),
-            Signer::Rsa(k) => builder.build::<_, rsa::pkcs1v15::Signature>(k),
+        let (issuer, subject) = (
+            Name::from_str(issuer).unwrap(),
+            Name::from_str(subject).unwrap(),
+        );
+        let spki = spki.clone();
+        match signer {
+            Signer::P256(k) => test_pki::issue::<_, p256::ecdsa::DerSignature>(
+                k, issuer, subject, serial, spki, extensions,
+            ),
+            Signer::P384(k) => test_pki::issue::<_, p384::ecdsa::DerSignature>(
+                k, issuer, subject, serial, spki, extensions,
+            ),
+            Signer::Rsa(k) => test_pki::issue::<_, rsa::pkcs1v15::Signature>(
+                k, issuer, subject, serial, spki, extensions,
+            ),
         }
-        .unwrap();
-        cert.to_der().unwrap()
-    }
-
-    fn ext(oid: ObjectIdentifier, critical: bool, value: &[u8]) -> Extension {
-        Extension {
-            extn_id: oid,
-            critical,
-            extn_value: OctetString::new(value).unwrap(),
-        }
-    }
-
-    fn basic_constraints(ca: bool, path_len: Option<u8>) -> Extension {
-        let bc = BasicConstraints {
-            ca,
-            path_len_constraint: path_len,
-        };
-        ext(ID_CE_BASIC_CONSTRAINTS, true, &bc.to_der().unwrap())
     }
 
     fn ca_extensions() -> Vec<Extension> {
@@ -785,7 +660,10 @@ ND9D9fddV9Yh5HVnVelJgg==\n\
         }
         // Without the intermediate the path stops short.
         let e = verify(&chain, &[root_der], &key).unwrap_err();
-        assert!(matches!(e, AttestationError::ForeignRoot { .. }), "{e}");
+        assert!(
+            matches!(e, AttestationError::Chain(ChainError::ForeignRoot { .. })),
+            "{e}"
+        );
         // A root whose pathLenConstraint 0 leaves no room for the
         // intermediate.
         let mut tight = ca_extensions();
@@ -793,7 +671,7 @@ ND9D9fddV9Yh5HVnVelJgg==\n\
         let tight_root = issue(&root, ROOT, ROOT, &root.spki(), tight);
         let e = verify(&chain, &[tight_root, mid_der], &key).unwrap_err();
         assert!(
-            matches!(&e, AttestationError::NotACa { reason, .. } if reason.contains("pathLenConstraint")),
+            matches!(&e, AttestationError::Chain(ChainError::NotACa { reason, .. }) if reason.contains("pathLenConstraint")),
             "{e}"
         );
     }
@@ -848,7 +726,7 @@ ND9D9fddV9Yh5HVnVelJgg==\n\
         leaf[at + 3] = 7;
         let e = verify(&pki.chain, &pki.roots, &pki.key).unwrap_err();
         assert!(
-            matches!(&e, AttestationError::BadSignature { subject, .. } if subject == LEAF),
+            matches!(&e, AttestationError::Chain(ChainError::BadSignature { subject, .. }) if subject == LEAF),
             "{e}"
         );
     }
@@ -859,14 +737,17 @@ ND9D9fddV9Yh5HVnVelJgg==\n\
         let foreign = legacy(&Signer::p256(11), &Signer::p256(12), 3);
         let e = verify(&pki.chain, &foreign.roots, &pki.key).unwrap_err();
         assert!(
-            matches!(&e, AttestationError::ForeignRoot { subject, issuer } if subject == F9 && issuer == ROOT),
+            matches!(&e, AttestationError::Chain(ChainError::ForeignRoot { subject, issuer }) if subject == F9 && issuer == ROOT),
             "{e}"
         );
         // Another card's f9 under the right root: the leaf's signature fails.
         let mut mixed = pki.chain.clone();
         mixed[1] = foreign.chain[1].clone();
         let e = verify(&mixed, &pki.roots, &pki.key).unwrap_err();
-        assert!(matches!(e, AttestationError::BadSignature { .. }), "{e}");
+        assert!(
+            matches!(e, AttestationError::Chain(ChainError::BadSignature { .. })),
+            "{e}"
+        );
     }
 
     #[test]
@@ -908,7 +789,7 @@ ND9D9fddV9Yh5HVnVelJgg==\n\
                 }
                 let e = verify(&chain, &roots, &pki.key).unwrap_err();
                 assert!(
-                    matches!(e, AttestationError::Malformed { .. }),
+                    matches!(e, AttestationError::Chain(ChainError::Malformed { .. })),
                     "position {position}: {e}"
                 );
             }
@@ -940,7 +821,10 @@ ND9D9fddV9Yh5HVnVelJgg==\n\
                 &key,
             )
             .unwrap_err();
-            assert!(matches!(e, AttestationError::NotACa { .. }), "{e}");
+            assert!(
+                matches!(e, AttestationError::Chain(ChainError::NotACa { .. })),
+                "{e}"
+            );
         }
         // An f9 certificate that says CA=false is not excused.
         let f9_der = issue(
@@ -956,12 +840,18 @@ ND9D9fddV9Yh5HVnVelJgg==\n\
             &key,
         )
         .unwrap_err();
-        assert!(matches!(e, AttestationError::NotACa { .. }), "{e}");
+        assert!(
+            matches!(e, AttestationError::Chain(ChainError::NotACa { .. })),
+            "{e}"
+        );
         // A root without basicConstraints is no CA either.
         let bare_root = issue(&root, ROOT, ROOT, &root.spki(), vec![]);
         let f9_der = issue(&root, ROOT, F9, &f9.spki(), vec![]);
         let e = verify(&[leaf, f9_der], &[bare_root], &key).unwrap_err();
-        assert!(matches!(e, AttestationError::NotACa { .. }), "{e}");
+        assert!(
+            matches!(e, AttestationError::Chain(ChainError::NotACa { .. })),
+            "{e}"
+        );
     }
 
     #[test]
@@ -983,7 +873,10 @@ ND9D9fddV9Yh5HVnVelJgg==\n\
         let root_der = issue(&root, ROOT, ROOT, &root.spki(), exts);
         let e = verify(&[leaf.clone(), f9_der.clone()], &[root_der], &key).unwrap_err();
         assert!(
-            matches!(e, AttestationError::UnknownCriticalExtension { .. }),
+            matches!(
+                e,
+                AttestationError::Chain(ChainError::UnknownCriticalExtension { .. })
+            ),
             "{e}"
         );
         // keyUsage without keyCertSign.
@@ -997,7 +890,10 @@ ND9D9fddV9Yh5HVnVelJgg==\n\
         );
         let root_der = issue(&root, ROOT, ROOT, &root.spki(), exts);
         let e = verify(&[leaf, f9_der], &[root_der], &key).unwrap_err();
-        assert!(matches!(e, AttestationError::NotACa { .. }), "{e}");
+        assert!(
+            matches!(e, AttestationError::Chain(ChainError::NotACa { .. })),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1015,12 +911,20 @@ ND9D9fddV9Yh5HVnVelJgg==\n\
         let pki = p256_legacy();
         // The f9 certificate itself as the only "root".
         let e = verify(&pki.chain, &pki.chain[1..], &pki.key).unwrap_err();
-        assert_eq!(e, AttestationError::NoRoots);
+        assert_eq!(e, AttestationError::Chain(ChainError::NoRoots));
+        // The path's errors read as they did before they were shared.
+        assert_eq!(
+            e.to_string(),
+            "the roots file holds no root (self-signed) certificate"
+        );
         let e = verify(&pki.chain, &[], &pki.key).unwrap_err();
-        assert_eq!(e, AttestationError::NoRoots);
+        assert_eq!(e, AttestationError::Chain(ChainError::NoRoots));
         let many = vec![pki.roots[0].clone(); MAX_ROOTS + 1];
         let e = verify(&pki.chain, &many, &pki.key).unwrap_err();
-        assert_eq!(e, AttestationError::TooManyRoots(MAX_ROOTS + 1));
+        assert_eq!(
+            e,
+            AttestationError::Chain(ChainError::TooManyRoots(MAX_ROOTS + 1))
+        );
     }
 
     /// Yubico's published PIV root (2016, sha256WithRSAEncryption) and
@@ -1089,7 +993,10 @@ Vpmq2Sh/xT5HiFuhf4wJb0bK\n\
         // Not our card's: a chain from the test PKI is foreign to them.
         let pki = p256_legacy();
         let e = verify(&pki.chain, &roots, &pki.key).unwrap_err();
-        assert!(matches!(e, AttestationError::ForeignRoot { .. }), "{e}");
+        assert!(
+            matches!(e, AttestationError::Chain(ChainError::ForeignRoot { .. })),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1115,15 +1022,15 @@ Vpmq2Sh/xT5HiFuhf4wJb0bK\n\
         let key = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
         assert!(matches!(
             certificates_from_pem(key),
-            Err(AttestationError::Malformed { .. })
+            Err(AttestationError::Chain(ChainError::Malformed { .. }))
         ));
         assert!(matches!(
             certificates_from_pem("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----"),
-            Err(AttestationError::Malformed { .. })
+            Err(AttestationError::Chain(ChainError::Malformed { .. }))
         ));
         assert!(matches!(
             certificates_from_pem("-----BEGIN CERTIFICATE-----\nAAAA"),
-            Err(AttestationError::Malformed { .. })
+            Err(AttestationError::Chain(ChainError::Malformed { .. }))
         ));
     }
 }

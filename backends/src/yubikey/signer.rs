@@ -211,7 +211,19 @@ impl Signer for YubikeySigner {
         loop {
             let mut card = self.card.take().ok_or(BackendError::Locked)?;
             if self.pin_always() {
-                self.verify_cached_pin(&mut card)?;
+                match self.verify_cached_pin(&mut card) {
+                    Ok(()) => {}
+                    // Another program reset the card (its connection ended
+                    // with a reset) or it went away: reconnect once, as
+                    // for a signature below.
+                    Err(BackendError::TokenAbsent(_)) if !retried => {
+                        drop(card);
+                        retried = true;
+                        self.reconnect()?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             let started = std::time::Instant::now();
             match self.raw_sign(&mut card, tbs) {

@@ -30,19 +30,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr as _;
 use std::time::{Duration, Instant};
-use tss_esapi::attributes::ObjectAttributesBuilder;
-use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
-use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
-use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::{
-    Auth, Digest, EccPoint, EccScheme, HashScheme, HashcheckTicket, KeyDerivationFunctionScheme,
-    Private, Public, PublicBuilder, PublicEccParametersBuilder, SignatureScheme,
-    SymmetricDefinitionObject,
-};
+use tss_esapi::structures::{Auth, Digest, HashScheme, Private, Public, SignatureScheme};
 use tss_esapi::traits::UnMarshall as _;
-use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 
 const PIN: &str = "bench-pin-1234";
 const ROUNDS: usize = 3;
@@ -57,41 +49,12 @@ fn main() -> ExitCode {
     )
 }
 
-/// tpm2-openssl's owner primary (the key file's parent 0x40000001).
-fn primary_template() -> Result<Public> {
-    let attrs = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_no_da(true)
-        .with_restricted(true)
-        .with_decrypt(true)
-        .build()?;
-    Ok(PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attrs)
-        .with_ecc_parameters(
-            PublicEccParametersBuilder::new()
-                .with_symmetric(SymmetricDefinitionObject::AES_128_CFB)
-                .with_ecc_scheme(EccScheme::Null)
-                .with_curve(EccCurve::NistP256)
-                .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
-                .with_is_signing_key(false)
-                .with_is_decryption_key(true)
-                .with_restricted(true)
-                .build()?,
-        )
-        .with_ecc_unique_identifier(EccPoint::default())
-        .build()?)
-}
-
 /// Load, sign, flush in a loop for `length` on one connection; signatures
 /// per second.
 fn raw_loop(tcti: &str, file: &KeyFile, length: Duration) -> Result<f64> {
     let mut ctx = tss_esapi::Context::new(tss_esapi::TctiNameConf::from_str(tcti)?)?;
-    let template = primary_template()?;
+    // The parent the key file names, rebuilt as keybridge rebuilds it.
+    let template = keybridge_backends::tpm::tpm::primary_template()?;
     let primary = ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
         ctx.create_primary(Hierarchy::Owner, template, None, None, None, None)
     })?;
@@ -108,11 +71,7 @@ fn raw_loop(tcti: &str, file: &KeyFile, length: Duration) -> Result<f64> {
         ctx.set_sessions((Some(AuthSession::Password), None, None));
         let key = ctx.load(primary.key_handle, private.clone(), public.clone())?;
         ctx.tr_set_auth(key.into(), Auth::try_from(PIN.as_bytes().to_vec())?)?;
-        let ticket = HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
-            tag: TPM2_ST_HASHCHECK,
-            hierarchy: TPM2_RH_NULL,
-            digest: Default::default(),
-        })?;
+        let ticket = keybridge_backends::tpm::tpm::null_ticket()?;
         ctx.sign(key, Digest::try_from(digest.to_vec())?, scheme, ticket)?;
         ctx.clear_sessions();
         ctx.flush_context(key.into())?;

@@ -312,8 +312,13 @@ impl VirtualYubiKey {
             !watched || crate::poll_until(PCSC_NOTICE, || !card_present(&name)),
             "pcscd still sees an earlier card in {name}"
         );
-        let conn = vpcd::Connection::open(self.lease.port(), self.shared.clone(), PCSC_NOTICE)
-            .unwrap_or_else(|e| panic!("connecting to vpcd on {}: {e}", self.lease.port()));
+        let conn = vpcd::Connection::open(
+            self.lease.port(),
+            self.shared.clone(),
+            PCSC_NOTICE,
+            !watched,
+        )
+        .unwrap_or_else(|e| panic!("connecting to vpcd on {}: {e}", self.lease.port()));
         self.connection = Some(conn);
         assert!(
             !watched || crate::poll_until(PCSC_NOTICE, || card_present(&name)),

@@ -27,8 +27,14 @@ pub(crate) struct Connection {
 
 impl Connection {
     /// Connects to vpcd on `port` (retrying until `limit`: pcscd may still be
-    /// starting) and serves the card from a thread.
-    pub(crate) fn open(port: u16, shared: Arc<Shared>, limit: Duration) -> io::Result<Self> {
+    /// starting) and serves the card from a thread. With `reset_on_close`
+    /// the connection ends with a reset instead of a FIN (see below).
+    pub(crate) fn open(
+        port: u16,
+        shared: Arc<Shared>,
+        limit: Duration,
+        reset_on_close: bool,
+    ) -> io::Result<Self> {
         let deadline = Instant::now() + limit;
         let stream = loop {
             match TcpStream::connect(("127.0.0.1", port)) {
@@ -42,6 +48,15 @@ impl Connection {
         stream.set_nodelay(true)?;
         SockRef::from(&stream).set_tcp_quickack(true)?;
         SockRef::from(&stream).set_tcp_keepalive(&TcpKeepalive::new())?;
+        // For a pcscd a test stops and restarts: closed with a reset, not a
+        // FIN, because when pcscd goes first its half-closed socket would
+        // otherwise linger on the reader's port and the restarted pcscd
+        // (vpcd binds without SO_REUSEADDR) could not listen there for a
+        // minute. Not for the shared pcscd: its vpcd does not take a reset
+        // well (the next card on that reader is not seen).
+        if reset_on_close {
+            SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;
+        }
         shared.removed.store(false, Ordering::SeqCst);
         let reader = stream.try_clone()?;
         let thread = std::thread::Builder::new()
