@@ -47,6 +47,14 @@ fn created(o: &Output) -> Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
+/// Creates a TPM key with the test PIN; its kid.
+fn new_kid(b: &Bridge, label: &str, extra: &[&str]) -> String {
+    created(&create(b, label, extra, PIN))["kid"]
+        .as_str()
+        .expect("a kid")
+        .to_owned()
+}
+
 fn unlock(b: &Bridge, key: &str, extra: &[&str], pin: &str) -> Output {
     let mut args = vec!["unlock", key, "--secret-stdin"];
     args.extend_from_slice(extra);
@@ -281,10 +289,7 @@ fn openssl_reads_our_key_file_and_we_open_one_openssl_made() {
         return;
     };
     let b = bridge(&tpm);
-    let kid = created(&create(&b, "os", &[], PIN))["kid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let kid = new_kid(&b, "os", &[]);
     let (var, tcti) = tpm.openssl_env();
     let env = [(var, tcti.as_str())];
     let file = key_file(&b, &kid);
@@ -403,10 +408,7 @@ fn tpm2_tools_load_the_blobs_of_our_key_file_and_read_the_same_public_key() {
         return;
     };
     let b = bridge(&tpm);
-    let kid = created(&create(&b, "tt", &[], PIN))["kid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let kid = new_kid(&b, "tt", &[]);
     let text = std::fs::read_to_string(key_file(&b, &kid)).unwrap();
     let file = keybridge_backends::tpm::keyfile::KeyFile::from_pem(&text).unwrap();
     assert!(!file.empty_auth);
@@ -503,10 +505,7 @@ fn a_key_under_a_persistent_parent_names_it_in_its_file_and_signs() {
         &["-C", "o", "-c", prim.to_str().unwrap(), "0x81000001"],
     );
     let b = bridge(&tpm);
-    let kid = created(&create(&b, "pp", &["--uri", "tpm:parent=0x81000001"], PIN))["kid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let kid = new_kid(&b, "pp", &["--uri", "tpm:parent=0x81000001"]);
     let text = std::fs::read_to_string(key_file(&b, &kid)).unwrap();
     let file = keybridge_backends::tpm::keyfile::KeyFile::from_pem(&text).unwrap();
     assert_eq!(file.parent, 0x8100_0001);
@@ -525,10 +524,7 @@ fn the_certification_verifies_and_a_tampered_one_is_refused() {
         return;
     };
     let mut b = bridge(&tpm);
-    let kid = created(&create(&b, "cert", &[], PIN))["kid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let kid = new_kid(&b, "cert", &[]);
     // Without roots: the statement checks, and says what it does not prove.
     let out = b.ok(&["keys", "verify-attestation", "cert"], None);
     assert!(out.contains("trust on first use"), "{out}");
