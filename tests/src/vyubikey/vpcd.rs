@@ -23,6 +23,7 @@ pub const ATR: [u8; 23] = [
 pub(crate) struct Connection {
     stream: TcpStream,
     thread: Option<JoinHandle<()>>,
+    reset_on_close: bool,
 }
 
 impl Connection {
@@ -68,6 +69,7 @@ impl Connection {
         Ok(Connection {
             stream,
             thread: Some(thread),
+            reset_on_close,
         })
     }
 
@@ -75,7 +77,16 @@ impl Connection {
     pub(crate) fn close(mut self, shared: &Shared) {
         shared.removed.store(true, Ordering::SeqCst);
         shared.touched.notify_all();
-        let _ = self.stream.shutdown(Shutdown::Both);
+        // A reset connection must not send a FIN first: answering pcscd's
+        // own FIN (it stopped) would leave *its* side in TIME_WAIT on the
+        // port. Shutting down only the read side wakes the thread and
+        // sends nothing; dropping the socket then sends the reset.
+        let how = if self.reset_on_close {
+            Shutdown::Read
+        } else {
+            Shutdown::Both
+        };
+        let _ = self.stream.shutdown(how);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
