@@ -208,9 +208,12 @@ impl Signer for YubikeySigner {
             self.reconnect()?;
         }
         let mut retried = false;
+        // A reconnect verifies the PIN: then a PIN-always slot has it
+        // fresh for this signature, and it is not sent twice.
+        let mut just_verified = false;
         loop {
             let mut card = self.card.take().ok_or(BackendError::Locked)?;
-            if self.pin_always() {
+            if self.pin_always() && !std::mem::take(&mut just_verified) {
                 match self.verify_cached_pin(&mut card) {
                     Ok(()) => {}
                     // Another program reset the card (its connection ended
@@ -220,6 +223,7 @@ impl Signer for YubikeySigner {
                         drop(card);
                         retried = true;
                         self.reconnect()?;
+                        just_verified = true;
                         continue;
                     }
                     Err(e) => return Err(e),
@@ -262,6 +266,7 @@ impl Signer for YubikeySigner {
                     }
                     retried = true;
                     self.reconnect()?;
+                    just_verified = true;
                 }
             }
         }

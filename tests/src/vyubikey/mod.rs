@@ -259,8 +259,10 @@ pub struct VirtualYubiKey {
 }
 
 /// How long the fixture waits for pcscd to notice an insertion or removal
-/// (it polls every 0.2–0.6 s).
-const PCSC_NOTICE: Duration = Duration::from_secs(10);
+/// (it polls every 0.2–0.6 s, but when the card before was pulled in the
+/// middle of an exchange vpcd first waits out its own receive timeout:
+/// seen taking over 10 s with the whole suite running).
+const PCSC_NOTICE: Duration = Duration::from_secs(30);
 
 impl VirtualYubiKey {
     /// The serial number.
@@ -322,7 +324,8 @@ impl VirtualYubiKey {
         self.connection = Some(conn);
         assert!(
             !watched || crate::poll_until(PCSC_NOTICE, || card_present(&name)),
-            "pcscd did not see the card in {name}"
+            "pcscd did not see the card in {name}: {}",
+            reader_state(&name)
         );
     }
 
@@ -451,6 +454,25 @@ impl Drop for VirtualYubiKey {
         if let Some(c) = self.connection.take() {
             c.close(&self.shared);
         }
+    }
+}
+
+/// What PC/SC says about reader `name`, for failure messages.
+fn reader_state(name: &str) -> String {
+    let Ok(ctx) = pcsc::Context::establish(pcsc::Scope::User) else {
+        return "no PC/SC context".into();
+    };
+    let Ok(cname) = std::ffi::CString::new(name) else {
+        return "bad reader name".into();
+    };
+    let mut states = [pcsc::ReaderState::new(cname, pcsc::State::UNAWARE)];
+    match ctx.get_status_change(Some(Duration::ZERO), &mut states) {
+        Ok(()) => format!(
+            "state {:?}, ATR {:02x?}",
+            states[0].event_state(),
+            states[0].atr()
+        ),
+        Err(e) => format!("status: {e}"),
     }
 }
 

@@ -200,9 +200,12 @@ fn readers_listed(limit: Duration) -> bool {
     })
 }
 
-/// The vpcd port of a [`PrivatePcscd`]'s one reader (after the shared
-/// pcscd's two).
-pub const PRIVATE_PORT: u16 = FIRST_PORT + READERS;
+/// The vpcd port of a [`PrivatePcscd`]'s reader (its second slot takes the
+/// next port). Below Linux's ephemeral range (32768–60999): a restarted
+/// pcscd must bind it again, and vpcd binds without SO_REUSEADDR, so a port
+/// in that range can be taken meanwhile by any outgoing connection of a
+/// parallel test (thousands of swtpm and HTTP connections in TIME_WAIT).
+pub const PRIVATE_PORT: u16 = 32_700;
 
 fn private_dir() -> PathBuf {
     state_dir().join("private")
