@@ -314,16 +314,34 @@ impl VirtualYubiKey {
             !watched || crate::poll_until(PCSC_NOTICE, || !card_present(&name)),
             "pcscd still sees an earlier card in {name}"
         );
-        let conn = vpcd::Connection::open(
-            self.lease.port(),
-            self.shared.clone(),
-            PCSC_NOTICE,
-            !watched,
-        )
-        .unwrap_or_else(|e| panic!("connecting to vpcd on {}: {e}", self.lease.port()));
-        self.connection = Some(conn);
-        assert!(
-            !watched || crate::poll_until(PCSC_NOTICE, || card_present(&name)),
+        // Debian's vpcd now and then never accepts a card's connection on a
+        // reader whose card just left (seen under the full suite: the reader
+        // stays EMPTY for 30 s although the socket connected); plugging it
+        // in again is what a user would do, and it works.
+        for attempt in 1..=3 {
+            let conn = vpcd::Connection::open(
+                self.lease.port(),
+                self.shared.clone(),
+                PCSC_NOTICE,
+                !watched,
+            )
+            .unwrap_or_else(|e| panic!("connecting to vpcd on {}: {e}", self.lease.port()));
+            if !watched || crate::poll_until(PCSC_NOTICE / 3, || card_present(&name)) {
+                self.connection = Some(conn);
+                return;
+            }
+            eprintln!(
+                "vyubikey: pcscd did not see card {} in {name} (attempt {attempt}): {}; plugging it in again",
+                self.serial(),
+                reader_state(&name)
+            );
+            conn.close(&self.shared);
+            assert!(
+                crate::poll_until(PCSC_NOTICE, || !card_present(&name)),
+                "pcscd still sees a card in {name}"
+            );
+        }
+        panic!(
             "pcscd did not see the card in {name}: {}",
             reader_state(&name)
         );
@@ -468,9 +486,18 @@ fn reader_state(name: &str) -> String {
     let mut states = [pcsc::ReaderState::new(cname, pcsc::State::UNAWARE)];
     match ctx.get_status_change(Some(Duration::ZERO), &mut states) {
         Ok(()) => format!(
-            "state {:?}, ATR {:02x?}",
+            "state {:?}, ATR {:02x?}; sockets: {}",
             states[0].event_state(),
-            states[0].atr()
+            states[0].atr(),
+            std::process::Command::new("ss")
+                .args(["-tanp"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| l.contains(":3596"))
+                    .collect::<Vec<_>>()
+                    .join(" | "))
+                .unwrap_or_default()
         ),
         Err(e) => format!("status: {e}"),
     }
