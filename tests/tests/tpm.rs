@@ -74,6 +74,37 @@ fn show(b: &Bridge, key: &str) -> Value {
     serde_json::from_str(&b.ok(&["--json", "keys", "show", key], None)).unwrap()
 }
 
+/// The public key keybridge recorded for `key` (its PEM export).
+fn recorded_key(b: &Bridge, key: &str) -> keybridge_protocol::PublicKey {
+    keybridge_protocol::PublicKey::from_spki_pem(
+        show(b, key)["public_key"]["pem"]
+            .as_str()
+            .expect("a PEM export"),
+    )
+    .expect("a readable public key")
+}
+
+/// `openssl <command> -provider tpm2 -provider default <args>` against
+/// `tpm`; its standard output.
+fn openssl_tpm2(tpm: &Swtpm, command: &str, args: &[&str]) -> Vec<u8> {
+    let (var, tcti) = tpm.openssl_env();
+    let mut all = vec![command, "-provider", "tpm2", "-provider", "default"];
+    all.extend_from_slice(args);
+    tool_ok("openssl", &all, &[(var, tcti.as_str())])
+}
+
+/// A P-256 key made by tpm2-openssl in `tpm`, with `pin` as its password
+/// (none: emptyAuth).
+fn openssl_genkey(tpm: &Swtpm, out: &std::path::Path, pin: Option<&str>) {
+    let auth = pin.map(|p| format!("user-auth:{p}"));
+    let mut args = vec!["-algorithm", "EC", "-pkeyopt", "group:P-256"];
+    if let Some(a) = &auth {
+        args.extend(["-pkeyopt", a.as_str()]);
+    }
+    args.extend(["-out", out.to_str().expect("a UTF-8 path")]);
+    openssl_tpm2(tpm, "genpkey", &args);
+}
+
 /// The key file keybridge keeps for `kid`.
 fn key_file(b: &Bridge, kid: &str) -> PathBuf {
     let path = b
@@ -290,34 +321,15 @@ fn openssl_reads_our_key_file_and_we_open_one_openssl_made() {
     };
     let b = bridge(&tpm);
     let kid = new_kid(&b, "os", &[]);
-    let (var, tcti) = tpm.openssl_env();
-    let env = [(var, tcti.as_str())];
     let file = key_file(&b, &kid);
     // openssl's tpm2 provider loads keybridge's key file; same public key.
     let pass = format!("pass:{PIN}");
-    let pubout = tool_ok(
-        "openssl",
-        &[
-            "pkey",
-            "-provider",
-            "tpm2",
-            "-provider",
-            "default",
-            "-in",
-            file.to_str().unwrap(),
-            "-passin",
-            &pass,
-            "-pubout",
-        ],
-        &env,
-    );
+    let path = file.to_str().unwrap();
+    let pubout = openssl_tpm2(&tpm, "pkey", &["-in", path, "-passin", &pass, "-pubout"]);
     let theirs =
         keybridge_protocol::PublicKey::from_spki_pem(std::str::from_utf8(&pubout).unwrap())
             .unwrap();
-    let ours = keybridge_protocol::PublicKey::from_spki_pem(
-        show(&b, "os")["public_key"]["pem"].as_str().unwrap(),
-    )
-    .unwrap();
+    let ours = recorded_key(&b, "os");
     assert_eq!(theirs, ours, "openssl sees the key we recorded");
     // A signature openssl makes with it verifies with our verifier.
     let msg = b"signed by openssl through the tpm2 provider";
@@ -325,23 +337,18 @@ fn openssl_reads_our_key_file_and_we_open_one_openssl_made() {
     let dir = tempfile::tempdir().unwrap();
     let dgst = dir.path().join("digest.bin");
     std::fs::write(&dgst, digest).unwrap();
-    let der = tool_ok(
-        "openssl",
+    let der = openssl_tpm2(
+        &tpm,
+        "pkeyutl",
         &[
-            "pkeyutl",
-            "-provider",
-            "tpm2",
-            "-provider",
-            "default",
             "-sign",
             "-inkey",
-            file.to_str().unwrap(),
+            path,
             "-passin",
             &pass,
             "-in",
             dgst.to_str().unwrap(),
         ],
-        &env,
     );
     let sig = p256::ecdsa::Signature::from_der(&der).unwrap();
     ours.verify(
@@ -353,24 +360,7 @@ fn openssl_reads_our_key_file_and_we_open_one_openssl_made() {
 
     // The other way round: a key tpm2-openssl made opens with --existing.
     let theirs_file = dir.path().join("theirs.pem");
-    let auth = format!("user-auth:{PIN}");
-    tool_ok(
-        "openssl",
-        &[
-            "genpkey",
-            "-provider",
-            "tpm2",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "group:P-256",
-            "-pkeyopt",
-            &auth,
-            "-out",
-            theirs_file.to_str().unwrap(),
-        ],
-        &env,
-    );
+    openssl_genkey(&tpm, &theirs_file, Some(PIN));
     let uri = format!("tpm:file={}", theirs_file.display());
     let c = created(&create(&b, "adopted", &["--existing", "--uri", &uri], PIN));
     assert_eq!(c["new"], true);
@@ -381,21 +371,7 @@ fn openssl_reads_our_key_file_and_we_open_one_openssl_made() {
     sign_and_verify(&b, "adopted");
     // A key without a password is refused, with the reason.
     let nopass = dir.path().join("nopass.pem");
-    tool_ok(
-        "openssl",
-        &[
-            "genpkey",
-            "-provider",
-            "tpm2",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "group:P-256",
-            "-out",
-            nopass.to_str().unwrap(),
-        ],
-        &env,
-    );
+    openssl_genkey(&tpm, &nopass, None);
     let uri = format!("tpm:file={}", nopass.display());
     let r = create(&b, "nopass", &["--existing", "--uri", &uri], PIN);
     assert!(!r.status.success());
@@ -454,11 +430,7 @@ fn tpm2_tools_load_the_blobs_of_our_key_file_and_read_the_same_public_key() {
         &std::fs::read_to_string(path("key.pem")).unwrap(),
     )
     .unwrap();
-    let ours = keybridge_protocol::PublicKey::from_spki_pem(
-        show(&b, "tt")["public_key"]["pem"].as_str().unwrap(),
-    )
-    .unwrap();
-    assert_eq!(theirs, ours);
+    assert_eq!(theirs, recorded_key(&b, "tt"));
 }
 
 #[test]
