@@ -20,8 +20,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The first vpcd port (reader 0, as in Debian's /etc/reader.conf.d/vpcd).
-pub const FIRST_PORT: u16 = 35963;
+/// The first vpcd port (reader 0). Debian's /etc/reader.conf.d/vpcd uses
+/// 35963, but that is inside Linux's ephemeral range (32768–60999): vpcd
+/// binds without SO_REUSEADDR, so when the shared pcscd has to be started
+/// again the port can be held by any outgoing connection of a parallel test
+/// (thousands of swtpm and HTTP connections in TIME_WAIT), and pcscd then
+/// fails with "Address already in use". Below the range nothing takes it.
+pub const FIRST_PORT: u16 = 32_690;
 /// How many virtual readers the private config offers (vpcd's limit).
 pub const READERS: u16 = 2;
 /// Reader names start like a real YubiKey's, so that ykcs11 (which only looks
@@ -32,7 +37,7 @@ const PCSCD: &str = "/usr/sbin/pcscd";
 const VPCD_DRIVER: &str = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so";
 /// Where the config, the log and the lock files live. The version in the
 /// name makes a pcscd started with an older layout count as foreign.
-const STATE_DIR: &str = "/tmp/keybridge-vyubikey-v2";
+const STATE_DIR: &str = "/tmp/keybridge-vyubikey-v3";
 
 /// A component the fixture needs is not installed.
 #[derive(Debug)]
@@ -108,7 +113,9 @@ pub fn ensure_running() -> Result<(), Missing> {
         args.windows(2)
             .any(|w| (w[0] == "-c" || w[0] == "--config") && w[1] == conf_arg)
     });
-    if ours && readers_listed(Duration::from_secs(2)) {
+    // Ours, but slow to answer on a loaded machine: give it time before
+    // restarting it (a restart cuts every other test's card off).
+    if ours && readers_listed(Duration::from_secs(15)) {
         return Ok(());
     }
     for (pid, args) in &running {
@@ -421,8 +428,10 @@ mod tests {
 
     #[test]
     fn reader_names_follow_pcscd_slot_numbering() {
-        assert_eq!(reader_name(35963), "Yubico YubiKey OTP+FIDO+CCID 00 00");
-        assert_eq!(reader_name(35964), "Yubico YubiKey OTP+FIDO+CCID 00 01");
+        assert_eq!(reader_name(FIRST_PORT), "Yubico YubiKey OTP+FIDO+CCID 00 00");
+        assert_eq!(reader_name(FIRST_PORT + 1), "Yubico YubiKey OTP+FIDO+CCID 00 01");
+        // Both shared ports and the private one lie below the ephemeral range.
+        assert!(FIRST_PORT + READERS <= PRIVATE_PORT && PRIVATE_PORT + 1 < 32_768);
         assert_eq!(config_text().matches("DEVICENAME").count(), 1);
     }
 }
