@@ -428,8 +428,14 @@ mod tests {
 
     #[test]
     fn reader_names_follow_pcscd_slot_numbering() {
-        assert_eq!(reader_name(FIRST_PORT), "Yubico YubiKey OTP+FIDO+CCID 00 00");
-        assert_eq!(reader_name(FIRST_PORT + 1), "Yubico YubiKey OTP+FIDO+CCID 00 01");
+        assert_eq!(
+            reader_name(FIRST_PORT),
+            "Yubico YubiKey OTP+FIDO+CCID 00 00"
+        );
+        assert_eq!(
+            reader_name(FIRST_PORT + 1),
+            "Yubico YubiKey OTP+FIDO+CCID 00 01"
+        );
         // Both shared ports and the private one lie below the ephemeral range.
         assert!(FIRST_PORT + READERS <= PRIVATE_PORT && PRIVATE_PORT + 1 < 32_768);
         assert_eq!(config_text().matches("DEVICENAME").count(), 1);
