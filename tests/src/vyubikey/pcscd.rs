@@ -214,6 +214,10 @@ fn readers_listed(limit: Duration) -> bool {
 /// parallel test (thousands of swtpm and HTTP connections in TIME_WAIT).
 pub const PRIVATE_PORT: u16 = 32_700;
 
+// The shared ports and the private one (and its second slot) lie below the
+// ephemeral range and do not overlap.
+const _: () = assert!(FIRST_PORT + READERS <= PRIVATE_PORT && PRIVATE_PORT + 1 < 32_768);
+
 fn private_dir() -> PathBuf {
     state_dir().join("private")
 }
@@ -436,8 +440,6 @@ mod tests {
             reader_name(FIRST_PORT + 1),
             "Yubico YubiKey OTP+FIDO+CCID 00 01"
         );
-        // Both shared ports and the private one lie below the ephemeral range.
-        assert!(FIRST_PORT + READERS <= PRIVATE_PORT && PRIVATE_PORT + 1 < 32_768);
         assert_eq!(config_text().matches("DEVICENAME").count(), 1);
     }
 }
