@@ -254,6 +254,11 @@ pub struct ListedKey {
     pub kid: String,
     /// A URI that opens this key ([`CreateSpec::existing`]).
     pub uri: String,
+    /// Every signature needs the PIN on the token again (PKCS#11
+    /// `CKA_ALWAYS_AUTHENTICATE`), as far as can be seen without login:
+    /// `None` when the private half is not visible before login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_each_signature: Option<bool>,
 }
 
 /// Opens the signer a key record describes, locked. `state_dir` is the

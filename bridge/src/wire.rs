@@ -42,6 +42,12 @@ pub struct KeyView {
     /// A signature is waiting for the user to touch the token.
     #[serde(default)]
     pub touch_pending: bool,
+    /// Every signature needs the PIN again on the token itself (PKCS#11
+    /// `CKA_ALWAYS_AUTHENTICATE`, a context-specific login, as PIV slot 9c
+    /// keys have): the bridge gives it from the unlock. `None` when not
+    /// known yet (a key opened without its PIN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_each_signature: Option<bool>,
     /// The public key in every export format (`GET /v1/keys/{kid}` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<PublicKeyExport>,

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod swtpm;
+pub mod tpm2_pkcs11;
 pub mod vyubikey;
 
 use serde_json::Value;

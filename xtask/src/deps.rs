@@ -33,6 +33,15 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // module (2.2.0: firmware < 5.7 for them).
     "yubico-piv-tool",
     "ykcs11",
+    // PKCS#11 on a TPM (tpm2_ptool makes its tokens), behind a resource
+    // manager on the session bus: swtpm alone has 3 object slots and
+    // tpm2-pkcs11 runs out of them (TPM_RC_OBJECT_MEMORY).
+    "libtpm2-pkcs11-1",
+    "libtpm2-pkcs11-tools",
+    "python3-tpm2-pkcs11-tools",
+    "tpm2-abrmd",
+    "libtss2-tcti-tabrmd0",
+    "dbus",
     "chromium",
     "openssh-client",
     "python3-venv",

@@ -98,9 +98,9 @@ fn inspect_key(
         ""
     };
     let key = one_key(public_keys(session, uri)?, uri, info.label(), hint)?;
-    if pin.is_none() {
+    let Some(pin) = pin else {
         return Ok((key, None));
-    }
+    };
     let exact = Pkcs11Uri {
         id: Some(key.id.clone()),
         object: (!key.label.is_empty()).then(|| key.label.clone()),
@@ -108,8 +108,10 @@ fn inspect_key(
     };
     let private = find_private(session, &exact, key.alg, info)?;
     let attrs = private_attrs(session, private, false)?;
-    // Prove the pair: the private key signs for this public key.
-    if !probe(session, private, &key.public)? {
+    // Prove the pair: the private key signs for this public key (after a
+    // context-specific login, for a key that needs one per signature).
+    let context_pin = attrs.always_authenticate.then_some(pin);
+    if !probe(ctx, slot, session, private, &key.public, context_pin)? {
         return Err(BackendError::NotFound(format!(
             "the private key {} on token {:?} does not sign for its public key object: no matching key pair",
             describe_key(&exact),

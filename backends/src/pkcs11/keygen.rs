@@ -32,6 +32,9 @@ pub(super) struct PrivateAttrs {
     pub(super) local: bool,
     pub(super) always_sensitive: bool,
     pub(super) never_extractable: bool,
+    /// `CKA_ALWAYS_AUTHENTICATE`: a context-specific login before every
+    /// signature.
+    pub(super) always_authenticate: bool,
 }
 
 /// Generates a key pair on the token `uri` names and returns its signer
@@ -82,6 +85,7 @@ pub fn create(
         true,
         BackendError::NotFound,
         |ctx, _, slot, info| {
+            refuse_security_officer_keygen(ctx)?;
             check_mechanisms(ctx, slot, info, alg)?;
             before_login(PinFlags::of(info), false)?;
             let session = ctx
@@ -112,6 +116,26 @@ fn random_id() -> Result<Vec<u8>, BackendError> {
     getrandom::fill(&mut id)
         .map_err(|e| BackendError::Failed(format!("no randomness for a key id: {e}")))?;
     Ok(id)
+}
+
+/// What to do instead of generating through a module that needs the
+/// security officer for it.
+const SO_KEYGEN_ADVICE: &str = "create the key with `keybridge keys create --backend yubikey --uri 'yubikey:serial=N;slot=9c'` (it uses the card's PIN-protected or given management key), or generate it with the card's own tool (yubico-piv-tool -a generate -s 9c) and open it with `keybridge keys create --backend pkcs11 --existing`";
+
+/// Refuses, before any PIN is sent, to generate through a module known to
+/// generate keys only after a security-officer login: ykcs11 (Yubico's PIV
+/// module) wants the card's management key as the SO PIN, and keybridge
+/// does not pass management keys through PKCS#11.
+fn refuse_security_officer_keygen(ctx: &Pkcs11) -> Result<(), BackendError> {
+    let info = ctx
+        .get_library_info()
+        .map_err(|e| failure("C_GetInfo", &e))?;
+    if info.manufacturer_id().starts_with("Yubico") {
+        return Err(BackendError::Unsupported(format!(
+            "Yubico's PKCS#11 module (ykcs11) generates keys only after a security-officer login with the card's management key, which keybridge does not send through PKCS#11: {SO_KEYGEN_ADVICE}"
+        )));
+    }
+    Ok(())
 }
 
 /// The mechanisms a key of `alg` needs, with their names for messages.
@@ -248,44 +272,69 @@ fn generate(
         Attribute::Id(id.to_vec()),
         Attribute::Label(object.as_bytes().to_vec()),
     ];
-    let mut last_error = None;
-    let mut pair = None;
-    for params in params_choices {
-        let public_template = [
+    // No usage flags on the public half: tpm2-pkcs11 maps CKA_VERIFY and
+    // CKA_ENCRYPT onto the TPM key's decrypt and sign bits and refuses a
+    // template whose public half says otherwise than the private half
+    // ("attr mismatch 0x10a", CKR_GENERAL_ERROR). An EC public key only
+    // verifies, whatever its flags say.
+    let public_template = |params: &[u8]| {
+        vec![
             Attribute::Token(true),
             Attribute::Private(false),
-            Attribute::Verify(true),
-            Attribute::Encrypt(false),
             Attribute::Wrap(false),
             Attribute::Derive(false),
             Attribute::EcParams(params.to_vec()),
             Attribute::Id(id.to_vec()),
             Attribute::Label(object.as_bytes().to_vec()),
-        ];
-        match session.generate_key_pair(&mechanism, &public_template, &private_template) {
+        ]
+    };
+    let mut last_error = None;
+    let mut pair = None;
+    for params in params_choices {
+        match session.generate_key_pair(&mechanism, &public_template(params), &private_template) {
             Ok(handles) => {
                 pair = Some(handles);
                 break;
             }
-            // A token that wants the other spelling of the Ed25519 curve.
-            Err(e)
-                if matches!(
-                    rv(&e),
-                    Some(
-                        RvError::CurveNotSupported
-                            | RvError::DomainParamsInvalid
-                            | RvError::AttributeValueInvalid
-                            | RvError::TemplateInconsistent
-                    )
-                ) =>
-            {
-                last_error = Some(e)
+            // A token that wants the other spelling of the Ed25519 curve,
+            // or refuses something in the templates (tpm2-pkcs11 says so
+            // with CKR_GENERAL_ERROR).
+            Err(e) if rv(&e).is_some_and(refuses_template) => last_error = Some(e),
+            // Logged in as the user, and still not allowed: a module that
+            // generates only for the security officer (OpenSC's PIV driver
+            // wants the card's management key for that).
+            Err(e) if rv(&e) == Some(RvError::UserNotLoggedIn) => {
+                return Err(BackendError::Unsupported(format!(
+                    "token {:?} generates keys only after a security-officer login (CKR_USER_NOT_LOGGED_IN after the user's): {SO_KEYGEN_ADVICE}",
+                    info.label()
+                )));
             }
             Err(e) => return Err(failure("C_GenerateKeyPair", &e)),
         }
     }
     let Some((public_handle, private_handle)) = pair else {
         let e = last_error.expect("at least one attempt");
+        // Which attribute? PKCS#11 does not say: try without each in turn.
+        // A key made that way is destroyed at once; the user is told.
+        let last = params_choices.last().expect("at least one choice");
+        let found = find_refused(
+            |public, private| session.generate_key_pair(&mechanism, public, private).ok(),
+            &public_template(last),
+            &private_template,
+        );
+        if let Some((half, attr, (public, private))) = found {
+            let _ = session.destroy_object(private);
+            let _ = session.destroy_object(public);
+            return Err(BackendError::Unsupported(format!(
+                "token {:?} refuses {} in the {half} key's template ({}; without it the token generates): keybridge asks for it to make a signing key and nothing else. Generate the key with the token's own tool and open it with `keybridge keys create --backend pkcs11 --existing`",
+                info.label(),
+                describe_attribute(&attr),
+                super::errors::describe(&e)
+            )));
+        }
+        if rv(&e) == Some(RvError::GeneralError) {
+            return Err(failure("C_GenerateKeyPair", &e));
+        }
         return Err(BackendError::UnsupportedMechanism(format!(
             "token {:?} cannot generate an {alg} key: {}",
             info.label(),
@@ -314,6 +363,86 @@ fn generate(
     checked
 }
 
+/// Codes with which tokens refuse a key template (tpm2-pkcs11: any
+/// mismatch is `CKR_GENERAL_ERROR`).
+fn refuses_template(code: RvError) -> bool {
+    matches!(
+        code,
+        RvError::CurveNotSupported
+            | RvError::DomainParamsInvalid
+            | RvError::AttributeValueInvalid
+            | RvError::AttributeTypeInvalid
+            | RvError::AttributeReadOnly
+            | RvError::TemplateInconsistent
+            | RvError::TemplateIncomplete
+            | RvError::GeneralError
+    )
+}
+
+/// The first attribute of `public`, then `private`, without which
+/// `generate` succeeds: the one the token refuses, which half it is in,
+/// and what `generate` made. The curve, id and label are never left out.
+fn find_refused<P>(
+    mut generate: impl FnMut(&[Attribute], &[Attribute]) -> Option<P>,
+    public: &[Attribute],
+    private: &[Attribute],
+) -> Option<(&'static str, Attribute, P)> {
+    let essential = |a: &Attribute| {
+        matches!(
+            a,
+            Attribute::EcParams(_) | Attribute::Id(_) | Attribute::Label(_)
+        )
+    };
+    let without = |template: &[Attribute], i: usize| -> Vec<Attribute> {
+        let mut t = template.to_vec();
+        t.remove(i);
+        t
+    };
+    for (i, attr) in public.iter().enumerate() {
+        if !essential(attr)
+            && let Some(made) = generate(&without(public, i), private)
+        {
+            return Some(("public", attr.clone(), made));
+        }
+    }
+    for (i, attr) in private.iter().enumerate() {
+        if !essential(attr)
+            && let Some(made) = generate(public, &without(private, i))
+        {
+            return Some(("private", attr.clone(), made));
+        }
+    }
+    None
+}
+
+/// `CKA_SENSITIVE=true`: an attribute as PKCS#11 names it, with its value
+/// (booleans only; other values are not shown).
+fn describe_attribute(attr: &Attribute) -> String {
+    let camel = format!("{:?}", attr.attribute_type());
+    let mut name = String::from("CKA");
+    for c in camel.chars() {
+        if c.is_ascii_uppercase() {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    let value = match attr {
+        Attribute::Token(v)
+        | Attribute::Private(v)
+        | Attribute::Sensitive(v)
+        | Attribute::Extractable(v)
+        | Attribute::Sign(v)
+        | Attribute::Verify(v)
+        | Attribute::Encrypt(v)
+        | Attribute::Decrypt(v)
+        | Attribute::Wrap(v)
+        | Attribute::Unwrap(v)
+        | Attribute::Derive(v) => format!("={v}"),
+        _ => String::new(),
+    };
+    format!("{name}{value}")
+}
+
 /// Reads the private key's residency attributes and refuses a key the
 /// token does not keep sensitive and non-extractable (and, with `strict`,
 /// one that ever was extractable or not sensitive).
@@ -332,11 +461,13 @@ pub(super) fn private_attrs(
                 AttributeType::NeverExtractable,
                 AttributeType::Local,
                 AttributeType::Sign,
+                AttributeType::AlwaysAuthenticate,
             ],
         )
         .map_err(|e| failure("C_GetAttributeValue", &e))?;
     let (mut sensitive, mut extractable, mut always, mut never, mut local, mut sign) =
         (false, true, false, false, false, false);
+    let mut always_authenticate = false;
     for attr in attrs {
         match attr {
             Attribute::Sensitive(v) => sensitive = v,
@@ -345,6 +476,7 @@ pub(super) fn private_attrs(
             Attribute::NeverExtractable(v) => never = v,
             Attribute::Local(v) => local = v,
             Attribute::Sign(v) => sign = v,
+            Attribute::AlwaysAuthenticate(v) => always_authenticate = v,
             _ => {}
         }
     }
@@ -369,6 +501,7 @@ pub(super) fn private_attrs(
             local,
             always_sensitive: always,
             never_extractable: never,
+            always_authenticate,
         })
     } else {
         Err(BackendError::Unsupported(format!(
@@ -400,6 +533,72 @@ mod tests {
             matches!(&err, BackendError::UnsupportedMechanism(m)
                 if m.contains("CKM_EDDSA") && !m.contains("PAIR_GEN")),
             "{err:?}"
+        );
+    }
+
+    /// tpm2-pkcs11 1.9's rule (src/lib/tpm.c, attrs.c): CKA_VERIFY and
+    /// CKA_DECRYPT are one TPM bit, CKA_SIGN and CKA_ENCRYPT another; the
+    /// public template is applied, then the private one, and any template
+    /// value the resulting key does not have is refused.
+    fn tpm2_pkcs11_generates(public: &[Attribute], private: &[Attribute]) -> Option<()> {
+        let (mut sign, mut decrypt) = (false, false);
+        for a in public.iter().chain(private) {
+            match a {
+                Attribute::Sign(v) | Attribute::Encrypt(v) => sign = *v,
+                Attribute::Verify(v) | Attribute::Decrypt(v) => decrypt = *v,
+                _ => {}
+            }
+        }
+        let consistent = public.iter().chain(private).all(|a| match a {
+            Attribute::Sign(v) | Attribute::Encrypt(v) => *v == sign,
+            Attribute::Verify(v) | Attribute::Decrypt(v) => *v == decrypt,
+            _ => true,
+        });
+        consistent.then_some(())
+    }
+
+    #[test]
+    fn the_refused_attribute_is_found_and_named() {
+        let public = [
+            Attribute::Token(true),
+            Attribute::Verify(true),
+            Attribute::EcParams(P256_PARAMS.to_vec()),
+        ];
+        let private = [Attribute::Sign(true), Attribute::Decrypt(false)];
+        assert!(tpm2_pkcs11_generates(&public, &private).is_none());
+        let (half, attr, ()) = find_refused(tpm2_pkcs11_generates, &public, &private).unwrap();
+        assert_eq!(half, "public");
+        assert_eq!(describe_attribute(&attr), "CKA_VERIFY=true");
+        // The template keybridge uses now passes as it is.
+        let ours = [
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Wrap(false),
+        ];
+        assert!(tpm2_pkcs11_generates(&ours, &private).is_some());
+        // Nothing helps: none found; the curve is never left out.
+        let mut tried = vec![];
+        let none = find_refused(
+            |p: &[Attribute], _: &[Attribute]| -> Option<()> {
+                tried.push(p.len());
+                None
+            },
+            &public,
+            &private,
+        );
+        assert!(none.is_none());
+        assert_eq!(
+            tried.len(),
+            4,
+            "two public attributes and two private ones tried"
+        );
+        assert_eq!(
+            describe_attribute(&Attribute::Label(b"x".to_vec())),
+            "CKA_LABEL"
+        );
+        assert_eq!(
+            describe_attribute(&Attribute::EcParams(vec![])),
+            "CKA_EC_PARAMS"
         );
     }
 

@@ -3,7 +3,9 @@
 
 use super::keygen::offers;
 use super::module;
-use super::objects::{canonical_uri, public_keys};
+use super::objects::{
+    FoundKey, always_authenticate, canonical_uri, private_half, public_keys, template,
+};
 use crate::record::BackendKind;
 use crate::uri::pkcs11::Pkcs11Uri;
 use crate::{BackendError, ListedKey, TokenListing};
@@ -34,9 +36,16 @@ pub(crate) fn list(location: Option<&str>) -> Result<Vec<TokenListing>, BackendE
             let mechanisms = ctx.get_mechanism_list(slot).unwrap_or_default();
             let keys = match ctx.open_ro_session_no_drop(slot) {
                 Ok(session) => {
-                    let keys = public_keys(&session, &Pkcs11Uri::default());
+                    let keys = public_keys(&session, &Pkcs11Uri::default())
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|k| {
+                            let each = context_login_visible(&session, &k);
+                            (k, each)
+                        })
+                        .collect();
                     let _ = session.close();
-                    keys.unwrap_or_default()
+                    keys
                 }
                 Err(_) => Vec::new(),
             };
@@ -65,7 +74,8 @@ pub(crate) fn list(location: Option<&str>) -> Result<Vec<TokenListing>, BackendE
                     .collect(),
                 keys: keys
                     .into_iter()
-                    .map(|k| ListedKey {
+                    .map(|(k, login_each_signature)| ListedKey {
+                        login_each_signature,
                         uri: canonical_uri(&module, &info, &k.id, &k.label).to_string(),
                         label: k.label,
                         id: hex::encode(&k.id),
@@ -77,4 +87,20 @@ pub(crate) fn list(location: Option<&str>) -> Result<Vec<TokenListing>, BackendE
         }
         Ok(tokens)
     })
+}
+
+/// Whether the private half of `key` needs a context-specific login before
+/// each signature, if that half is visible without login (OpenSC shows PIV
+/// private key objects; ykcs11 and SoftHSM2 only after `C_Login`).
+fn context_login_visible(session: &cryptoki::session::Session, key: &FoundKey) -> Option<bool> {
+    let half = private_half(&Pkcs11Uri {
+        id: Some(key.id.clone()),
+        object: Some(key.label.clone()),
+        ..Default::default()
+    });
+    let template = template(cryptoki::object::ObjectClass::PRIVATE_KEY, &half);
+    match session.find_objects(&template).ok()?.as_slice() {
+        [one] => Some(always_authenticate(session, *one)),
+        _ => None,
+    }
 }

@@ -83,6 +83,43 @@ pub(super) fn login(
     }
 }
 
+/// Why a context-specific login did not happen.
+pub(super) enum ContextLoginError {
+    /// The PIN rules or the PIN itself: what the caller reports.
+    Refused(BackendError),
+    /// The token or session: for the caller to tell apart (gone, logged
+    /// out, …) as it does for `C_Sign`.
+    Token(CkError),
+}
+
+/// `C_Login(CKU_CONTEXT_SPECIFIC)` with `pin`, right before a `C_Sign` with
+/// a key marked `CKA_ALWAYS_AUTHENTICATE` (PIV slot 9c). The rules of a
+/// user login apply: a blocked PIN is not tried and the last attempt is
+/// never spent here — the PIN is one that already logged in, so a token at
+/// its last attempt means someone else spent the others, and the user
+/// decides (by unlocking again, with consent).
+pub(super) fn context_login(
+    session: &Session,
+    ctx: &Pkcs11,
+    slot: Slot,
+    pin: &SecretString,
+) -> Result<(), ContextLoginError> {
+    let info = ctx.get_token_info(slot).map_err(ContextLoginError::Token)?;
+    before_login(PinFlags::of(&info), false).map_err(ContextLoginError::Refused)?;
+    session
+        .login(UserType::ContextSpecific, Some(pin))
+        .map_err(|e| match rv(&e) {
+            Some(
+                RvError::PinIncorrect
+                | RvError::PinLocked
+                | RvError::PinLenRange
+                | RvError::PinInvalid
+                | RvError::PinExpired,
+            ) => ContextLoginError::Refused(login_error(ctx, slot, &e)),
+            _ => ContextLoginError::Token(e),
+        })
+}
+
 fn login_error(ctx: &Pkcs11, slot: Slot, e: &CkError) -> BackendError {
     match rv(e) {
         Some(RvError::PinIncorrect) => {
@@ -93,6 +130,12 @@ fn login_error(ctx: &Pkcs11, slot: Slot, e: &CkError) -> BackendError {
         Some(RvError::PinLenRange | RvError::PinInvalid) => {
             BackendError::WrongSecret { retries_left: None }
         }
+        // ykcs11 answers this, without a word to the card, for a PIN
+        // outside 6–8 characters.
+        Some(RvError::ArgumentsBad) => BackendError::InvalidSecret(
+            "the token refused the PIN's form (CKR_ARGUMENTS_BAD; a PIV PIN has 6 to 8 characters)"
+                .into(),
+        ),
         Some(RvError::PinExpired) => BackendError::InvalidSecret(
             "the token's user PIN has expired: change it with the token's tools".into(),
         ),

@@ -219,7 +219,7 @@ pub(super) fn canonical_uri(
 // Keys
 
 /// The search template for the objects of class `class` that `uri` names.
-fn template(class: ObjectClass, uri: &Pkcs11Uri) -> Vec<Attribute> {
+pub(super) fn template(class: ObjectClass, uri: &Pkcs11Uri) -> Vec<Attribute> {
     let mut template = vec![Attribute::Class(class)];
     if let Some(id) = &uri.id {
         template.push(Attribute::Id(id.clone()));
@@ -345,15 +345,35 @@ pub(super) fn one_key(
     }
 }
 
-/// The one private key of type `alg` that `uri` names (logged in):
-/// [`BackendError::NotFound`] for none, [`BackendError::Ambiguous`] for
-/// several.
+/// What names the private half of the key `uri` names: its `CKA_ID` alone
+/// when it has one (the id is what links the halves of a pair in PKCS#11;
+/// labels often differ: ykcs11 calls slot 9c's halves "Private key for
+/// Digital Signature" and "Public key for Digital Signature", OpenSC "SIGN
+/// key" and "SIGN pubkey"), else its label.
+pub(super) fn private_half(uri: &Pkcs11Uri) -> Pkcs11Uri {
+    match &uri.id {
+        Some(id) if !id.is_empty() => Pkcs11Uri {
+            id: Some(id.clone()),
+            ..Default::default()
+        },
+        _ => Pkcs11Uri {
+            object: uri.object.clone(),
+            ..Default::default()
+        },
+    }
+}
+
+/// The one private key of type `alg` that is the other half of the key
+/// `uri` names ([`private_half`]), found while logged in (smart-card
+/// modules show private objects only then): [`BackendError::NotFound`] for
+/// none, [`BackendError::Ambiguous`] for several.
 pub(super) fn find_private(
     session: &Session,
     uri: &Pkcs11Uri,
     alg: Algorithm,
     info: &CkTokenInfo,
 ) -> Result<ObjectHandle, BackendError> {
+    let uri = &private_half(uri);
     let mut template = template(ObjectClass::PRIVATE_KEY, uri);
     template.push(Attribute::KeyType(match alg {
         Algorithm::Es256 => KeyType::EC,
@@ -377,9 +397,40 @@ pub(super) fn find_private(
     }
 }
 
+/// `CKA_ALWAYS_AUTHENTICATE` of a private key: whether every `C_Sign`
+/// needs a `C_Login(CKU_CONTEXT_SPECIFIC)` right before it (PIV slot 9c).
+/// A token that cannot say is taken at its word: false.
+pub(super) fn always_authenticate(session: &Session, key: ObjectHandle) -> bool {
+    session
+        .get_attributes(key, &[AttributeType::AlwaysAuthenticate])
+        .ok()
+        .and_then(|attrs| {
+            attrs.into_iter().find_map(|a| match a {
+                Attribute::AlwaysAuthenticate(v) => Some(v),
+                _ => None,
+            })
+        })
+        .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_private_half_is_found_by_id_and_by_label_only_without_one() {
+        let both: Pkcs11Uri =
+            "pkcs11:token=t;object=Public%20key%20for%20Digital%20Signature;id=%02"
+                .parse()
+                .unwrap();
+        let half = private_half(&both);
+        assert_eq!(half.id.as_deref(), Some(&[2u8][..]));
+        assert_eq!(half.object, None);
+        assert_eq!(half.token, None);
+        let label: Pkcs11Uri = "pkcs11:object=k".parse().unwrap();
+        assert_eq!(private_half(&label).object.as_deref(), Some("k"));
+        assert_eq!(private_half(&label).id, None);
+    }
 
     #[test]
     fn ec_points_are_taken_der_wrapped_or_raw_and_nothing_else() {

@@ -42,6 +42,10 @@ pub struct Pkcs11Params {
     /// `CKA_NEVER_EXTRACTABLE` of the private key, when read.
     #[serde(default)]
     pub never_extractable: Option<bool>,
+    /// `CKA_ALWAYS_AUTHENTICATE` of the private key, when read: every
+    /// signature needs a context-specific login (PIV slot 9c).
+    #[serde(default)]
+    pub always_authenticate: Option<bool>,
     /// The account the key was created for ([`create`](super::create) only).
     #[serde(default)]
     pub account: Option<String>,
@@ -75,6 +79,7 @@ pub(super) fn params_for(
         local: attrs.map(|a| a.local),
         always_sensitive: attrs.map(|a| a.always_sensitive),
         never_extractable: attrs.map(|a| a.never_extractable),
+        always_authenticate: attrs.map(|a| a.always_authenticate),
         account: None,
         agent: None,
     }

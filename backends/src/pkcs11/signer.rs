@@ -4,18 +4,22 @@
 //! away is repaired once per request with the cached PIN.
 
 use super::errors::{describe, failure, means_absent, rv};
-use super::login::{PinFlags, before_login, login};
+use super::login::{ContextLoginError, PinFlags, before_login, context_login, login};
 use super::module::{self, Module};
-use super::objects::{describe_token, find_private, public_keys, with_token};
+use super::objects::{
+    always_authenticate, describe_key, describe_token, find_private, public_keys, with_token,
+};
 use crate::record::{BackendKind, KeyRecord};
 use crate::uri::KeyUri;
 use crate::uri::pkcs11::Pkcs11Uri;
 use crate::{BackendError, Signer, redact_uri};
-use cryptoki::error::RvError;
+use cryptoki::context::Pkcs11;
+use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
+use cryptoki::slot::Slot;
 use keybridge_protocol::{Algorithm, PublicKey};
 use secrecy::SecretString;
 use sha2::{Digest, Sha256};
@@ -46,7 +50,21 @@ struct Active {
     /// The module generation that opened it: after a re-initialisation
     /// the handle is not ours any more.
     generation: u64,
+    slot: Slot,
     key: ObjectHandle,
+    /// `CKA_ALWAYS_AUTHENTICATE`: every `C_Sign` needs a context-specific
+    /// login with the PIN right before it.
+    always_auth: bool,
+}
+
+/// Why one signature attempt did not give a signature.
+enum SignFailure {
+    /// The module was re-initialised: the session handle is not ours.
+    Reinitialised,
+    /// The token or session said no (gone, logged out, …).
+    Token(CkError),
+    /// The PIN rules or the PIN of a context-specific login: reported as is.
+    Refused(BackendError),
 }
 
 impl Pkcs11Signer {
@@ -127,8 +145,8 @@ impl Pkcs11Signer {
         ))
     }
 
-    /// Finds the token, logs in with `pin`, finds the private key and
-    /// checks it is ours.
+    /// Finds the token, logs in with `pin`, finds the private key (smart-card
+    /// modules show it only now) and checks it is ours.
     fn connect(&self, pin: &SecretString, spend_last: bool) -> Result<Active, BackendError> {
         with_token(
             &self.module,
@@ -141,25 +159,31 @@ impl Pkcs11Signer {
                     .open_ro_session_no_drop(slot)
                     .map_err(|e| failure("C_OpenSession", &e))?;
                 let key = login(&session, ctx, slot, pin).and_then(|()| {
-                    // A recorded key that is not there is a token that is
-                    // not (or no longer) the one it was on.
-                    let key =
-                        find_private(&session, &self.uri, self.alg(), info).map_err(
-                            |e| match e {
-                                BackendError::NotFound(m) => {
-                                    BackendError::TokenAbsent(format!("{m} any more"))
-                                }
-                                e => e,
-                            },
-                        )?;
-                    self.check_identity(&session, key)?;
-                    Ok(key)
+                    // The token is here and logged in: a key not on it was
+                    // deleted or replaced — not an absent token.
+                    let key = find_private(&session, &self.uri, self.alg(), info).map_err(
+                        |e| match e {
+                            BackendError::NotFound(_) => BackendError::NotFound(format!(
+                                "token {:?} is present and logged in, but has no private {} key {} any more (deleted or replaced?): the key record {} cannot sign",
+                                info.label(),
+                                self.alg(),
+                                describe_key(&super::objects::private_half(&self.uri)),
+                                self.public.kid()
+                            )),
+                            e => e,
+                        },
+                    )?;
+                    let always_auth = always_authenticate(&session, key);
+                    self.check_identity(ctx, slot, &session, key, always_auth.then_some(pin))?;
+                    Ok((key, always_auth))
                 });
                 match key {
-                    Ok(key) => Ok(Active {
+                    Ok((key, always_auth)) => Ok(Active {
                         session,
                         generation,
+                        slot,
                         key,
+                        always_auth,
                     }),
                     Err(e) => {
                         let _ = session.logout();
@@ -172,8 +196,16 @@ impl Pkcs11Signer {
     }
 
     /// The token's public key object for our id/label must be the recorded
-    /// key; with no public object, a probe signature must verify.
-    fn check_identity(&self, session: &Session, key: ObjectHandle) -> Result<(), BackendError> {
+    /// key; with no public object, a probe signature must verify (with a
+    /// context-specific login first when `context_pin` is given).
+    fn check_identity(
+        &self,
+        ctx: &Pkcs11,
+        slot: Slot,
+        session: &Session,
+        key: ObjectHandle,
+        context_pin: Option<&SecretString>,
+    ) -> Result<(), BackendError> {
         let found = public_keys(session, &self.uri)?;
         if found.iter().any(|k| k.public == self.public) {
             return Ok(());
@@ -181,7 +213,7 @@ impl Pkcs11Signer {
         if !found.is_empty() {
             return Err(self.not_the_recorded_key());
         }
-        if probe(session, key, &self.public)? {
+        if probe(ctx, slot, session, key, &self.public, context_pin)? {
             Ok(())
         } else {
             Err(self.not_the_recorded_key())
@@ -215,18 +247,25 @@ impl Pkcs11Signer {
                 repaired = true;
             }
             let active = self.session.as_ref().expect("connected above");
-            let outcome = self.module.with(|_, generation| {
+            let outcome = self.module.with(|ctx, generation| {
                 if generation != active.generation {
-                    return Err(None);
+                    return Err(SignFailure::Reinitialised);
                 }
-                active
-                    .session
-                    .sign(&mechanism(alg), active.key, &message)
-                    .map_err(Some)
+                token_sign(
+                    ctx,
+                    active.slot,
+                    &active.session,
+                    active.key,
+                    alg,
+                    &message,
+                    active.always_auth.then_some(pin),
+                )
             });
             let error = match outcome {
                 Ok(signature) => return finish_signature(alg, signature),
-                Err(error) => error,
+                Err(SignFailure::Refused(e)) => return Err(e),
+                Err(SignFailure::Reinitialised) => None,
+                Err(SignFailure::Token(e)) => Some(e),
             };
             // What to do with the session, and whether the token is gone.
             let (close, absent) = match error.as_ref().map(|e| (e, rv(e))) {
@@ -244,7 +283,14 @@ impl Pkcs11Signer {
                         | RvError::ObjectHandleInvalid,
                     ),
                 )) => (true, false),
-                Some((e, _)) => return Err(failure("C_Sign", e)),
+                // Anything else: reported. The session goes (an operation
+                // left active in it would refuse the next one); the next
+                // signature opens one and logs in with the cached PIN.
+                Some((e, _)) => {
+                    let error = failure("C_Sign", e);
+                    self.drop_session(true, false);
+                    return Err(error);
+                }
             };
             self.drop_session(close, false);
             if repaired {
@@ -376,16 +422,67 @@ fn finish_signature(alg: Algorithm, signature: Vec<u8>) -> Result<Vec<u8>, Backe
     }
 }
 
-/// Whether `key` signs (a fixed probe message) for `public`.
+/// One signature of `message` (already [`token_input`]) by `key`: `C_Sign`;
+/// for a key that needs a login per signature (`context_pin`),
+/// `C_SignInit`, `C_Login(CKU_CONTEXT_SPECIFIC)` right after it (the
+/// spec's order: ykcs11 refuses the login while no operation is active),
+/// then `C_SignUpdate` + `C_SignFinal` — cryptoki has no single-part
+/// `C_Sign` after a separate `C_SignInit`, and ykcs11 and OpenSC buffer a
+/// raw `CKM_ECDSA` input across parts.
+fn token_sign(
+    ctx: &Pkcs11,
+    slot: Slot,
+    session: &Session,
+    key: ObjectHandle,
+    alg: Algorithm,
+    message: &[u8],
+    context_pin: Option<&SecretString>,
+) -> Result<Vec<u8>, SignFailure> {
+    let Some(pin) = context_pin else {
+        return session
+            .sign(&mechanism(alg), key, message)
+            .map_err(SignFailure::Token);
+    };
+    session
+        .sign_init(&mechanism(alg), key)
+        .map_err(SignFailure::Token)?;
+    // On a refusal the operation stays active: the caller closes the
+    // session (PIN errors and token errors both drop it).
+    context_login(session, ctx, slot, pin).map_err(|e| match e {
+        ContextLoginError::Refused(e) => SignFailure::Refused(e),
+        ContextLoginError::Token(e) => SignFailure::Token(e),
+    })?;
+    session.sign_update(message).map_err(SignFailure::Token)?;
+    session.sign_final().map_err(SignFailure::Token)
+}
+
+/// Whether `key` signs (a fixed probe message) for `public`; with
+/// `context_pin`, after the context-specific login such a key needs.
 pub(super) fn probe(
+    ctx: &Pkcs11,
+    slot: Slot,
     session: &Session,
     key: ObjectHandle,
     public: &PublicKey,
+    context_pin: Option<&SecretString>,
 ) -> Result<bool, BackendError> {
     let alg = public.algorithm();
-    let signature = session
-        .sign(&mechanism(alg), key, &token_input(alg, PROBE))
-        .map_err(|e| failure("C_Sign", &e))?;
+    let signature = token_sign(
+        ctx,
+        slot,
+        session,
+        key,
+        alg,
+        &token_input(alg, PROBE),
+        context_pin,
+    )
+    .map_err(|e| match e {
+        SignFailure::Refused(e) => e,
+        SignFailure::Token(e) => failure("C_Sign", &e),
+        SignFailure::Reinitialised => {
+            BackendError::TokenAbsent("the module was re-initialised during the key check".into())
+        }
+    })?;
     let signature = finish_signature(alg, signature)?;
     Ok(public.verify(alg, PROBE, &signature).is_ok())
 }

@@ -610,6 +610,28 @@ mod tests {
     }
 
     #[test]
+    fn token_labels_with_hash_spaces_and_non_ascii_round_trip() {
+        for (label, encoded) in [
+            ("YubiKey PIV #7777777", "YubiKey%20PIV%20%237777777"),
+            (
+                "PIV_II (PIV Card Holder pin)",
+                "PIV_II%20(PIV%20Card%20Holder%20pin)",
+            ),
+            ("kb #1 ü/€", "kb%20%231%20%C3%BC%2F%E2%82%AC"),
+            ("a?b&c=d;e%f", "a%3Fb%26c%3Dd%3Be%25f"),
+        ] {
+            let uri = Pkcs11Uri {
+                token: Some(label.into()),
+                id: Some(vec![2]),
+                ..Default::default()
+            };
+            let text = uri.to_string();
+            assert_eq!(text, format!("pkcs11:token={encoded};id=%02"), "{label}");
+            assert_eq!(parse(&text).unwrap(), uri, "{label}");
+        }
+    }
+
+    #[test]
     fn canonical_form_round_trips() {
         let uri = Pkcs11Uri {
             token: Some("kb token;1".into()),

@@ -279,6 +279,9 @@ pub fn list() -> Result<Vec<crate::TokenListing>, BackendError> {
                         slot,
                     }
                     .to_string(),
+                    // The PIN policy is in the slot's metadata or attestation,
+                    // not read here: `keys show` has it.
+                    login_each_signature: None,
                 });
             }
         }

@@ -37,6 +37,10 @@ pub fn key_view(e: &KeyEntry, clock: &Clock) -> KeyView {
         unlocked_mode: unlocked.map(|(m, _)| m),
         unlocked_until: unlocked.map(|(_, t)| t),
         touch_pending: e.touch_pending(),
+        login_each_signature: r
+            .params
+            .get("always_authenticate")
+            .and_then(|v| v.as_bool()),
         public_key: None,
         params: None,
         evidence: None,

@@ -275,8 +275,17 @@ fn render_tokens(tokens: &[TokenListing]) -> String {
         ));
         for k in &t.keys {
             out.push_str(&format!(
-                "    {}  {:<7} {:?} id {}\n      {}\n",
-                k.kid, k.alg, k.label, k.id, k.uri
+                "    {}  {:<7} {:?} id {}{}\n      {}\n",
+                k.kid,
+                k.alg,
+                k.label,
+                k.id,
+                if k.login_each_signature == Some(true) {
+                    "  (PIN on the token for each signature)"
+                } else {
+                    ""
+                },
+                k.uri
             ));
         }
     }

@@ -200,14 +200,19 @@ fn key_line(k: &KeyView) -> String {
         None => "locked".into(),
     };
     format!(
-        "{}  {:<10} {:<6} {:<12} {}/{}  {}",
+        "{}  {:<10} {:<6} {:<12} {}/{}  {}{}",
         k.kid,
         k.backend,
         k.alg,
         k.label.as_deref().unwrap_or("-"),
         k.account,
         k.agent,
-        state
+        state,
+        if k.login_each_signature == Some(true) {
+            "  (PIN on the token for each signature)"
+        } else {
+            ""
+        }
     )
 }
 
