@@ -17,6 +17,13 @@
 //! rate a user gets. Both figures are printed, and what the bridge adds per
 //! signature in microseconds.
 //!
+//! Then the same again through PKCS#11 (issue 11): Yubico's ykcs11 on a
+//! card signing in 70 ms, a slot-9c key opened with `keys create --backend
+//! pkcs11 --existing`, against a raw cryptoki loop on the same module doing
+//! what a correct client must for a 9c key (`CKA_ALWAYS_AUTHENTICATE`):
+//! `C_SignInit`, `C_Login(CKU_CONTEXT_SPECIFIC)`, `C_SignUpdate`,
+//! `C_SignFinal`. Goal ≥ 0.9 as well.
+//!
 //! `cargo xtask bench` runs it (release build); it writes
 //! `target/bench/yubikey.json`. A missed goal is reported, not failed.
 
@@ -35,6 +42,7 @@ const REAL_SIGN_TIME: Duration = Duration::from_millis(70);
 const PIN: &str = "123456";
 const ROUNDS: usize = 3;
 const GOAL: f64 = 0.9;
+const YKCS11: &str = "/usr/lib/x86_64-linux-gnu/libykcs11.so";
 const SIGN_REQUEST: &str = r#"{"key":"bench","device":"device-00042","command":"remote-control","args":{"mode":"view"},"ttl":300}"#;
 
 fn main() -> ExitCode {
@@ -64,9 +72,51 @@ fn raw_loop(serial: u32, length: Duration) -> Result<f64> {
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Signs with slot 9c through ykcs11 directly for `length`, as a correct
+/// PKCS#11 client must for a key with `CKA_ALWAYS_AUTHENTICATE`;
+/// signatures per second.
+fn ykcs11_raw_loop(serial: u32, length: Duration) -> Result<f64> {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, ObjectClass};
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+    let ctx = Pkcs11::new(YKCS11)?;
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
+    let label = format!("YubiKey PIV #{serial}");
+    let slot = ctx
+        .get_slots_with_token()?
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).is_ok_and(|i| i.label() == label))
+        .with_context(|| format!("ykcs11 shows no token {label:?}"))?;
+    let session = ctx.open_ro_session(slot)?;
+    let pin = AuthPin::from(PIN);
+    session.login(UserType::User, Some(&pin))?;
+    let key = *session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Id(vec![2]),
+        ])?
+        .first()
+        .context("no private key with id 02")?;
+    let digest = sha2::Sha256::digest(b"keybridge benchmark Sig_structure stand-in");
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < length {
+        session.sign_init(&Mechanism::Ecdsa, key)?;
+        session.login(UserType::ContextSpecific, Some(&pin))?;
+        session.sign_update(&digest)?;
+        session.sign_final()?;
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
 /// One card speed: the rates through the bridge and in the raw loop.
 struct Phase {
     name: &'static str,
+    /// What the raw loop is.
+    raw_name: &'static str,
     bridge_rate: f64,
     raw_rate: f64,
 }
@@ -84,15 +134,28 @@ impl Phase {
 
 /// Inserts a card signing in `sign_time`, makes a key through the daemon,
 /// and measures it both ways, rounds taking turns.
+/// Through which interface the key is used.
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    /// `--backend yubikey`, raw loop `yubikey::piv::sign_data`.
+    Yubikey,
+    /// `--backend pkcs11` on ykcs11, raw loop cryptoki on ykcs11.
+    Ykcs11,
+}
+
 fn phase(
     name: &'static str,
     serial: u32,
     sign_time: Duration,
     secs: Duration,
     bin_dir: &std::path::Path,
+    via: Via,
 ) -> Result<Phase> {
-    let card = CardConfig::new(serial)
-        .sign_time(sign_time)
+    let mut config = CardConfig::new(serial).sign_time(sign_time);
+    if via == Via::Ykcs11 {
+        config = config.key(0x9c, keybridge_tests::vyubikey::KeySpec::p256());
+    }
+    let card = config
         .insert()
         .context("the virtual YubiKey needs pcscd and vsmartcard-vpcd (cargo xtask deps)")?;
     let tmp = tempfile::tempdir()?;
@@ -101,25 +164,49 @@ fn phase(
         .build()?;
     let (bridge, rounds) = rt.block_on(async {
         let bridge = keybridge::serve(bin_dir, tmp.path(), &[]).await?;
-        bridge.cli(
-            &[
-                "keys",
-                "create",
-                "--backend",
-                "yubikey",
-                "--account",
-                "acme",
-                "--agent",
-                "bench",
-                "--label",
-                "bench",
-                "--uri",
-                &format!("yubikey:serial={serial};slot=9c"),
-                "--default-management-key",
-                "--secret-stdin",
-            ],
-            Some(PIN),
-        )?;
+        if via == Via::Ykcs11 {
+            let uri =
+                format!("pkcs11:token=YubiKey%20PIV%20%23{serial};id=%02?module-path={YKCS11}");
+            bridge.cli(
+                &[
+                    "keys",
+                    "create",
+                    "--backend",
+                    "pkcs11",
+                    "--existing",
+                    "--account",
+                    "acme",
+                    "--agent",
+                    "bench",
+                    "--label",
+                    "bench",
+                    "--uri",
+                    &uri,
+                    "--secret-stdin",
+                ],
+                Some(PIN),
+            )?;
+        } else {
+            bridge.cli(
+                &[
+                    "keys",
+                    "create",
+                    "--backend",
+                    "yubikey",
+                    "--account",
+                    "acme",
+                    "--agent",
+                    "bench",
+                    "--label",
+                    "bench",
+                    "--uri",
+                    &format!("yubikey:serial={serial};slot=9c"),
+                    "--default-management-key",
+                    "--secret-stdin",
+                ],
+                Some(PIN),
+            )?;
+        }
         bridge.cli(
             &["unlock", "bench", "--remember", "daily", "--secret-stdin"],
             Some(PIN),
@@ -133,7 +220,10 @@ fn phase(
         for _ in 0..ROUNDS {
             let through = measure(&target, 1, secs, &[bridge.proc.pid()]).await?;
             // Synchronous on purpose: nothing else runs meanwhile.
-            let raw = raw_loop(serial, secs)?;
+            let raw = match via {
+                Via::Yubikey => raw_loop(serial, secs)?,
+                Via::Ykcs11 => ykcs11_raw_loop(serial, secs)?,
+            };
             rounds.push((through, raw));
         }
         anyhow::Ok((bridge, rounds))
@@ -149,6 +239,10 @@ fn phase(
     );
     Ok(Phase {
         name,
+        raw_name: match via {
+            Via::Yubikey => "raw piv::sign_data loop",
+            Via::Ykcs11 => "raw cryptoki loop (SignInit, context login, SignUpdate, SignFinal)",
+        },
         bridge_rate,
         raw_rate,
     })
@@ -166,6 +260,7 @@ fn bench(secs: Duration) -> Result<()> {
         Duration::ZERO,
         secs,
         &bin_dir,
+        Via::Yubikey,
     )?;
     let real = phase(
         "virtual card at a YubiKey 5's 70 ms",
@@ -173,12 +268,22 @@ fn bench(secs: Duration) -> Result<()> {
         REAL_SIGN_TIME,
         secs,
         &bin_dir,
+        Via::Yubikey,
     )?;
-    for p in [&fast, &real] {
+    let pkcs11 = phase(
+        "ykcs11 (PKCS#11) on the virtual card at 70 ms, 9c: a PIN per signature",
+        SERIAL + 2,
+        REAL_SIGN_TIME,
+        secs,
+        &bin_dir,
+        Via::Ykcs11,
+    )?;
+    for p in [&fast, &real, &pkcs11] {
         println!(
-            "yubikey ({}, P-256, 1 connection): keybridge {:.1} sig/s, raw piv::sign_data loop {:.1} sig/s, ratio {:.3}, bridge adds {:.0} µs per signature",
+            "yubikey ({}, P-256, 1 connection): keybridge {:.1} sig/s, {} {:.1} sig/s, ratio {:.3}, bridge adds {:.0} µs per signature",
             p.name,
             p.bridge_rate,
+            p.raw_name,
             p.raw_rate,
             p.ratio(),
             p.added_us()
@@ -189,6 +294,12 @@ fn bench(secs: Duration) -> Result<()> {
         "goal: ratio ≥ {GOAL} at a real card's speed: {:.3} {}",
         real.ratio(),
         if met { "✔" } else { "✘" }
+    );
+    let met_pkcs11 = pkcs11.ratio() >= GOAL;
+    println!(
+        "goal: ratio ≥ {GOAL} through ykcs11 against a raw cryptoki loop: {:.3} {}",
+        pkcs11.ratio(),
+        if met_pkcs11 { "✔" } else { "✘" }
     );
     let out = target_dir.join("bench").join("yubikey.json");
     std::fs::create_dir_all(out.parent().unwrap())?;
@@ -205,8 +316,10 @@ fn bench(secs: Duration) -> Result<()> {
         serde_json::to_vec_pretty(&json!({
             "full_speed": phase_json(&fast),
             "real_card_70ms": phase_json(&real),
+            "ykcs11_70ms": phase_json(&pkcs11),
             "goal": GOAL,
             "met": met,
+            "met_ykcs11": met_pkcs11,
         }))?,
     )?;
     println!("wrote {}", out.display());
