@@ -326,12 +326,26 @@ impl Bridge {
         extra: &[&str],
         stdin: &str,
     ) -> Output {
+        self.create_key("yubikey", label, uri, extra, stdin)
+    }
+
+    /// `keybridge --json keys create --backend BACKEND` for account `acme`,
+    /// agent and label `label`, key `uri`, the secret (and more lines) on
+    /// standard input.
+    pub fn create_key(
+        &self,
+        backend: &str,
+        label: &str,
+        uri: &str,
+        extra: &[&str],
+        stdin: &str,
+    ) -> Output {
         let mut args = vec![
             "--json",
             "keys",
             "create",
             "--backend",
-            "yubikey",
+            backend,
             "--account",
             "acme",
             "--agent",

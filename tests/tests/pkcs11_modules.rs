@@ -265,28 +265,7 @@ impl Piv {
     /// `keybridge keys create --backend pkcs11 --existing --uri URI`, the
     /// PIN on standard input; the new key's kid.
     fn open_existing(&self, label: &str, uri: &str) -> String {
-        let out = self.b.ok(
-            &[
-                "--json",
-                "keys",
-                "create",
-                "--backend",
-                "pkcs11",
-                "--existing",
-                "--account",
-                "acme",
-                "--agent",
-                label,
-                "--label",
-                label,
-                "--uri",
-                uri,
-                "--secret-stdin",
-            ],
-            Some(PIN),
-        );
-        let v: Value = serde_json::from_str(&out).unwrap();
-        v["kid"].as_str().unwrap().to_owned()
+        create_pkcs11(&self.b, label, uri, &["--existing"], PIN)
     }
 
     fn unlock(&self, key: &str, extra: &[&str], pin: &str) -> Output {
@@ -490,4 +469,201 @@ fn opensc_opens_the_same_9c_key_and_signs() {
     // Three signatures (the account log's genesis, two commands), each
     // with the PIN right before it: 9c is PIN-always.
     one_pin_per_signature(&p.card, 3);
+}
+
+// ---------------------------------------------------------------------------
+// tpm2-pkcs11
+
+use keybridge_tests::tpm2_pkcs11::{self, Tpm2Pkcs11};
+
+const TPM_USER_PIN: &str = "user-pin-1234";
+const TPM_SO_PIN: &str = "so-pin-12345678";
+/// Spaces, `#` and non-ASCII, as token labels have them.
+const TPM_TOKEN: &str = "kb #1 – über Tökén";
+
+/// A daemon whose environment reaches `p11` (and more `extra` variables).
+fn tpm_bridge(p11: &Tpm2Pkcs11, extra: &[(&str, &Path)]) -> Bridge {
+    let env: Vec<(String, PathBuf)> = p11
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k, PathBuf::from(v)))
+        .collect();
+    let mut refs: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (k.as_str(), v.as_path())).collect();
+    refs.extend_from_slice(extra);
+    Bridge::start_with_env(NOW, None, &refs)
+}
+
+/// `keybridge --json keys create --backend pkcs11 …` with the PIN on
+/// standard input; the kid.
+fn create_pkcs11(b: &Bridge, label: &str, uri: &str, extra: &[&str], pin: &str) -> String {
+    let out = b.create_key("pkcs11", label, uri, extra, pin);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), b.daemon_log());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["kid"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn tpm2_pkcs11_generates_through_keybridge_and_devices_accept() {
+    let Some((p11, token)) = Tpm2Pkcs11::with_token(TPM_TOKEN, TPM_SO_PIN, TPM_USER_PIN) else {
+        return;
+    };
+    let mut b = tpm_bridge(&p11, &[]);
+    let uri = p11.token_uri(&token.label, "object=alice");
+    let kid = create_pkcs11(&b, "alice", &uri, &[], TPM_USER_PIN);
+    let shown: Value =
+        serde_json::from_str(&b.ok(&["--json", "keys", "show", "alice"], None)).unwrap();
+    let params = &shown["params"];
+    assert_eq!(params["token"], TPM_TOKEN, "{shown:#}");
+    assert_eq!(params["generated"], true);
+    assert_eq!(params["always_sensitive"], true);
+    assert_eq!(params["never_extractable"], true);
+    assert_eq!(params["local"], true);
+    assert_eq!(shown["login_each_signature"], false);
+    // The recorded URI carries the label percent-encoded.
+    assert!(
+        shown["uri"]
+            .as_str()
+            .unwrap()
+            .contains("kb%20%231%20%E2%80%93%20%C3%BCber"),
+        "{shown:#}"
+    );
+
+    b.ok(
+        &["unlock", "alice", "--remember", "daily", "--secret-stdin"],
+        Some(TPM_USER_PIN),
+    );
+    b.sign_and_verify("alice", NOW);
+    // After a restart the recorded URI finds the token again by its label.
+    b.restart();
+    b.ok(
+        &["unlock", "alice", "--remember", "daily", "--secret-stdin"],
+        Some(TPM_USER_PIN),
+    );
+    b.sign_and_verify("alice", NOW);
+
+    // pkcs11-tool, through the same module, reads the same public key.
+    let listed = p11.pkcs11_tool_ok(&["--token-label", TPM_TOKEN, "-O"]);
+    assert!(listed.contains("alice"), "{listed}");
+    let shown_pem = shown["public_key"]["pem"].as_str().unwrap();
+    let der = p11.work_dir().join("alice.der");
+    let params_id = params["id"].as_str().unwrap();
+    p11.pkcs11_tool_ok(&[
+        "--token-label",
+        TPM_TOKEN,
+        "--read-object",
+        "--type",
+        "pubkey",
+        "--id",
+        params_id,
+        "-o",
+        der.to_str().unwrap(),
+    ]);
+    let theirs = {
+        use p256::pkcs8::{DecodePublicKey as _, EncodePublicKey as _};
+        let vk = p256::ecdsa::VerifyingKey::from_public_key_der(&std::fs::read(&der).unwrap())
+            .expect("pkcs11-tool wrote a P-256 key");
+        vk.to_public_key_pem(p256::pkcs8::LineEnding::LF).unwrap()
+    };
+    assert_eq!(theirs.trim(), shown_pem.trim());
+    assert_eq!(shown["kid"], kid);
+}
+
+#[test]
+fn a_pkcs11_tool_key_on_tpm2_pkcs11_opens_with_existing_and_signs() {
+    let Some((p11, token)) = Tpm2Pkcs11::with_token(TPM_TOKEN, TPM_SO_PIN, TPM_USER_PIN) else {
+        return;
+    };
+    p11.pkcs11_tool_ok(&[
+        "--token-label",
+        &token.label,
+        "--keypairgen",
+        "--key-type",
+        "EC:prime256v1",
+        "--id",
+        "01",
+        "--label",
+        "made-elsewhere",
+        "--login",
+        "--pin",
+        TPM_USER_PIN,
+    ]);
+    let b = tpm_bridge(&p11, &[]);
+    // Listed without login, then opened by the listed URI.
+    let listing: Value = serde_json::from_str(&b.ok(
+        &[
+            "--json",
+            "keys",
+            "list",
+            "--backend",
+            "pkcs11",
+            "--module",
+            tpm2_pkcs11::MODULE,
+        ],
+        None,
+    ))
+    .unwrap();
+    let key = listing[0]["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == "01")
+        .unwrap_or_else(|| panic!("{listing:#}"))
+        .clone();
+    assert_eq!(listing[0]["label"], TPM_TOKEN);
+    let kid = create_pkcs11(
+        &b,
+        "legacy",
+        key["uri"].as_str().unwrap(),
+        &["--existing"],
+        TPM_USER_PIN,
+    );
+    assert_eq!(kid, key["kid"].as_str().unwrap());
+    b.ok(
+        &["unlock", "legacy", "--remember", "daily", "--secret-stdin"],
+        Some(TPM_USER_PIN),
+    );
+    b.sign_and_verify("legacy", NOW);
+}
+
+#[test]
+fn two_modules_serve_keys_in_one_daemon() {
+    let Some((p11, token)) = Tpm2Pkcs11::with_token(TPM_TOKEN, TPM_SO_PIN, TPM_USER_PIN) else {
+        return;
+    };
+    let Some(hsm) = SoftHsm::new() else {
+        return;
+    };
+    hsm.init_token("soft #2 ü");
+    let conf = hsm.conf();
+    let b = tpm_bridge(&p11, &[("SOFTHSM2_CONF", &conf)]);
+    create_pkcs11(
+        &b,
+        "on-tpm",
+        &p11.token_uri(&token.label, "object=t"),
+        &[],
+        TPM_USER_PIN,
+    );
+    create_pkcs11(
+        &b,
+        "on-softhsm",
+        &format!("pkcs11:token=soft%20%232%20%C3%BC;object=s?module-path={SOFTHSM_MODULE}"),
+        &[],
+        TOKEN_PIN,
+    );
+    for (key, pin) in [("on-tpm", TPM_USER_PIN), ("on-softhsm", TOKEN_PIN)] {
+        b.ok(
+            &["unlock", key, "--remember", "daily", "--secret-stdin"],
+            Some(pin),
+        );
+    }
+    b.sign_and_verify("on-tpm", NOW);
+    // Each key heads an account log of its own: the first one's files go.
+    std::fs::remove_file(b.home().join("acme.log")).unwrap();
+    std::fs::remove_file(b.home().join("acme.recovery.age")).unwrap();
+    b.sign_and_verify("on-softhsm", NOW);
+    // Taking turns, each on its own module.
+    for _ in 0..2 {
+        b.sign_and_verify("on-tpm", NOW);
+        b.sign_and_verify("on-softhsm", NOW);
+    }
 }
