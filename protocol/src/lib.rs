@@ -67,6 +67,6 @@ pub use command::{ArgValue, AssembleError, Claims, ClaimsError, UnsignedCommand}
 pub use device_id::{DeviceIdError, check_device_id};
 pub use envelope::{EnvelopeError, MAX_ENVELOPE_LEN, Unsigned};
 pub use key::{Algorithm, BadSignature, Kid, PublicKey};
-pub use log::{KeyLog, KeyRequest, KeyStatus, LogError, Op, Role};
+pub use log::{KeyLog, KeyRequest, KeyStatus, LogError, Op, Role, Trust};
 pub use replay::ReplayCache;
 pub use verify::{Verified, Verifier, VerifyError, unverified_account};

@@ -14,7 +14,7 @@ use crate::batch::{InclusionProof, PROOF_LABEL};
 use crate::command::{CONTENT_TYPE, Claims, ClaimsError, TIME_SYNC};
 use crate::envelope::{EnvelopeError, Parsed};
 use crate::key::{Algorithm, Kid};
-use crate::log::{KeyLog, KeyStatus, Role};
+use crate::log::{KeyStatus, Role, Trust};
 use crate::replay::{ReplayCache, ReplayError};
 use sha2::{Digest, Sha256};
 
@@ -46,6 +46,16 @@ pub enum VerifyError {
         kid: Kid,
         /// The revoking event.
         seq: u64,
+    },
+    /// The key was rotated out: another key of its agent replaced it.
+    #[error("signed by key {kid}, replaced by key {by} at key-log event {seq} (rotated out)")]
+    ReplacedKid {
+        /// The old key.
+        kid: Kid,
+        /// The `add` event that replaced it.
+        seq: u64,
+        /// The key that replaced it.
+        by: Kid,
     },
     /// The header's alg is not the key's algorithm.
     #[error("alg {alg} does not match the {key} key")]
@@ -130,6 +140,7 @@ impl VerifyError {
             VerifyError::NotDeterministic(_) => "not_deterministic",
             VerifyError::UnknownKid(_) => "unknown_kid",
             VerifyError::RevokedKid { .. } => "revoked_kid",
+            VerifyError::ReplacedKid { .. } => "replaced_kid",
             VerifyError::AlgMismatch { .. } => "alg_mismatch",
             VerifyError::BadSignature => "bad_signature",
             VerifyError::WrongAccount { .. } => "wrong_account",
@@ -175,6 +186,7 @@ impl VerifyError {
             VerifyError::NotDeterministic(_) => VerifyError::NotDeterministic("payload"),
             VerifyError::UnknownKid(_) => VerifyError::UnknownKid(kid),
             VerifyError::RevokedKid { .. } => VerifyError::RevokedKid { kid, seq: 1 },
+            VerifyError::ReplacedKid { .. } => VerifyError::ReplacedKid { kid, seq: 1, by: kid },
             VerifyError::AlgMismatch { .. } => VerifyError::AlgMismatch {
                 alg: Algorithm::Es256,
                 key: Algorithm::Ed25519,
@@ -231,16 +243,17 @@ pub struct Verified {
 /// Verifies commands for one device against one account's key log.
 #[derive(Debug, Clone, Copy)]
 pub struct Verifier<'a> {
-    log: &'a KeyLog,
+    log: &'a Trust,
     device_id: &'a str,
     skew: i64,
 }
 
 impl<'a> Verifier<'a> {
-    /// A verifier for `device_id` trusting `log`, with the default skew.
-    pub fn new(log: &'a KeyLog, device_id: &'a str) -> Self {
+    /// A verifier for `device_id` trusting `log` (a [`crate::KeyLog`] or
+    /// the [`Trust`] it leaves behind), with the default skew.
+    pub fn new(log: &'a (impl AsRef<Trust> + ?Sized), device_id: &'a str) -> Self {
         Verifier {
-            log,
+            log: log.as_ref(),
             device_id,
             skew: DEFAULT_SKEW,
         }
@@ -269,6 +282,13 @@ impl<'a> Verifier<'a> {
                 return Err(VerifyError::RevokedKid {
                     kid: parsed.kid,
                     seq,
+                });
+            }
+            KeyStatus::Replaced { seq, by } => {
+                return Err(VerifyError::ReplacedKid {
+                    kid: parsed.kid,
+                    seq,
+                    by,
                 });
             }
             KeyStatus::Unknown => return Err(VerifyError::UnknownKid(parsed.kid)),

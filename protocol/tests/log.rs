@@ -441,10 +441,22 @@ fn revoke_by_an_admin_or_by_the_key_itself_works() {
     let ev = event(&a.log, &a.bob, &revoke(&a.bob));
     accept(&mut a.log, &ev);
     assert_eq!(a.log.status(&a.bob.public().kid()), KeyStatus::Revoked(2));
+    // The last admin key cannot go: only the recovery file could ever
+    // approve anything again.
     let ev = event(&a.log, &a.alice, &revoke(&a.alice));
-    accept(&mut a.log, &ev);
-    assert_eq!(a.log.status(&a.alice.public().kid()), KeyStatus::Revoked(3));
-    assert_eq!(a.log.active_keys().count(), 0);
+    let e = refused(&a.log, &ev);
+    assert!(not_authorized(&e, "revoke", "no active admin key"), "{e:?}");
+    // With another admin key of the same agent, it can.
+    let alice2 = Signer::p256(11);
+    let mut b = Account::new();
+    let carol = Signer::p256(4);
+    let ev = add_event(&b.log, &b.alice, &carol, "carol", Role::Admin, None);
+    accept(&mut b.log, &ev);
+    let ev = add_event(&b.log, &carol, &alice2, "alice", Role::Admin, None);
+    accept(&mut b.log, &ev);
+    let ev = event(&b.log, &b.alice, &revoke(&b.alice));
+    accept(&mut b.log, &ev);
+    assert_eq!(b.log.status(&b.alice.public().kid()), KeyStatus::Revoked(4));
 }
 
 #[test]
@@ -633,8 +645,22 @@ fn add_replacing_a_key_of_the_same_agent_revokes_it() {
     }
     let ev = add_event(&a.log, &a.alice, &bob2, "bob", Role::Member, Some(old));
     accept(&mut a.log, &ev);
-    assert_eq!(a.log.status(&old), KeyStatus::Revoked(2));
+    assert_eq!(
+        a.log.status(&old),
+        KeyStatus::Replaced {
+            seq: 2,
+            by: bob2.public().kid()
+        }
+    );
     assert_eq!(active(&a.log, &bob2).since_seq, 2);
+    // Devices say "rotated out", not merely "revoked".
+    let e = Verifier::new(&a.log, "dev-1")
+        .check(&sign_command(&a.bob, &claims("bob", "dev-1")), None, NOW)
+        .unwrap_err();
+    assert!(
+        matches!(e, VerifyError::ReplacedKid { seq: 2, .. }),
+        "{e:?}"
+    );
 }
 
 #[test]

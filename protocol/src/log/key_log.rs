@@ -2,56 +2,33 @@
 //! checking that a new log extends the trusted one, and what the log says
 //! of a key. The rules of each operation are in `event.rs`.
 
-use super::event::{Event, EventBody, Op, Role, event_payload, parse_event};
+use super::event::{Event, Op, Role, event_payload, parse_event};
+use super::trust::{ActiveKey, Trust};
 use super::{EVENT_CONTENT_TYPE, LogError};
 use crate::cbor;
 use crate::envelope::{self, EnvelopeError, Unsigned};
-use crate::key::{Kid, PublicKey};
+use crate::key::PublicKey;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
 
-/// A key in the account's active set.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ActiveKey {
-    /// The public key.
-    pub key: PublicKey,
-    /// Whose key it is.
-    pub agent: String,
-    /// The agent's role through this key.
-    pub role: Role,
-    /// The event that added it.
-    pub since_seq: u64,
-}
-
-/// What the log says of a key id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyStatus<'a> {
-    /// Active: commands signed by it are accepted.
-    Active(&'a ActiveKey),
-    /// Was active and was revoked (or removed by a reset) at this event.
-    Revoked(u64),
-    /// Never part of this account.
-    Unknown,
-}
-
-/// The key set a log implies after its last event: what each operation's
-/// rules read and change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct KeySet {
-    /// Keys that may sign, by kid.
-    pub(super) active: BTreeMap<Kid, ActiveKey>,
-    /// Keys that left, by kid, with the event that removed them.
-    pub(super) revoked: BTreeMap<Kid, u64>,
-    /// The current recovery key.
-    pub(super) recovery: PublicKey,
-}
-
-/// A verified key log and the key set it implies.
+/// A verified key log: its events, and the [`Trust`] they leave behind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyLog {
-    account: String,
+    trust: Trust,
     events: Vec<Event>,
-    keys: KeySet,
+}
+
+impl AsRef<Trust> for KeyLog {
+    fn as_ref(&self) -> &Trust {
+        &self.trust
+    }
+}
+
+impl std::ops::Deref for KeyLog {
+    type Target = Trust;
+
+    fn deref(&self) -> &Trust {
+        &self.trust
+    }
 }
 
 impl KeyLog {
@@ -77,12 +54,16 @@ impl KeyLog {
 
     /// The next event of this log, to be signed by `signer`.
     pub fn next_event(&self, time: i64, op: &Op, signer: &PublicKey) -> Unsigned {
-        let seq = self.events.len() as u64;
-        let prev = self.head();
         Unsigned::new(
             signer,
             EVENT_CONTENT_TYPE,
-            event_payload(&self.account, seq, Some(prev), time, op),
+            event_payload(
+                &self.trust.account,
+                self.trust.len,
+                Some(self.trust.head),
+                time,
+                op,
+            ),
         )
     }
 
@@ -96,14 +77,9 @@ impl KeyLog {
     }
 
     /// Appends every event of the CBOR sequence `rest`, in order.
-    fn append_all(&mut self, mut rest: &[u8]) -> Result<(), LogError> {
-        while !rest.is_empty() {
-            let seq = self.events.len() as u64;
-            let len = next_item_len(rest, seq)?;
-            let (event, tail) = rest.split_at(len);
-            self.append(event)?;
-            rest = tail;
-        }
+    fn append_all(&mut self, rest: &[u8]) -> Result<(), LogError> {
+        let events = self.trust.extend(rest)?;
+        self.events.extend(events);
         Ok(())
     }
 
@@ -147,20 +123,17 @@ impl KeyLog {
         parsed
             .verify_signature(&key)
             .map_err(|_| LogError::BadSignature { seq: 0 })?;
-        let mut active = BTreeMap::new();
-        active.insert(
-            key.kid(),
-            ActiveKey {
-                key: key.clone(),
-                agent: agent.clone(),
-                role: Role::Admin,
-                since_seq: 0,
-            },
-        );
+        let digest: [u8; 32] = Sha256::digest(event).into();
+        let first = ActiveKey {
+            key: key.clone(),
+            agent: agent.clone(),
+            role: Role::Admin,
+            since_seq: 0,
+        };
         Ok(KeyLog {
-            account: body.acct,
+            trust: Trust::from_genesis(body.acct, digest, first, recovery.clone()),
             events: vec![Event {
-                digest: Sha256::digest(event).into(),
+                digest,
                 bytes: event.to_vec(),
                 signer: parsed.kid,
                 seq: 0,
@@ -168,60 +141,16 @@ impl KeyLog {
                 op: Op::Genesis {
                     key,
                     agent,
-                    recovery: recovery.clone(),
+                    recovery,
                 },
             }],
-            keys: KeySet {
-                active,
-                revoked: BTreeMap::new(),
-                recovery,
-            },
         })
     }
 
     /// Verifies one more event and applies it. On error nothing changes.
     pub fn append(&mut self, event: &[u8]) -> Result<(), LogError> {
-        let seq = self.events.len() as u64;
-        let (parsed, body) = parse_event(event, seq)?;
-        let EventBody {
-            acct,
-            seq: claimed_seq,
-            prev,
-            time,
-            op,
-        } = body;
-        if acct != self.account {
-            return Err(LogError::WrongAccount {
-                seq,
-                expected: self.account.clone(),
-                found: acct,
-            });
-        }
-        if claimed_seq != seq {
-            return Err(LogError::BadSequence {
-                expected: seq,
-                found: claimed_seq,
-            });
-        }
-        if prev != Some(self.head()) {
-            return Err(LogError::BrokenChain { seq });
-        }
-        // Who may sign: decide the signing key first, verify, check, and
-        // only then change anything: on error `self` is untouched.
-        let signer_key = op.authorized_signer(&self.keys, &parsed.kid, seq)?;
-        parsed
-            .verify_signature(signer_key)
-            .map_err(|_| LogError::BadSignature { seq })?;
-        op.check(&self.keys, &self.account, seq)?;
-        op.apply(&mut self.keys, seq);
-        self.events.push(Event {
-            digest: Sha256::digest(event).into(),
-            bytes: event.to_vec(),
-            signer: parsed.kid,
-            seq,
-            time,
-            op,
-        });
+        let event = self.trust.append(event)?;
+        self.events.push(event);
         Ok(())
     }
 
@@ -229,18 +158,7 @@ impl KeyLog {
     /// valid) and returns it. A shorter log is a rollback; a different event
     /// is a fork. Neither changes `self`.
     pub fn verify_extension(&self, new_log: &[u8]) -> Result<KeyLog, LogError> {
-        let mut rest = new_log;
-        for (i, ours) in self.events.iter().enumerate() {
-            if rest.is_empty() {
-                return Err(LogError::Rollback {
-                    have: self.events.len(),
-                    got: i,
-                });
-            }
-            rest = rest
-                .strip_prefix(ours.bytes.as_slice())
-                .ok_or(LogError::Fork { seq: i as u64 })?;
-        }
+        let rest = strip_trusted(self.events.iter().map(|e| e.bytes.as_slice()), new_log)?;
         let mut log = self.clone();
         log.append_all(rest)?;
         Ok(log)
@@ -251,45 +169,59 @@ impl KeyLog {
         self.events.iter().flat_map(|e| e.bytes.clone()).collect()
     }
 
-    /// The account id.
-    pub fn account(&self) -> &str {
-        &self.account
-    }
-
     /// The events, oldest first.
     pub fn events(&self) -> &[Event] {
         &self.events
     }
 
-    /// SHA-256 of the last event.
-    pub fn head(&self) -> [u8; 32] {
-        self.events.last().expect("a log is never empty").digest
+    /// What the log leaves behind (see [`Trust`]).
+    pub fn trust(&self) -> &Trust {
+        &self.trust
     }
 
-    /// What the log says of `kid`.
-    pub fn status(&self, kid: &Kid) -> KeyStatus<'_> {
-        if let Some(k) = self.keys.active.get(kid) {
-            KeyStatus::Active(k)
-        } else if let Some(seq) = self.keys.revoked.get(kid) {
-            KeyStatus::Revoked(*seq)
-        } else {
-            KeyStatus::Unknown
-        }
-    }
-
-    /// The active keys.
-    pub fn active_keys(&self) -> impl Iterator<Item = &ActiveKey> {
-        self.keys.active.values()
-    }
-
-    /// The current recovery key.
-    pub fn recovery_key(&self) -> &PublicKey {
-        &self.keys.recovery
+    /// The account named by the first event of the CBOR sequence `bytes`,
+    /// read without verifying anything: only to pick which trusted log an
+    /// offered one is checked against.
+    pub fn peek_account(bytes: &[u8]) -> Result<String, LogError> {
+        let len = next_item_len(bytes, 0)?;
+        let (_, body) = parse_event(&bytes[..len], 0)?;
+        Ok(body.acct)
     }
 }
 
+/// What follows the trusted events `ours` in `new_log`: a log that ends
+/// inside them is a rollback, one that differs from them a fork.
+pub(super) fn strip_trusted<'n, 'o>(
+    ours: impl ExactSizeIterator<Item = &'o [u8]>,
+    new_log: &'n [u8],
+) -> Result<&'n [u8], LogError> {
+    let have = ours.len();
+    let mut rest = new_log;
+    for (i, ours) in ours.enumerate() {
+        if rest.is_empty() {
+            return Err(LogError::Rollback { have, got: i });
+        }
+        rest = rest
+            .strip_prefix(ours)
+            .ok_or(LogError::Fork { seq: i as u64 })?;
+    }
+    Ok(rest)
+}
+
+/// The events of the CBOR sequence `bytes`, split but not parsed.
+pub(super) fn split_events(mut bytes: &[u8]) -> Result<Vec<&[u8]>, LogError> {
+    let mut out = vec![];
+    while !bytes.is_empty() {
+        let len = next_item_len(bytes, out.len() as u64)?;
+        let (event, tail) = bytes.split_at(len);
+        out.push(event);
+        bytes = tail;
+    }
+    Ok(out)
+}
+
 /// Length of the first CBOR item of `bytes`.
-fn next_item_len(bytes: &[u8], seq: u64) -> Result<usize, LogError> {
+pub(super) fn next_item_len(bytes: &[u8], seq: u64) -> Result<usize, LogError> {
     if bytes.is_empty() {
         return Err(LogError::Empty);
     }

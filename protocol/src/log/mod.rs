@@ -14,6 +14,9 @@
 //! | `reject` | an active admin key |
 //! | `revoke` | an active admin key, or the key itself |
 //! | `reset` | the current recovery key |
+//! | `threshold` | an active admin key (with a threshold above 1: proposed and confirmed) |
+//! | `propose` | an active admin key: an `add` of an admin, a `revoke` of an admin or a `threshold`, needing the threshold's approvals |
+//! | `confirm` | an active admin key of an agent who has not approved that proposal yet |
 
 // The code is split by what it is about, one file each:
 //
@@ -23,15 +26,20 @@
 // - `event.rs`: one event (`Event`, `Op`, `Role`): its payload's encoding
 //   and parsing, and the rules of each operation (who may sign it, what it
 //   checks, what it changes in the key set);
+// - `trust.rs`: what a verified log leaves behind (`Trust`: account,
+//   length, head, key set, threshold, pending proposals), enough to verify
+//   commands and take extensions without the history; a device keeps it;
 // - `request.rs`: a key request (`KeyRequest`) and its verification code.
 
 mod event;
 mod key_log;
 mod request;
+mod trust;
 
-pub use event::{EVENT_CONTENT_TYPE, Event, Op, Role};
-pub use key_log::{ActiveKey, KeyLog, KeyStatus};
-pub use request::{KeyRequest, REQUEST_CONTENT_TYPE};
+pub use event::{EVENT_CONTENT_TYPE, Event, Op, Pending, Role};
+pub use key_log::KeyLog;
+pub use request::{KeyRequest, REQUEST_CONTENT_TYPE, RequestEvidence, format_code};
+pub use trust::{ActiveKey, KeyStatus, Revoked, SnapshotError, Trust};
 
 use crate::cbor::Key;
 use crate::envelope::EnvelopeError;

@@ -104,12 +104,14 @@ pub fn add_event(
     role: Role,
     replaces: Option<keybridge_protocol::Kid>,
 ) -> Vec<u8> {
-    let req = new.finish(KeyRequest::unsigned(
+    let req = new.finish(KeyRequest::unsigned_with(
         log.account(),
         agent,
         role,
         &new.public(),
         NOW - 900,
+        replaces,
+        None,
     ));
     let op = Op::Add {
         key: new.public(),
