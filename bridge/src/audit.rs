@@ -4,6 +4,11 @@
 //! under a mutex, so concurrent signatures never interleave and a crash
 //! leaves at most one incomplete last line, which the reader reports and
 //! skips.
+//!
+//! A line says which key signed (`kid`, `backend`); a signature by agent
+//! that fell back to a later key also has `"fallback": true` and the kids
+//! of the keys passed over (`skipped`). Lines written before these fields
+//! existed read with `backend` empty and no fallback.
 
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -12,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// One signature.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// Unix seconds when signed.
     pub time: i64,
@@ -34,6 +39,16 @@ pub struct Entry {
     /// remembers.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub cti: Option<String>,
+    /// The signing key's backend (`passphrase`, `pkcs11`, …).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub backend: Option<String>,
+    /// Signed by agent with a later key than the agent's first.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub fallback: bool,
+    /// Hex kids of the keys passed over (their tokens were not there), in
+    /// the order they were tried.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub skipped: Vec<String>,
 }
 
 /// The append side, shared by the daemon's handlers.
@@ -88,4 +103,55 @@ pub fn read(path: &Path) -> io::Result<(Vec<Entry>, usize)> {
         }
     }
     Ok((entries, bad))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallback_lines_say_which_key_and_old_lines_still_read() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("audit.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        let plain = Entry {
+            time: 1,
+            kid: "aa".into(),
+            account: "acme".into(),
+            agent: "alice".into(),
+            cmd: "create-alert".into(),
+            audience: Some("d".into()),
+            backend: Some("pkcs11".into()),
+            ..Entry::default()
+        };
+        let fell_back = Entry {
+            kid: "bb".into(),
+            backend: Some("passphrase".into()),
+            fallback: true,
+            skipped: vec!["aa".into()],
+            ..plain.clone()
+        };
+        log.append(&plain).unwrap();
+        log.append(&fell_back).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(!lines[0].contains("fallback") && !lines[0].contains("skipped"));
+        assert!(
+            lines[1].contains(r#""fallback":true"#) && lines[1].contains(r#""skipped":["aa"]"#)
+        );
+        // A line of an older version.
+        std::fs::write(
+            &path,
+            format!(
+                "{text}{}\n",
+                r#"{"time":1,"kid":"cc","account":"acme","agent":"alice","cmd":"run-script","audience":"d","cti":"00"}"#
+            ),
+        )
+        .unwrap();
+        let (entries, bad) = read(&path).unwrap();
+        assert_eq!(bad, 0);
+        assert_eq!(entries[..2], [plain, fell_back]);
+        assert_eq!(entries[2].backend, None);
+        assert!(!entries[2].fallback && entries[2].skipped.is_empty());
+    }
 }

@@ -186,6 +186,31 @@ impl Client {
         self.call(Method::POST, "/v1/account/init", Some(req)).await
     }
 
+    /// `POST /v1/keys/{name}/request`
+    pub async fn key_request(
+        &self,
+        name: &str,
+        req: &crate::api::log::MakeRequest,
+    ) -> Result<crate::api::log::MadeRequest, ClientError> {
+        self.call(Method::POST, &key_path(name, "/request"), Some(req))
+            .await
+    }
+
+    /// `POST /v1/log/{route}` (`approve`, `reject`, `revoke`, `threshold`)
+    /// with its body.
+    pub async fn log_event(
+        &self,
+        route: &str,
+        body: &impl Serialize,
+    ) -> Result<crate::api::log::Appended, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/log/{}", encode(route)),
+            Some(body),
+        )
+        .await
+    }
+
     /// `GET /v1/backends/{backend}/tokens?location=…`
     pub async fn tokens(
         &self,

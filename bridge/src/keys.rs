@@ -1,11 +1,15 @@
 //! The daemon's keys: their records on disk, one worker per key, names
 //! (labels and kid prefixes) that resolve to exactly one key, and the
 //! unlock state of each ([`crate::unlock`]).
+//!
+//! An agent's keys in a preference order ([`Keys::of_agent`]) and whether
+//! a key's token is there ([`KeyEntry::presence`], [`Keys::probe`]) serve
+//! `sign --agent`, which signs with the first key at hand (`api::sign`).
 
 use crate::clock::Clock;
 use crate::paths::{self, Paths};
 use crate::unlock::{PresenceEvent, Remember, Unlocker};
-use keybridge_backends::{BackendError, KeyRecord, SecretString, Worker};
+use keybridge_backends::{BackendError, BackendKind, KeyRecord, SecretString, Seen, Worker};
 use keybridge_protocol::{Kid, PublicKey};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -39,6 +43,32 @@ pub enum KeyError {
     /// The key's record could not be written, or does not match its backend.
     #[error("key storage: {0}")]
     Storage(String),
+    /// No key of that agent (in that account) may be picked by agent.
+    #[error("{0}")]
+    NoAgentKey(String),
+    /// The agent's name exists in several accounts and none was chosen.
+    #[error(
+        "agent {agent:?} has keys in several accounts ({}): say which with account (CLI: --account)",
+        accounts.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ")
+    )]
+    AgentInSeveralAccounts {
+        /// The agent asked for.
+        agent: String,
+        /// The accounts it has keys in.
+        accounts: Vec<String>,
+    },
+}
+
+/// Whether a key's token is there, as far as the bridge can tell without
+/// a PIN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    /// There; or a key that cannot be taken away (passphrase, TPM); or it
+    /// could not be told (taken as there: a key that may be present is
+    /// never passed over silently).
+    Present,
+    /// Not there: why, for a person.
+    Absent(String),
 }
 
 /// What the bridge stores per key: the backend's record plus who the key
@@ -124,6 +154,135 @@ impl KeyEntry {
     /// Signs `tbs` if the grant allows (see [`Unlocker::sign`]).
     pub async fn sign(&self, tbs: Vec<u8>, boot: i64) -> Result<Vec<u8>, KeyError> {
         self.unlock.sign(&self.worker, tbs, boot).await
+    }
+
+    /// The backend that holds the key.
+    pub fn backend(&self) -> BackendKind {
+        self.stored.record.backend
+    }
+
+    /// The key's label, if it has one.
+    pub fn label(&self) -> Option<&str> {
+        self.stored.record.label.as_deref()
+    }
+
+    /// The key for a person: `pkcs11 key "alice-token" (kid 3f2a9c01d4e5…)`.
+    pub fn describe(&self) -> String {
+        let kid = self.kid_hex.get(..12).unwrap_or(&self.kid_hex);
+        match self.label() {
+            Some(label) => format!("{} key {label:?} (kid {kid}…)", self.backend()),
+            None => format!("{} key {kid}…", self.backend()),
+        }
+    }
+
+    /// What the backend's own watch says, without asking the hardware: a
+    /// YubiKey pulled out or not seen is absent; anything else (keys that
+    /// are not watched, or not watched now because locked) is `Present`
+    /// here and needs [`Keys::probe`] to know more.
+    pub fn presence(&self) -> Presence {
+        match self.worker.presence() {
+            Seen::Present => Presence::Present,
+            Seen::Removed => Presence::Absent(format!("{} was pulled out", self.token_name())),
+            Seen::Unseen => Presence::Absent(format!(
+                "{} cannot be seen (is the smart-card service, pcscd, running?)",
+                self.token_name()
+            )),
+        }
+    }
+
+    /// The token, for messages (`YubiKey 12345678`, `the PKCS#11 token`).
+    fn token_name(&self) -> String {
+        match self.backend() {
+            BackendKind::Yubikey => yubikey_serial(&self.stored.record)
+                .map_or_else(|| "the YubiKey".to_owned(), |s| format!("YubiKey {s}")),
+            BackendKind::Pkcs11 => "the PKCS#11 token".to_owned(),
+            BackendKind::Tpm => "the TPM".to_owned(),
+            BackendKind::Passphrase => "the passphrase key".to_owned(),
+        }
+    }
+}
+
+/// A YubiKey key's card serial, from its record.
+fn yubikey_serial(record: &KeyRecord) -> Option<u32> {
+    record.params.get("serial")?.as_u64()?.try_into().ok()
+}
+
+/// Whether a PKCS#11 key's token is there: found by its URI (which makes a
+/// module that scans for tokens only at start, SoftHSM2, look again when
+/// none matches), else in the module's token list (a token whose key is
+/// visible only after login). No login, no PIN. Blocking.
+#[cfg(feature = "pkcs11")]
+fn probe_pkcs11(record: &KeyRecord, kid_hex: &str) -> Presence {
+    use keybridge_backends::KeyUri;
+    let Ok(KeyUri::Pkcs11(mut uri)) = record.key_uri() else {
+        return Presence::Present;
+    };
+    // A presence check reads public objects only: never a PIN from a file.
+    uri.pin_source = None;
+    match keybridge_backends::pkcs11::open_uri(&uri, None, None, 0) {
+        Ok(_) => return Presence::Present,
+        Err(BackendError::TokenAbsent(why)) => return Presence::Absent(why),
+        // No token matches, or the key shows only after login: the list
+        // below tells these apart.
+        Err(BackendError::NotFound(_)) => {}
+        Err(_) => return Presence::Present,
+    }
+    let module = match &uri.module_path {
+        Some(p) => match p.to_str() {
+            Some(p) => Some(p),
+            None => return Presence::Present,
+        },
+        None => None,
+    };
+    let token = |t: &keybridge_backends::TokenListing| {
+        let same = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+        (uri.token.is_some() || uri.serial.is_some())
+            && same(&uri.token, &t.label)
+            && same(&uri.serial, &t.serial)
+            && same(&uri.manufacturer, &t.manufacturer)
+            && same(&uri.model, &t.model)
+    };
+    match keybridge_backends::list(BackendKind::Pkcs11, module) {
+        Ok(tokens)
+            if tokens
+                .iter()
+                .any(|t| token(t) || t.keys.iter().any(|k| k.kid == kid_hex)) =>
+        {
+            Presence::Present
+        }
+        Ok(_) => Presence::Absent(format!(
+            "no token {} is in the module",
+            describe_token(&uri)
+        )),
+        Err(BackendError::TokenAbsent(why)) => Presence::Absent(why),
+        Err(_) => Presence::Present,
+    }
+}
+
+/// `"label" (serial S)`, from what a URI says of its token.
+#[cfg(feature = "pkcs11")]
+fn describe_token(uri: &keybridge_backends::Pkcs11Uri) -> String {
+    match (&uri.token, &uri.serial) {
+        (Some(t), Some(s)) => format!("{t:?} (serial {s})"),
+        (Some(t), None) => format!("{t:?}"),
+        (None, Some(s)) => format!("with serial {s}"),
+        (None, None) => "for the key".to_owned(),
+    }
+}
+
+/// Whether a YubiKey key's card is plugged in (the serials pcscd shows).
+/// Blocking.
+#[cfg(feature = "yubikey")]
+fn probe_yubikey(record: &KeyRecord) -> Presence {
+    let Some(serial) = yubikey_serial(record) else {
+        return Presence::Present;
+    };
+    if keybridge_backends::yubikey::card::present_serials().contains(&serial) {
+        Presence::Present
+    } else {
+        Presence::Absent(format!(
+            "YubiKey {serial} is not plugged in (or the smart-card service, pcscd, is not running)"
+        ))
     }
 }
 
@@ -298,6 +457,111 @@ impl Keys {
             (Some(e), None) => Ok(e.clone()),
             (None, _) => Err(KeyError::Unknown(selector.to_owned())),
             (Some(_), Some(_)) => Err(KeyError::Ambiguous(selector.to_owned())),
+        }
+    }
+
+    /// The keys of `agent` in `account` (needed only when the agent has keys
+    /// in several accounts) that `sign --agent` may use, in the order it
+    /// tries them: by backend as `order` lists them (keys of a backend not
+    /// listed are left out), then oldest first, then by kid.
+    pub fn of_agent(
+        &self,
+        account: Option<&str>,
+        agent: &str,
+        order: &[BackendKind],
+    ) -> Result<Vec<Arc<KeyEntry>>, KeyError> {
+        let all = self.all();
+        let mut mine: Vec<Arc<KeyEntry>> = all
+            .into_iter()
+            .filter(|e| e.stored.agent == agent)
+            .filter(|e| account.is_none_or(|a| e.stored.account == a))
+            .collect();
+        let whose = match account {
+            Some(a) => format!("agent {agent:?} in account {a:?}"),
+            None => format!("agent {agent:?}"),
+        };
+        if mine.is_empty() {
+            return Err(KeyError::NoAgentKey(format!(
+                "no key belongs to {whose} (keybridge keys list shows each key's account/agent)"
+            )));
+        }
+        let accounts: std::collections::BTreeSet<&str> =
+            mine.iter().map(|e| e.stored.account.as_str()).collect();
+        if accounts.len() > 1 {
+            return Err(KeyError::AgentInSeveralAccounts {
+                agent: agent.to_owned(),
+                accounts: accounts.into_iter().map(str::to_owned).collect(),
+            });
+        }
+        let rank = |e: &KeyEntry| order.iter().position(|b| *b == e.backend());
+        let left_out: Vec<String> = mine
+            .iter()
+            .filter(|e| rank(e).is_none())
+            .map(|e| e.describe())
+            .collect();
+        mine.retain(|e| rank(e).is_some());
+        if mine.is_empty() {
+            return Err(KeyError::NoAgentKey(format!(
+                "{whose} has no key of a backend in fallback_order ({}): {} (add its backend to fallback_order in config.toml, or name the key)",
+                order
+                    .iter()
+                    .map(|b| b.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                left_out.join(", ")
+            )));
+        }
+        mine.sort_by(|a, b| {
+            (rank(a), a.stored.record.created, &a.kid_hex).cmp(&(
+                rank(b),
+                b.stored.record.created,
+                &b.kid_hex,
+            ))
+        });
+        Ok(mine)
+    }
+
+    /// Whether `entry`'s token is there, asking the hardware (without a
+    /// PIN) where the backend's watch cannot tell ([`KeyEntry::presence`]
+    /// first). A passphrase key is always there; a TPM is a chip of this
+    /// machine, taken as there (its unlock says otherwise). A YubiKey
+    /// another key of ours is unlocked on, and watched, is there without
+    /// asking pcscd.
+    pub async fn probe(&self, entry: &Arc<KeyEntry>, boot: i64) -> Presence {
+        if let absent @ Presence::Absent(_) = entry.presence() {
+            return absent;
+        }
+        match entry.backend() {
+            BackendKind::Passphrase | BackendKind::Tpm => Presence::Present,
+            #[cfg(feature = "yubikey")]
+            BackendKind::Yubikey => {
+                let serial = yubikey_serial(&entry.stored.record);
+                let watched = self.all().into_iter().any(|e| {
+                    e.backend() == BackendKind::Yubikey
+                        && yubikey_serial(&e.stored.record) == serial
+                        && e.unlocked(boot).is_some()
+                        && e.worker.presence() == Seen::Present
+                });
+                if watched {
+                    return Presence::Present;
+                }
+                let e = Arc::clone(entry);
+                tokio::task::spawn_blocking(move || probe_yubikey(&e.stored.record))
+                    .await
+                    .unwrap_or(Presence::Present)
+            }
+            #[cfg(feature = "pkcs11")]
+            BackendKind::Pkcs11 => {
+                let e = Arc::clone(entry);
+                tokio::task::spawn_blocking(move || probe_pkcs11(&e.stored.record, &e.kid_hex))
+                    .await
+                    .unwrap_or(Presence::Present)
+            }
+            #[allow(unreachable_patterns)]
+            _ => {
+                let _ = boot;
+                Presence::Present
+            }
         }
     }
 

@@ -27,6 +27,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod keys;
+pub mod logfile;
 pub mod paths;
 pub mod policy;
 pub mod recovery;

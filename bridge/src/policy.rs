@@ -15,10 +15,27 @@
 //! allowed_remember = ["each-task", "daily"]
 //! max_ttl = 3600          # seconds
 //! pkcs11_modules = ["/usr/lib/x86_64-linux-gnu/*"]   # globs; * matches any characters
+//! no_fallback = ["deploy-unattended"]   # command kinds `sign --agent` never falls back for
 //! ```
+//!
+//! Signing as an agent (`sign --agent`, API `"agent"`) picks the agent's
+//! first key that is there, trying its keys by backend in `fallback_order`
+//! (default `["yubikey", "tpm", "pkcs11", "passphrase"]`; within one
+//! backend the oldest key first). It is a preference, not a restriction:
+//! the user's `config.toml` sets it (else another policy file, else the
+//! system policy); each backend at most once, and the keys of a backend
+//! left out are never picked by agent (`--key` still names them).
+//!
+//! `no_fallback` lists command kinds (`deploy-unattended`, `x-…`) for which
+//! `sign --agent` must sign with the agent's first key in that order: when
+//! that key's token is not there, the answer is `policy_denied`, never a
+//! signature by a later key (a passphrase key, say). The lists of every
+//! file are joined (a file can only add kinds). It governs the choice of a
+//! key by agent; a request that names its key (`--key`) is not a fallback.
 
 use crate::unlock::Remember;
-use keybridge_backends::ModuleAllowlist;
+use keybridge_backends::{BackendKind, ModuleAllowlist};
+use keybridge_protocol::command::is_valid_command;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -33,7 +50,19 @@ struct PolicyFile {
     max_ttl: Option<i64>,
     default_remember: Option<Remember>,
     pkcs11_modules: Option<Vec<String>>,
+    fallback_order: Option<Vec<BackendKind>>,
+    no_fallback: Option<Vec<String>>,
 }
+
+/// The default preference of `sign --agent`: hardware that can be carried
+/// away first (a YubiKey the user has with them), then hardware that stays
+/// (the TPM), then any PKCS#11 token, and the passphrase key last.
+pub const DEFAULT_FALLBACK_ORDER: [BackendKind; 4] = [
+    BackendKind::Yubikey,
+    BackendKind::Tpm,
+    BackendKind::Pkcs11,
+    BackendKind::Passphrase,
+];
 
 /// The effective policy: system policy narrowed by the user's config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -48,6 +77,12 @@ pub struct Policy {
     /// of every list (system policy, extra policy, user config); with no
     /// list anywhere, the distribution's library folders.
     pub pkcs11_modules: ModuleAllowlist,
+    /// The order in which `sign --agent` tries an agent's keys, by backend
+    /// (the user's choice; backends not listed are not tried).
+    pub fallback_order: Vec<BackendKind>,
+    /// Command kinds for which `sign --agent` never signs with a key after
+    /// one that is not there (joined from every file).
+    pub no_fallback: BTreeSet<String>,
 }
 
 impl Default for Policy {
@@ -57,6 +92,8 @@ impl Default for Policy {
             max_ttl: keybridge_protocol::command::MAX_VALIDITY,
             default_remember: Remember::EachTask,
             pkcs11_modules: ModuleAllowlist::default(),
+            fallback_order: DEFAULT_FALLBACK_ORDER.to_vec(),
+            no_fallback: BTreeSet::new(),
         }
     }
 }
@@ -76,13 +113,43 @@ fn read(path: &Path, may_be_missing: bool) -> Result<PolicyFile, PolicyError> {
         path: path.display().to_string(),
         what,
     };
-    match std::fs::read_to_string(path) {
-        Ok(text) => toml::from_str(&text).map_err(|e| err(e.to_string())),
+    let file: PolicyFile = match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).map_err(|e| err(e.to_string()))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_be_missing => {
-            Ok(PolicyFile::default())
+            return Ok(PolicyFile::default());
         }
-        Err(e) => Err(err(e.to_string())),
+        Err(e) => return Err(err(e.to_string())),
+    };
+    if let Some(order) = &file.fallback_order {
+        if order.is_empty() {
+            return Err(err(
+                "fallback_order is empty: list the backends sign --agent may use, e.g. [\"yubikey\", \"tpm\", \"pkcs11\", \"passphrase\"]".into(),
+            ));
+        }
+        if let Some((i, twice)) = order
+            .iter()
+            .enumerate()
+            .find(|(i, b)| order[..*i].contains(b))
+        {
+            return Err(err(format!(
+                "fallback_order names {twice} twice (entry {}): each backend at most once",
+                i + 1
+            )));
+        }
     }
+    if let Some(bad) = file
+        .no_fallback
+        .iter()
+        .flatten()
+        .find(|c| !is_valid_command(c))
+    {
+        // A misspelt kind would silently protect nothing.
+        return Err(err(format!(
+            "no_fallback: {bad:?} is not a command kind ({} or x-…)",
+            keybridge_protocol::command::KNOWN_COMMANDS.join(", ")
+        )));
+    }
+    Ok(file)
 }
 
 impl Policy {
@@ -98,6 +165,11 @@ impl Policy {
         let default_remember = usr
             .default_remember
             .or_else(|| files.iter().find_map(|f| f.default_remember));
+        // A preference: the user's own, else the last policy file's.
+        let fallback_order = usr
+            .fallback_order
+            .clone()
+            .or_else(|| files.iter().rev().find_map(|f| f.fallback_order.clone()));
         files.push(usr);
         let mut p = Policy::default();
         let module_lists: Vec<Vec<String>> = files
@@ -119,6 +191,11 @@ impl Policy {
             if let Some(ttl) = f.max_ttl {
                 p.max_ttl = p.max_ttl.min(ttl.max(1));
             }
+            p.no_fallback
+                .extend(f.no_fallback.iter().flatten().cloned());
+        }
+        if let Some(order) = fallback_order {
+            p.fallback_order = order;
         }
         if p.allowed_remember.is_empty() {
             p.allowed_remember.insert(Remember::EachTask);
@@ -132,6 +209,12 @@ impl Policy {
     /// Whether `mode` may be chosen.
     pub fn allows(&self, mode: Remember) -> bool {
         self.allowed_remember.contains(&mode)
+    }
+
+    /// Whether `sign --agent` may sign a `cmd` command with a key that
+    /// comes after one that is not there.
+    pub fn allows_fallback(&self, cmd: &str) -> bool {
+        !self.no_fallback.contains(cmd)
     }
 }
 
@@ -183,6 +266,73 @@ mod tests {
         assert_eq!(p.max_ttl, 600);
         // A named policy file that is missing is an error, not "allow all".
         assert!(Policy::load(&sys, Some(&d.path().join("typo.toml")), &none).is_err());
+    }
+
+    #[test]
+    fn the_fallback_order_is_the_users_choice_and_no_fallback_lists_are_joined() {
+        let d = tempfile::tempdir().unwrap();
+        let none = d.path().join("none.toml");
+        assert_eq!(
+            Policy::load(&none, None, &none).unwrap().fallback_order,
+            DEFAULT_FALLBACK_ORDER
+        );
+        let sys = write(
+            d.path(),
+            "policy.toml",
+            "no_fallback = [\"deploy-unattended\"]\nfallback_order = [\"tpm\", \"passphrase\"]\n",
+        );
+        let extra = write(d.path(), "extra.toml", "no_fallback = [\"x-wipe\"]\n");
+        let usr = write(
+            d.path(),
+            "config.toml",
+            "fallback_order = [\"pkcs11\", \"passphrase\", \"yubikey\"]\nno_fallback = []\n",
+        );
+        let p = Policy::load(&sys, Some(&extra), &usr).unwrap();
+        assert_eq!(
+            p.fallback_order,
+            [
+                BackendKind::Pkcs11,
+                BackendKind::Passphrase,
+                BackendKind::Yubikey
+            ]
+        );
+        // The user's empty list takes nothing away from the policy's.
+        assert_eq!(
+            p.no_fallback,
+            ["deploy-unattended".to_owned(), "x-wipe".to_owned()].into()
+        );
+        assert!(!p.allows_fallback("deploy-unattended"));
+        assert!(!p.allows_fallback("x-wipe"));
+        assert!(p.allows_fallback("create-alert"));
+        // Without a user choice, the policy's order applies.
+        let p = Policy::load(&sys, None, &none).unwrap();
+        assert_eq!(
+            p.fallback_order,
+            [BackendKind::Tpm, BackendKind::Passphrase]
+        );
+    }
+
+    #[test]
+    fn bad_fallback_settings_are_errors_not_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        let none = d.path().join("none.toml");
+        for (text, says) in [
+            ("fallback_order = []\n", "empty"),
+            ("fallback_order = [\"tpm\", \"tpm\"]\n", "twice"),
+            ("fallback_order = [\"floppy\"]\n", "floppy"),
+            (
+                "no_fallback = [\"deploy-unatended\"]\n",
+                "not a command kind",
+            ),
+            ("no_fallback = [\"x-\"]\n", "not a command kind"),
+            ("no_fallback = \"deploy-unattended\"\n", "sequence"),
+        ] {
+            let f = write(d.path(), "bad.toml", text);
+            let err = Policy::load(&f, None, &none).unwrap_err().to_string();
+            assert!(err.contains(says), "{text}: {err}");
+            let err = Policy::load(&none, None, &f).unwrap_err().to_string();
+            assert!(err.contains(says), "{text} (user config): {err}");
+        }
     }
 
     #[test]

@@ -212,12 +212,22 @@ pub struct LockState {
     pub until: Option<i64>,
 }
 
-/// `POST /v1/sign`.
+/// `POST /v1/sign`: exactly one of `key` (that key signs) and `agent` (the
+/// agent's first key at hand signs, see [`Signed`]'s `fallback`).
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignRequest {
-    /// Label or kid prefix.
-    pub key: String,
+    /// Label or kid prefix of the key that signs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The agent whose first key at hand signs, in the user's
+    /// `fallback_order`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// The agent's account: needed only when the agent has keys in several
+    /// accounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     /// One target device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
@@ -237,6 +247,38 @@ pub struct SignRequest {
     pub ttl: Option<i64>,
 }
 
+/// A key a request by agent passed over because its token was not there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedKey {
+    /// Hex kid.
+    pub kid: String,
+    /// Backend name.
+    pub backend: String,
+    /// The key's label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Why it was not used, for a person.
+    pub why: String,
+}
+
+/// Which key signed, in both shapes of [`Signed`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedBy {
+    /// Backend name of the key that signed (`kid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// Its label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// True when a request by agent was signed by a later key than its
+    /// first: the keys before it were not there (`skipped`).
+    #[serde(default)]
+    pub fallback: bool,
+    /// The keys passed over, in the order they were tried.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedKey>,
+}
+
 /// The answer to `POST /v1/sign`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -249,6 +291,9 @@ pub enum Signed {
         root: String,
         /// Base64 envelope per device id.
         envelopes: BTreeMap<String, String>,
+        /// Which key signed.
+        #[serde(flatten)]
+        by: SignedBy,
     },
     /// One device.
     Single {
@@ -256,7 +301,26 @@ pub enum Signed {
         kid: String,
         /// Base64 envelope.
         envelope: String,
+        /// Which key signed.
+        #[serde(flatten)]
+        by: SignedBy,
     },
+}
+
+impl Signed {
+    /// The signing key's hex kid.
+    pub fn kid(&self) -> &str {
+        match self {
+            Signed::Batch { kid, .. } | Signed::Single { kid, .. } => kid,
+        }
+    }
+
+    /// Which key signed.
+    pub fn by(&self) -> &SignedBy {
+        match self {
+            Signed::Batch { by, .. } | Signed::Single { by, .. } => by,
+        }
+    }
 }
 
 /// `POST /v1/account/init`.
@@ -302,6 +366,10 @@ pub struct Problem {
     /// Seconds until another attempt is taken (`too_many_attempts`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
+    /// The key concerned (hex kid), when the request did not name it: the
+    /// locked key a request by agent stopped at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
 }
 
 /// A command's `args`, read strictly from JSON (see [`crate::api`]'s
@@ -331,4 +399,76 @@ pub fn arg_json(v: &ArgValue) -> serde_json::Value {
 
 fn arg_map_json(m: &BTreeMap<String, ArgValue>) -> serde_json::Value {
     serde_json::Value::Object(m.iter().map(|(k, v)| (k.clone(), arg_json(v))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_answers_round_trip_and_old_ones_still_read() {
+        let by = SignedBy {
+            backend: Some("passphrase".into()),
+            label: Some("alice-pass".into()),
+            fallback: true,
+            skipped: vec![SkippedKey {
+                kid: "ab".into(),
+                backend: "pkcs11".into(),
+                label: None,
+                why: "not there".into(),
+            }],
+        };
+        let single = Signed::Single {
+            kid: "cd".into(),
+            envelope: "AA==".into(),
+            by: by.clone(),
+        };
+        let json = serde_json::to_value(&single).unwrap();
+        assert_eq!(json["fallback"], true);
+        assert_eq!(json["backend"], "passphrase");
+        assert_eq!(json["skipped"][0]["backend"], "pkcs11");
+        assert_eq!(serde_json::from_value::<Signed>(json).unwrap(), single);
+        let batch = Signed::Batch {
+            kid: "cd".into(),
+            root: "ef".into(),
+            envelopes: [("d1".to_owned(), "AA==".to_owned())].into(),
+            by,
+        };
+        let json = serde_json::to_string(&batch).unwrap();
+        assert_eq!(serde_json::from_str::<Signed>(&json).unwrap(), batch);
+        // An answer of an older daemon: no `by` fields.
+        let old: Signed = serde_json::from_str(r#"{"kid":"cd","envelope":"AA=="}"#).unwrap();
+        assert_eq!(old.kid(), "cd");
+        assert_eq!(old.by(), &SignedBy::default());
+        let old: Signed =
+            serde_json::from_str(r#"{"kid":"cd","root":"ef","envelopes":{"d":"AA=="}}"#).unwrap();
+        assert!(matches!(old, Signed::Batch { .. }));
+        // Without fallback, a key request's answer says so explicitly.
+        let plain = Signed::Single {
+            kid: "cd".into(),
+            envelope: "AA==".into(),
+            by: SignedBy::default(),
+        };
+        assert_eq!(serde_json::to_value(&plain).unwrap()["fallback"], false);
+    }
+
+    #[test]
+    fn a_sign_request_names_a_key_or_an_agent() {
+        let r: SignRequest = serde_json::from_str(
+            r#"{"agent":"alice","account":"acme","command":"create-alert","device":"d"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.key, None);
+        assert_eq!(r.agent.as_deref(), Some("alice"));
+        let r: SignRequest =
+            serde_json::from_str(r#"{"key":"alice","command":"create-alert","device":"d"}"#)
+                .unwrap();
+        assert_eq!(r.key.as_deref(), Some("alice"));
+        // Nothing a client did not set is sent.
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(
+            json.get("agent").is_none() && json.get("account").is_none(),
+            "{json}"
+        );
+    }
 }

@@ -24,6 +24,7 @@ pub fn of_verify(e: &VerifyError) -> (u8, &'static str) {
         VerifyError::NotDeterministic(_) => (11, "not deterministically encoded"),
         VerifyError::UnknownKid(_) => (12, "unknown key"),
         VerifyError::RevokedKid { .. } => (13, "revoked key"),
+        VerifyError::ReplacedKid { .. } => (26, "rotated-out key (replaced by a newer one)"),
         VerifyError::AlgMismatch { .. } => (14, "alg does not match the key"),
         VerifyError::BadSignature => (15, "bad signature"),
         VerifyError::WrongAccount { .. } => (16, "wrong account"),

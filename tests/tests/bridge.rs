@@ -754,24 +754,33 @@ fn history_renders_the_key_log_with_owner_and_actor() {
         None,
     ));
     let rows = rows.as_array().unwrap();
+    let events: Vec<&str> = rows.iter().map(|r| r["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        events,
+        ["created", "requested", "approved", "rejected", "revoked"]
+    );
     let ops: Vec<&str> = rows.iter().map(|r| r["op"].as_str().unwrap()).collect();
-    assert_eq!(ops, ["genesis", "add", "reject", "revoke"]);
+    assert_eq!(ops, ["genesis", "add", "add", "reject", "revoke"]);
     let bob_kid = bob.public().kid().to_hex();
-    assert_eq!(rows[1]["subject"], json!(bob_kid));
-    assert_eq!(rows[1]["owner"], "bob");
-    assert_eq!(rows[1]["actor"], "alice");
-    assert_eq!(rows[2]["owner"], Value::Null);
+    // The request: bob asked, at his time.
+    assert_eq!(rows[1]["kid"], json!(bob_kid));
+    assert_eq!(rows[1]["actor"], "bob");
+    assert_eq!(rows[1]["time"], json!(NOW + 1));
+    assert_eq!(rows[2]["kid"], json!(bob_kid));
+    assert_eq!(rows[2]["owner"], "bob");
     assert_eq!(rows[2]["actor"], "alice");
-    assert_eq!(rows[3]["subject"], json!(bob_kid));
-    assert_eq!(rows[3]["owner"], "bob", "the revoked key was bob's");
-    assert_eq!(rows[3]["actor"], "alice", "alice revoked it");
-    assert_eq!(rows[3]["time"], json!(NOW + 5), "--json keeps unix seconds");
+    assert_eq!(rows[3]["owner"], Value::Null);
+    assert_eq!(rows[3]["actor"], "alice");
+    assert_eq!(rows[4]["kid"], json!(bob_kid));
+    assert_eq!(rows[4]["owner"], "bob", "the revoked key was bob's");
+    assert_eq!(rows[4]["actor"], "alice", "alice revoked it");
+    assert_eq!(rows[4]["time"], json!(NOW + 5), "--json keeps unix seconds");
     let text = b.ok(&["history", "--log", path.to_str().unwrap()], None);
     assert!(
-        text.contains("approved for bob as member") && text.contains("revoked (bob)"),
+        text.contains("bob's key as member") && text.contains("revoked"),
         "{text}"
     );
-    assert!(text.contains("(by alice)"), "{text}");
+    assert!(text.contains("alice"), "{text}");
     assert!(
         text.contains("2027-01-15T08:00:05Z"),
         "dates for people: {text}"

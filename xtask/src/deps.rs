@@ -44,6 +44,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "dbus",
     "chromium",
     "openssh-client",
+    // The recovery file opens with the age CLI (`age -d`).
+    "age",
     "python3-venv",
     // setpriv (tests as another uid) and setsid (the shared pcscd, started
     // detached) come from util-linux, which Debian always has; named so a

@@ -54,6 +54,7 @@ pub async fn init(
             audience: None,
             batch_size: None,
             cti: None,
+            ..audit::Entry::default()
         })
         .map_err(|e| ApiError::Internal(format!("audit log: {e}")))?;
     Ok(Json(AccountLog {

@@ -6,11 +6,13 @@
 //! | `GET, POST /v1/keys`, `GET /v1/keys/{kid}`, `POST /v1/keys/{kid}/unlock`, `POST /v1/keys/{kid}/lock` | [`keys`] |
 //! | `POST /v1/sign` | [`sign`] |
 //! | `POST /v1/account/init` | [`account`] |
+//! | `POST /v1/keys/{kid}/request`, `POST /v1/log/approve`, `…/reject`, `…/revoke`, `…/threshold` | [`log`] |
 //! | `GET /v1/backends/{backend}/tokens?location=…` | [`keys`] |
 
 pub mod account;
 mod args;
 pub mod keys;
+pub mod log;
 pub mod problem;
 pub mod sign;
 pub mod status;
@@ -50,8 +52,12 @@ pub struct AppState {
 }
 
 /// Largest request body (a sign request for a batch of devices is the
-/// largest there is).
+/// largest there is), but for the key-log routes.
 pub const MAX_BODY: usize = 2 * 1024 * 1024;
+
+/// Largest body of a `/v1/log/…` route, which carries a whole key log in
+/// base64 (a device reads logs of up to 16 MiB).
+pub const MAX_LOG_BODY: usize = 24 * 1024 * 1024;
 
 /// Shared state.
 pub type Shared = Arc<AppState>;
@@ -81,10 +87,15 @@ async fn same_user_only(
 /// the daemon's shutdown — forever.
 async fn body_in_time(State(state): State<Shared>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
-    match tokio::time::timeout(state.body_read, axum::body::to_bytes(body, MAX_BODY)).await {
+    let limit = if parts.uri.path().starts_with("/v1/log/") {
+        MAX_LOG_BODY
+    } else {
+        MAX_BODY
+    };
+    match tokio::time::timeout(state.body_read, axum::body::to_bytes(body, limit)).await {
         Err(_) => ApiError::RequestTimeout.into_response(),
         Ok(Err(_)) => ApiError::BadRequest(format!(
-            "the request body is unreadable or larger than {MAX_BODY} bytes"
+            "the request body is unreadable or larger than {limit} bytes"
         ))
         .into_response(),
         Ok(Ok(bytes)) => {
@@ -102,10 +113,18 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/keys/{kid}", get(keys::show))
         .route("/v1/keys/{kid}/unlock", post(keys::unlock))
         .route("/v1/keys/{kid}/lock", post(keys::lock))
+        .route("/v1/keys/{kid}/request", post(log::request))
+        .route("/v1/log/approve", post(log::approve))
+        .route("/v1/log/reject", post(log::reject))
+        .route("/v1/log/revoke", post(log::revoke))
+        .route("/v1/log/threshold", post(log::threshold))
         .route("/v1/sign", post(sign::sign))
         .route("/v1/account/init", post(account::init))
         .route("/v1/backends/{backend}/tokens", get(keys::tokens))
         .fallback(|| async { ApiError::BadRequest("no such route".into()) })
+        // `body_in_time` enforces each route's limit; axum's own 2 MB
+        // default would cut the key-log routes short.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_LOG_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), body_in_time))
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -13,6 +13,15 @@ pub enum ApiError {
     /// The key must be unlocked first.
     #[error("the key is locked; unlock it first (keybridge unlock KID)")]
     Locked,
+    /// A key chosen by agent is there but locked (`sign --agent` never
+    /// passes over it): which key, and what to do.
+    #[error("{detail}")]
+    LockedKey {
+        /// Hex kid of the locked key.
+        kid: String,
+        /// What happened, naming the key.
+        detail: String,
+    },
     /// Wrong PIN or passphrase; nothing else changed.
     #[error("wrong PIN or passphrase")]
     WrongPin {
@@ -43,6 +52,9 @@ pub enum ApiError {
     /// No such key.
     #[error("no key matches {0:?}")]
     UnknownKey(String),
+    /// No key of the agent asked for (in the account asked for).
+    #[error("{0}")]
+    UnknownAgent(String),
     /// A name that several keys (or tokens) answer to.
     #[error("{0}")]
     Ambiguous(String),
@@ -58,6 +70,16 @@ pub enum ApiError {
         /// Seconds until the next attempt is taken.
         retry_after: u64,
     },
+    /// The verification code typed is not the request's.
+    #[error("the verification code does not match the request's; nothing was signed")]
+    WrongCode,
+    /// The key log sent does not verify.
+    #[error("the key log does not verify: {0}; nothing was signed")]
+    LogInvalid(String),
+    /// The key log would not take the event (not an admin, self-approval,
+    /// a key already in the log, …).
+    #[error("the key log refuses this event: {0}; nothing was signed")]
+    LogRefused(String),
     /// The request did not arrive in time.
     #[error("the request was not received in time")]
     RequestTimeout,
@@ -76,18 +98,21 @@ impl ApiError {
     /// The stable problem code.
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::Locked => "locked",
+            ApiError::Locked | ApiError::LockedKey { .. } => "locked",
             ApiError::WrongPin { .. } => "wrong_pin",
             ApiError::LastAttempt => "last_attempt",
             ApiError::PinBlocked | ApiError::LockedOut(_) => "pin_blocked",
             ApiError::TokenAbsent(_) => "token_absent",
             ApiError::TouchTimeout => "touch_timeout",
             ApiError::PolicyDenied(_) => "policy_denied",
-            ApiError::UnknownKey(_) => "unknown_key",
+            ApiError::UnknownKey(_) | ApiError::UnknownAgent(_) => "unknown_key",
             ApiError::Ambiguous(_) => "ambiguous",
             ApiError::NotFound(_) => "not_found",
             ApiError::AlreadyExists(_) => "already_exists",
             ApiError::TooManyAttempts { .. } => "too_many_attempts",
+            ApiError::WrongCode => "wrong_code",
+            ApiError::LogInvalid(_) => "log_invalid",
+            ApiError::LogRefused(_) => "log_refused",
             ApiError::RequestTimeout => "request_timeout",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Forbidden => "forbidden",
@@ -97,16 +122,21 @@ impl ApiError {
 
     fn status(&self) -> StatusCode {
         match self {
-            ApiError::Locked => StatusCode::LOCKED,
+            ApiError::Locked | ApiError::LockedKey { .. } => StatusCode::LOCKED,
             ApiError::WrongPin { .. } => StatusCode::UNAUTHORIZED,
             ApiError::LastAttempt => StatusCode::CONFLICT,
             ApiError::PinBlocked | ApiError::LockedOut(_) => StatusCode::LOCKED,
             ApiError::TokenAbsent(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TouchTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PolicyDenied(_) | ApiError::Forbidden => StatusCode::FORBIDDEN,
-            ApiError::UnknownKey(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::UnknownKey(_) | ApiError::UnknownAgent(_) | ApiError::NotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::Ambiguous(_) | ApiError::AlreadyExists(_) => StatusCode::CONFLICT,
             ApiError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::WrongCode => StatusCode::BAD_REQUEST,
+            ApiError::LogInvalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::LogRefused(_) => StatusCode::FORBIDDEN,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -147,6 +177,8 @@ impl From<KeyError> for ApiError {
             KeyError::TooManyAttempts { retry_after } => ApiError::TooManyAttempts { retry_after },
             KeyError::Backend(e) => e.into(),
             e @ KeyError::Storage(_) => ApiError::Internal(e.to_string()),
+            KeyError::NoAgentKey(why) => ApiError::UnknownAgent(why),
+            e @ KeyError::AgentInSeveralAccounts { .. } => ApiError::BadRequest(e.to_string()),
         }
     }
 }
@@ -170,6 +202,10 @@ impl IntoResponse for ApiError {
             },
             retry_after: match &self {
                 ApiError::TooManyAttempts { retry_after } => Some(*retry_after),
+                _ => None,
+            },
+            kid: match &self {
+                ApiError::LockedKey { kid, .. } => Some(kid.clone()),
                 _ => None,
             },
         };

@@ -3,20 +3,47 @@
 //!
 //! The bridge is never a raw-bytes signing oracle: it signs only commands it
 //! built itself from validated fields.
+//!
+//! A request names its key (`key`), or an agent (`agent`, and `account`
+//! when the agent has keys in several): then the agent's keys are tried in
+//! the user's `fallback_order` ([`crate::policy`]) and the first one at
+//! hand signs:
+//!
+//! - a key whose token is not there (its watch says so, a probe without
+//!   PIN finds no token, or the signature answers `token_absent`) is passed
+//!   over and named in the answer (`skipped`, `fallback: true`) and the
+//!   audit line;
+//! - a key that is there but locked stops the search: `locked`, naming it
+//!   (`kid`). A present key is never passed over silently;
+//! - an unlocked `each-task` key is probed before it signs, so that a
+//!   token that is not there does not spend its one signature; only the
+//!   key that signs uses its unlock;
+//! - any other error is the answer; when every key was passed over, the
+//!   answer is `token_absent` listing them;
+//! - for the command kinds of the policy's `no_fallback`, passing over a
+//!   key is `policy_denied`.
 
 use super::problem::ApiError;
 use super::{Json, Shared};
 use crate::audit;
-use crate::wire::{SignRequest, Signed};
+use crate::keys::{KeyEntry, KeyError, Presence};
+use crate::unlock::Remember;
+use crate::wire::{SignRequest, Signed, SignedBy, SkippedKey};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse as _, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use keybridge_backends::BackendError;
 use keybridge_protocol::command::{DEFAULT_TTL, MAX_VALIDITY, is_valid_command};
 use keybridge_protocol::device_id::check_device_id;
 use keybridge_protocol::key::{hex, unhex};
 use keybridge_protocol::{Batch, Claims, UnsignedCommand};
+use std::sync::Arc;
+
+/// Longest agent or account name a request may give (a name is echoed in
+/// errors; no key has a longer one in practice).
+const MAX_NAME: usize = 1024;
 
 /// The answer: one envelope, or (a batch) JSON already rendered.
 enum Answer {
@@ -30,7 +57,31 @@ pub async fn sign(
     Json(req): Json<SignRequest>,
 ) -> Result<Response, ApiError> {
     let bad = |m: &str| ApiError::BadRequest(m.to_owned());
-    let entry = s.keys.resolve(&req.key)?;
+    let (candidates, by_agent) = match (&req.key, &req.agent) {
+        (Some(key), None) => {
+            if req.account.is_some() {
+                return Err(bad(
+                    "account goes with agent: a key names its account itself",
+                ));
+            }
+            (vec![s.keys.resolve(key)?], None)
+        }
+        (None, Some(agent)) => {
+            check_name("agent", agent)?;
+            if let Some(account) = &req.account {
+                check_name("account", account)?;
+            }
+            let keys = s
+                .keys
+                .of_agent(req.account.as_deref(), agent, &s.policy.fallback_order)?;
+            (keys, Some(agent.clone()))
+        }
+        _ => return Err(bad("give exactly one of key and agent")),
+    };
+    let first = candidates
+        .first()
+        .cloned()
+        .ok_or_else(|| ApiError::Internal("no key to sign with".into()))?;
     if !is_valid_command(&req.command) {
         return Err(ApiError::BadRequest(format!(
             "unknown command {:?}: one of {} or x-…",
@@ -75,9 +126,10 @@ pub async fn sign(
         .ok_or_else(|| bad("the clock is past the end of time"))?;
     let mut cti = [0u8; 16];
     getrandom::fill(&mut cti).map_err(|e| ApiError::Internal(e.to_string()))?;
+    // Every candidate speaks for the same account and agent.
     let claims = Claims {
-        iss: entry.stored.account.clone(),
-        sub: entry.stored.agent.clone(),
+        iss: first.stored.account.clone(),
+        sub: first.stored.agent.clone(),
         aud: batch.as_ref().err().cloned(),
         exp,
         nbf: now,
@@ -88,12 +140,49 @@ pub async fn sign(
         body,
         devs: batch.as_ref().ok().map(Batch::signed_root),
     };
-    let unsigned = UnsignedCommand::new(&claims, &entry.public)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let signature = entry
-        .sign(unsigned.to_be_signed().to_vec(), s.clock.boot())
-        .await?;
+    let Chosen {
+        entry,
+        unsigned,
+        signature,
+        skipped,
+    } = match &by_agent {
+        None => {
+            let unsigned = UnsignedCommand::new(&claims, &first.public)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            let signature = first
+                .sign(unsigned.to_be_signed().to_vec(), s.clock.boot())
+                .await?;
+            Chosen {
+                entry: first,
+                unsigned,
+                signature,
+                skipped: vec![],
+            }
+        }
+        Some(agent) => first_at_hand(&s, &claims, agent, candidates).await?,
+    };
     let kid = entry.kid_hex.clone();
+    let by = SignedBy {
+        backend: Some(entry.backend().name().to_owned()),
+        label: entry.label().map(str::to_owned),
+        fallback: !skipped.is_empty(),
+        skipped: skipped
+            .iter()
+            .map(|(e, why)| SkippedKey {
+                kid: e.kid_hex.clone(),
+                backend: e.backend().name().to_owned(),
+                label: e.label().map(str::to_owned),
+                why: why.clone(),
+            })
+            .collect(),
+    };
+    if by.fallback {
+        tracing::info!(
+            %kid,
+            skipped = ?by.skipped.iter().map(|k| &k.kid).collect::<Vec<_>>(),
+            "signed by agent with a later key: the keys before it were not there"
+        );
+    }
     let audit_entry = audit::Entry {
         time: now,
         kid: kid.clone(),
@@ -103,6 +192,9 @@ pub async fn sign(
         audience: claims.aud.clone(),
         batch_size: batch.as_ref().ok().map(Batch::len),
         cti: Some(hex(&cti)),
+        backend: by.backend.clone(),
+        fallback: by.fallback,
+        skipped: by.skipped.iter().map(|k| k.kid.clone()).collect(),
     };
     let response = match batch {
         Err(_) => {
@@ -112,20 +204,27 @@ pub async fn sign(
             Answer::Single(Signed::Single {
                 kid,
                 envelope: B64.encode(env),
+                by,
             })
         }
         Ok(batch) => {
-            let root = hex(&batch.root());
-            let kid = kid.clone();
+            // Everything but the envelopes, as the answer's first fields.
+            let mut head =
+                serde_json::to_value(&by).map_err(|e| ApiError::Internal(e.to_string()))?;
+            if let Some(fields) = head.as_object_mut() {
+                fields.insert("kid".into(), kid.clone().into());
+                fields.insert("root".into(), hex(&batch.root()).into());
+            }
+            let head = head.to_string();
             // 10,000 envelopes are ~10 MB of JSON: written straight into one
             // string (serde_json escapes each device id; base64 needs no
             // escaping) instead of building 10,000 `Value`s first.
             let body = tokio::task::spawn_blocking(move || {
                 // ~1 KiB of base64 per device.
-                let mut out = String::with_capacity(batch.len() * 1100 + 200);
-                out.push_str(&format!(
-                    r#"{{"kid":"{kid}","root":"{root}","envelopes":{{"#
-                ));
+                let mut out = String::with_capacity(batch.len() * 1100 + head.len() + 32);
+                // `{"kid":…,"root":…` and then the envelopes.
+                out.push_str(head.strip_suffix('}').unwrap_or("{"));
+                out.push_str(r#","envelopes":{"#);
                 let mut first = true;
                 unsigned.for_each_batch_envelope(&signature, &batch, |id, env| {
                     if !std::mem::take(&mut first) {
@@ -156,4 +255,122 @@ pub async fn sign(
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
     })
+}
+
+/// What signed: the key, the command it signed, the signature, and the
+/// keys passed over before it (with why).
+struct Chosen {
+    entry: Arc<KeyEntry>,
+    unsigned: UnsignedCommand,
+    signature: Vec<u8>,
+    skipped: Vec<(Arc<KeyEntry>, String)>,
+}
+
+/// An agent or account name from a request: not empty, bounded.
+fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(ApiError::BadRequest(format!(
+            "{what} is 1 to {MAX_NAME} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Signs with the first of `candidates` (the agent's keys in preference
+/// order) that is at hand; see the module documentation for the rules.
+async fn first_at_hand(
+    s: &Shared,
+    claims: &Claims,
+    agent: &str,
+    candidates: Vec<Arc<KeyEntry>>,
+) -> Result<Chosen, ApiError> {
+    let mut skipped: Vec<(Arc<KeyEntry>, String)> = vec![];
+    // Passing over a key: refused for the policy's `no_fallback` kinds.
+    let pass_over = |skipped: &mut Vec<(Arc<KeyEntry>, String)>,
+                     entry: &Arc<KeyEntry>,
+                     why: String|
+     -> Result<(), ApiError> {
+        if !s.policy.allows_fallback(&claims.cmd) {
+            return Err(ApiError::PolicyDenied(format!(
+                "{} is not there ({why}), and the policy forbids signing {} with another key of the agent (no_fallback): connect it and sign again",
+                entry.describe(),
+                claims.cmd
+            )));
+        }
+        skipped.push((Arc::clone(entry), why));
+        Ok(())
+    };
+    for entry in &candidates {
+        let boot = s.clock.boot();
+        let unlocked = entry.unlocked(boot);
+        let presence = match unlocked {
+            // Locked: is it there? (A present key is never passed over.)
+            None => s.keys.probe(entry, boot).await,
+            // One signature's unlock: spent by trying, so look first.
+            Some((Remember::EachTask, _)) => s.keys.probe(entry, boot).await,
+            // A timed unlock: the signature itself tells.
+            Some(_) => entry.presence(),
+        };
+        if let Presence::Absent(why) = presence {
+            pass_over(&mut skipped, entry, why)?;
+            continue;
+        }
+        if unlocked.is_none() {
+            return Err(locked(entry, &skipped));
+        }
+        let unsigned = UnsignedCommand::new(claims, &entry.public)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        match entry
+            .sign(unsigned.to_be_signed().to_vec(), s.clock.boot())
+            .await
+        {
+            Ok(signature) => {
+                return Ok(Chosen {
+                    entry: Arc::clone(entry),
+                    unsigned,
+                    signature,
+                    skipped,
+                });
+            }
+            Err(KeyError::Backend(BackendError::TokenAbsent(why))) => {
+                pass_over(&mut skipped, entry, why)?;
+            }
+            // The unlock ended in between (expired, locked, spent by
+            // another request).
+            Err(KeyError::Locked) => return Err(locked(entry, &skipped)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::TokenAbsent(format!(
+        "no key of agent {agent:?} (account {:?}) is at hand: {}",
+        claims.iss,
+        skipped
+            .iter()
+            .map(|(e, why)| format!("{}: {why}", e.describe()))
+            .collect::<Vec<_>>()
+            .join("; ")
+    )))
+}
+
+/// `locked`, naming the key a request by agent stopped at.
+fn locked(entry: &KeyEntry, skipped: &[(Arc<KeyEntry>, String)]) -> ApiError {
+    let name = entry.label().unwrap_or(&entry.kid_hex);
+    let mut detail = format!(
+        "{} is there but locked: unlock it (keybridge unlock {name}) and sign again",
+        entry.describe()
+    );
+    if !skipped.is_empty() {
+        detail.push_str(&format!(
+            " (not there: {})",
+            skipped
+                .iter()
+                .map(|(e, _)| e.describe())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    ApiError::LockedKey {
+        kid: entry.kid_hex.clone(),
+        detail,
+    }
 }

@@ -47,7 +47,7 @@ pub(super) async fn verify(ctx: &Ctx, key: &str, roots: Option<&Path>) -> anyhow
 }
 
 /// Reads the roots file, refusing a huge one before reading it all.
-fn read_roots(path: &Path) -> anyhow::Result<String> {
+pub(super) fn read_roots(path: &Path) -> anyhow::Result<String> {
     let file = std::fs::File::open(path)
         .with_context(|| format!("reading the roots file {}", path.display()))?;
     let mut text = String::new();

@@ -110,6 +110,81 @@ pub enum KeysCommand {
         #[arg(long)]
         roots: Option<PathBuf>,
     },
+    /// Ask to join the key's account: a self-signed key request (with the
+    /// key's residency evidence, if any) for an admin, and its 6-digit
+    /// verification code.
+    Request {
+        /// The requesting key (unlocked: it signs the request).
+        #[arg(long)]
+        key: String,
+        /// The role asked for.
+        #[arg(long, value_parser = ["member", "admin"], default_value = "member")]
+        role: String,
+        /// A rotation: the agent's key this one replaces (kid or label);
+        /// approving revokes it in the same event.
+        #[arg(long)]
+        replaces: Option<String>,
+        /// Where to write the request.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Approve a key request into the log (an admin of another agent).
+    /// Shows the request and what its evidence proves first.
+    Approve {
+        /// The request file.
+        request: PathBuf,
+        /// The verification code the requester sees (asked on the terminal
+        /// when not given).
+        #[arg(long)]
+        code: Option<String>,
+        /// The approving admin key.
+        #[arg(long)]
+        key: String,
+        /// The account's key log (rewritten in place, if unchanged meanwhile).
+        #[arg(long)]
+        log: PathBuf,
+        /// PEM roots to check the request's evidence against (Yubico's PIV
+        /// roots; a TPM vendor's EK CA).
+        #[arg(long)]
+        roots: Option<PathBuf>,
+    },
+    /// Reject a key request (kept in the log's history).
+    Reject {
+        /// The request file.
+        request: PathBuf,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+        /// The rejecting admin key.
+        #[arg(long)]
+        key: String,
+        /// The account's key log.
+        #[arg(long)]
+        log: PathBuf,
+    },
+    /// Revoke a key: by an admin, or by the key itself.
+    Revoke {
+        /// The key: a kid (hex prefix) of the log, or a label of this daemon.
+        target: String,
+        /// The signing key.
+        #[arg(long)]
+        key: String,
+        /// The account's key log.
+        #[arg(long)]
+        log: PathBuf,
+    },
+    /// Set the account's threshold: how many admin agents must approve
+    /// adding or revoking an admin key, or a new threshold.
+    Threshold {
+        /// Admin agents, at least 1.
+        k: u32,
+        /// The signing admin key.
+        #[arg(long)]
+        key: String,
+        /// The account's key log.
+        #[arg(long)]
+        log: PathBuf,
+    },
 }
 
 /// `--alg`
@@ -255,6 +330,34 @@ pub(super) async fn run(ctx: &Ctx, cmd: &KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::VerifyAttestation { key, roots } => {
             super::attestation::verify(ctx, key, roots.as_deref()).await?;
+        }
+        KeysCommand::Request {
+            key,
+            role,
+            replaces,
+            out,
+        } => super::lifecycle::request(ctx, key, role, replaces.as_deref(), out).await?,
+        KeysCommand::Approve {
+            request,
+            code,
+            key,
+            log,
+            roots,
+        } => {
+            super::lifecycle::approve(ctx, request, code.as_deref(), key, log, roots.as_deref())
+                .await?
+        }
+        KeysCommand::Reject {
+            request,
+            reason,
+            key,
+            log,
+        } => super::lifecycle::reject(ctx, request, reason, key, log).await?,
+        KeysCommand::Revoke { target, key, log } => {
+            super::lifecycle::revoke(ctx, target, key, log).await?
+        }
+        KeysCommand::Threshold { k, key, log } => {
+            super::lifecycle::threshold(ctx, *k, key, log).await?
         }
     }
     Ok(())

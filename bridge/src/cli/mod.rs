@@ -9,6 +9,8 @@ mod account;
 mod attestation;
 mod history;
 mod keys;
+mod lifecycle;
+mod recovery;
 mod serve;
 mod sign;
 mod status;
@@ -73,7 +75,10 @@ pub enum Command {
     Status,
     /// Every signature the daemon made.
     Audit,
-    /// An account's key history, from its key log.
+    /// Use the account's recovery file.
+    #[command(subcommand)]
+    Recovery(recovery::RecoveryCommand),
+    /// An account's key history, from its verified key log.
     History {
         /// The key log (CBOR sequence).
         #[arg(long)]
@@ -123,6 +128,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sign(args) => sign::run(&ctx, args).await,
         Command::Status => status::status(&ctx).await,
         Command::Audit => status::audit(&ctx),
+        Command::Recovery(cmd) => recovery::run(&ctx, cmd).await,
         Command::History { log } => history::run(&ctx, log),
     }
 }

@@ -1,9 +1,12 @@
 //! `keybridge sign`: one device (`--device`, `--out FILE`) or a batch
-//! (`--devices FILE`, `--out DIR`, one `ID.cose` per device).
+//! (`--devices FILE`, `--out DIR`, one `ID.cose` per device), with one key
+//! (`--key`) or the first key at hand of an agent (`--agent`, falling back
+//! in the user's `fallback_order`; the line printed says which key signed
+//! and which were not there).
 
 use super::{Ctx, short};
 use crate::paths;
-use crate::wire::{Args as SignArgsMap, SignRequest, Signed};
+use crate::wire::{Args as SignArgsMap, SignRequest, Signed, SignedBy};
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -18,8 +21,16 @@ use std::path::PathBuf;
 #[derive(Args)]
 pub struct SignArgs {
     /// Key id (any unique prefix) or label.
-    #[arg(long)]
-    key: String,
+    #[arg(long, required_unless_present = "agent")]
+    key: Option<String>,
+    /// Sign with this agent's first key at hand (YubiKey, TPM, PKCS#11,
+    /// passphrase unless `fallback_order` in config.toml says otherwise).
+    #[arg(long, conflicts_with = "key")]
+    agent: Option<String>,
+    /// The agent's account (needed only when the agent has keys in several
+    /// accounts).
+    #[arg(long, requires = "agent")]
+    account: Option<String>,
     /// The target device.
     #[arg(long, conflicts_with = "devices", required_unless_present = "devices")]
     device: Option<String>,
@@ -79,7 +90,8 @@ fn parse_args(pairs: &[String]) -> anyhow::Result<SignArgsMap> {
 }
 
 /// Signs; meanwhile, if the key's token waits for a touch, says so once on
-/// standard error ("touch your YubiKey").
+/// standard error ("touch your YubiKey"). For a request by agent, any of
+/// the agent's keys waiting for a touch is the one signing.
 async fn sign_telling_about_touch(
     ctx: &Ctx,
     req: &SignRequest,
@@ -92,9 +104,18 @@ async fn sign_telling_about_touch(
         tokio::select! {
             result = &mut signing => return result,
             () = tokio::time::sleep(std::time::Duration::from_millis(300)), if !told => {
-                if let Ok(key) = client.key(&req.key).await
-                    && key.touch_pending
-                {
+                let waiting = match (&req.key, &req.agent) {
+                    (Some(key), _) => client.key(key).await.is_ok_and(|k| k.touch_pending),
+                    (None, Some(agent)) => client.keys().await.is_ok_and(|keys| {
+                        keys.iter().any(|k| {
+                            k.touch_pending
+                                && &k.agent == agent
+                                && req.account.as_ref().is_none_or(|a| &k.account == a)
+                        })
+                    }),
+                    (None, None) => false,
+                };
+                if waiting {
                     eprintln!("keybridge: touch your YubiKey (or security key) to sign");
                     told = true;
                 }
@@ -103,9 +124,39 @@ async fn sign_telling_about_touch(
     }
 }
 
+/// `the passphrase key "alice-pass" (3f2a9c01d4e5b6a7)`: a key as an answer
+/// names it, for a person (what came from the daemon is escaped).
+fn key_name(kid: &str, backend: Option<&str>, label: Option<&str>) -> String {
+    let backend = backend.map_or_else(String::new, |b| format!("{} ", b.escape_debug()));
+    match label {
+        Some(label) => format!(
+            "the {backend}key \"{}\" ({})",
+            label.escape_debug(),
+            short(kid, 16).escape_debug()
+        ),
+        None => format!("the {backend}key {}", short(kid, 16).escape_debug()),
+    }
+}
+
+/// How a line ends when a request by agent fell back: the keys passed over.
+fn fallback_note(by: &SignedBy) -> String {
+    if by.skipped.is_empty() {
+        return String::new();
+    }
+    let gone: Vec<String> = by
+        .skipped
+        .iter()
+        .map(|k| key_name(&k.kid, Some(&k.backend), k.label.as_deref()))
+        .collect();
+    let verb = if gone.len() == 1 { "is" } else { "are" };
+    format!(" ({} {verb} not present)", gone.join(", "))
+}
+
 pub(super) async fn run(ctx: &Ctx, a: &SignArgs) -> anyhow::Result<()> {
     let mut req = SignRequest {
         key: a.key.clone(),
+        agent: a.agent.clone(),
+        account: a.account.clone(),
         command: a.command.clone(),
         args: parse_args(&a.args)?,
         ttl: Some(parse_ttl(&a.ttl)?),
@@ -137,25 +188,32 @@ pub(super) async fn run(ctx: &Ctx, a: &SignArgs) -> anyhow::Result<()> {
         }
         (None, None) => bail!("give --device ID or --devices FILE"),
     }
-    match sign_telling_about_touch(ctx, &req).await? {
-        Signed::Single { kid, envelope } => {
+    let signed = sign_telling_about_touch(ctx, &req).await?;
+    let signer = key_name(
+        signed.kid(),
+        signed.by().backend.as_deref(),
+        signed.by().label.as_deref(),
+    );
+    let note = fallback_note(signed.by());
+    match signed {
+        Signed::Single { kid, envelope, by } => {
             let bytes = B64
                 .decode(&envelope)
                 .context("the daemon sent bad base64")?;
             paths::write_atomic(&a.out, &bytes).with_context(|| a.out.display().to_string())?;
             let line = format!(
-                "signed {} for {} with {} → {}",
+                "signed {} for {} with {signer} → {}{note}",
                 a.command,
                 a.device.as_deref().unwrap_or(""),
-                short(&kid, 16),
                 a.out.display()
             );
-            ctx.print(&Signed::Single { kid, envelope }, |_| line);
+            ctx.print(&Signed::Single { kid, envelope, by }, |_| line);
         }
         Signed::Batch {
             kid,
             root,
             envelopes,
+            by,
         } => {
             std::fs::create_dir_all(&a.out).with_context(|| a.out.display().to_string())?;
             for (id, env) in &envelopes {
@@ -168,10 +226,12 @@ pub(super) async fn run(ctx: &Ctx, a: &SignArgs) -> anyhow::Result<()> {
             }
             let summary = serde_json::json!({
                 "kid": kid, "root": root, "devices": envelopes.len(), "out": a.out,
+                "backend": by.backend, "label": by.label, "fallback": by.fallback,
+                "skipped": by.skipped,
             });
             ctx.print(&summary, |_| {
                 format!(
-                    "signed {} for {} devices with one signature (root {}…) → {}/",
+                    "signed {} for {} devices with one signature of {signer} (root {}…) → {}/{note}",
                     a.command,
                     envelopes.len(),
                     short(&root, 16),
@@ -181,4 +241,36 @@ pub(super) async fn run(ctx: &Ctx, a: &SignArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::SkippedKey;
+
+    #[test]
+    fn the_line_says_which_key_signed_and_which_were_not_there() {
+        let by = SignedBy {
+            backend: Some("passphrase".into()),
+            label: Some("alice-pass".into()),
+            fallback: true,
+            skipped: vec![SkippedKey {
+                kid: "0123456789abcdef0123".into(),
+                backend: "yubikey".into(),
+                label: Some("alice\u{1b}[2J".into()),
+                why: "not plugged in".into(),
+            }],
+        };
+        assert_eq!(
+            key_name("fedcba9876543210fe", Some("passphrase"), Some("alice-pass")),
+            "the passphrase key \"alice-pass\" (fedcba9876543210)"
+        );
+        // What the daemon sends is escaped before it reaches a terminal.
+        assert_eq!(
+            fallback_note(&by),
+            " (the yubikey key \"alice\\u{1b}[2J\" (0123456789abcdef) is not present)"
+        );
+        assert_eq!(fallback_note(&SignedBy::default()), "");
+        assert_eq!(key_name("ab", None, None), "the key ab");
+    }
 }

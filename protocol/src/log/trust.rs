@@ -264,6 +264,21 @@ impl Trust {
         op.needs_quorum(&self.keys)
     }
 
+    /// Whether `signer` may sign `op` as the next event: every rule of the
+    /// log but the signature. A signer checks this before it spends a
+    /// signature (a PIN, a touch) on an event the log would refuse.
+    pub fn check(&self, signer: &Kid, op: &Op) -> Result<(), LogError> {
+        if matches!(op, Op::Genesis { .. }) {
+            return Err(LogError::NotAuthorized {
+                seq: self.len,
+                op: "genesis",
+                why: "genesis only at the start of a log",
+            });
+        }
+        op.authorized_signer(&self.keys, signer, self.len)?;
+        op.check(&self.keys, &self.account, self.len)
+    }
+
     /// The proposal waiting with exactly this change, if any.
     pub fn pending_for(&self, change: &Op) -> Option<(u64, &Pending)> {
         self.keys
