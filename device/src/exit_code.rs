@@ -40,6 +40,44 @@ pub fn of_verify(e: &VerifyError) -> (u8, &'static str) {
     }
 }
 
+/// A command refused by the device's hardware policy (`policy set`): each
+/// its own exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyRefusal {
+    /// The command kind requires a hardware key; the key carries no
+    /// residency evidence (a passphrase key, an unattested key).
+    NoEvidence,
+    /// The key's evidence does not verify against the device's roots.
+    EvidenceInvalid,
+    /// The command kind requires touch; the key's attested touch policy is
+    /// not `always` or `cached`.
+    NoTouch,
+    /// The key's evidence is of a kind this device cannot check (e.g.
+    /// `tpm2-certify`).
+    Uncheckable,
+}
+
+impl PolicyRefusal {
+    /// Every kind, for the table.
+    pub const ALL: [PolicyRefusal; 4] = [
+        PolicyRefusal::NoEvidence,
+        PolicyRefusal::EvidenceInvalid,
+        PolicyRefusal::NoTouch,
+        PolicyRefusal::Uncheckable,
+    ];
+}
+
+/// The exit code of a command refused by the hardware policy, and what
+/// `--help` says of it.
+pub fn of_policy(r: PolicyRefusal) -> (u8, &'static str) {
+    match r {
+        PolicyRefusal::NoEvidence => (40, "hardware key required"),
+        PolicyRefusal::EvidenceInvalid => (41, "key evidence does not verify"),
+        PolicyRefusal::NoTouch => (42, "touch policy required"),
+        PolicyRefusal::Uncheckable => (43, "key evidence not checkable here"),
+    }
+}
+
 /// The exit code of a refused key log, and what `--help` says of it.
 pub fn of_log(e: &LogError) -> (u8, &'static str) {
     match e {
@@ -51,7 +89,8 @@ pub fn of_log(e: &LogError) -> (u8, &'static str) {
 
 /// Every refusal's exit code with what it means, by code: one for each
 /// kind of [`VerifyError`] (from [`VerifyError::examples`], which no
-/// variant escapes) and for each kind of key-log refusal.
+/// variant escapes), for each kind of key-log refusal and for each
+/// hardware-policy refusal.
 pub fn refusals() -> Vec<(u8, &'static str)> {
     let logs = [
         LogError::Rollback { have: 2, got: 1 },
@@ -62,6 +101,7 @@ pub fn refusals() -> Vec<(u8, &'static str)> {
         .iter()
         .map(of_verify)
         .chain(logs.iter().map(of_log))
+        .chain(PolicyRefusal::ALL.into_iter().map(of_policy))
         .collect();
     all.sort();
     all.dedup();
@@ -76,13 +116,17 @@ pub fn help() -> String {
         format!("{USAGE:>4}  usage error"),
         format!("{STATE:>4}  state or file problem (nothing trusted, unreadable file)"),
     ];
-    // Two to a line, as they pair up (10 and 11, …, 30 and 31).
-    for pair in refusals().chunks(2) {
-        lines.push(match pair {
-            [(a, what_a), (b, what_b)] => format!("{a:>4}  {what_a:<30}{b:>2}  {what_b}"),
-            [(a, what_a)] => format!("{a:>4}  {what_a}"),
-            _ => unreachable!("chunks of two"),
-        });
+    // Two to a line, as they pair up (10 and 11, …, 30 and 31, 40 and 41),
+    // each group of ten on lines of its own.
+    let all = refusals();
+    for group in all.chunk_by(|(a, _), (b, _)| a / 10 == b / 10) {
+        for pair in group.chunks(2) {
+            lines.push(match pair {
+                [(a, what_a), (b, what_b)] => format!("{a:>4}  {what_a:<32}{b:>2}  {what_b}"),
+                [(a, what_a)] => format!("{a:>4}  {what_a}"),
+                _ => unreachable!("chunks of two"),
+            });
+        }
     }
     lines.join("\n")
 }

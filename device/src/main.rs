@@ -5,25 +5,46 @@
 //! claims as JSON on stdout, or a one-line reason on stderr and an exit code
 //! of its own for each refusal (see `--help`).
 //!
+//! The log is verified once, when it is taken — `trust update` verifies
+//! only the new events — and `verify` reads what it left behind (the active
+//! keys, an index of the others), never the log: a command costs the same
+//! with a 10,000-event log as with one event (see [`state`]).
+//!
+//! Per account, a hardware policy (`policy set`) may require, per command
+//! kind, a key whose residency evidence — a YubiKey PIV attestation in its
+//! key request — verifies against roots configured on the device, and an
+//! attested touch policy of `always` or `cached` (see [`policy`]).
+//!
+//! Dependencies: DESIGN.md has `device/` depend on `keybridge-protocol`
+//! alone. It also depends on `keybridge-evidence`, deliberately: the
+//! pure-Rust X.509 and YubiKey attestation checks the bridge uses, split
+//! out of `keybridge-backends` so that the device links no hardware library
+//! (no pcsc-lite, no tpm2-tss) to check hardware evidence.
+//!
 //! Every input file is read only up to a limit: a signed command up to
 //! [`MAX_ENVELOPE_LEN`] (64 KiB), a body up to [`MAX_BODY_LEN`] (64 MiB), a
-//! key log up to [`state::MAX_LOG_LEN`] (16 MiB). Larger files are refused
+//! key log up to [`state::MAX_LOG_LEN`] (16 MiB), a roots file up to
+//! [`policy::MAX_ROOTS_FILE_LEN`] (1 MiB). Larger files are refused
 //! without being read whole.
 //!
 //! With the cargo feature `test-hooks` (never in a shipped build), `verify
 //! --now UNIX_SECONDS` replaces the system clock.
 
 mod exit_code;
+mod keys_index;
+mod policy;
 mod state;
 
 use clap::{Parser, Subcommand};
 use keybridge_protocol::key::hex;
 use keybridge_protocol::{
-    ArgValue, KeyLog, LogError, MAX_ENVELOPE_LEN, Verified, Verifier, VerifyError, check_device_id,
-    unverified_account,
+    ArgValue, KeyLog, LogError, MAX_ENVELOPE_LEN, Op, Trust, Verified, Verifier, VerifyError,
+    check_device_id, unverified_account,
 };
+use keys_index::Gone;
+use policy::{Attested, Policy};
 use serde_json::{Value, json};
-use state::{ReadError, Settings, State, StateError};
+use state::{ReadError, Settings, State, StateError, UpdateError};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -38,7 +59,7 @@ const MAX_BODY_LEN: usize = 64 * 1024 * 1024;
     after_help = exit_code::help()
 )]
 struct Cli {
-    /// State folder (trusted logs, replay caches, settings).
+    /// State folder (trusted logs, replay caches, settings, policies).
     #[arg(long, global = true, default_value = state::DEFAULT_STATE, env = "KEYBRIDGE_DEVICE_STATE")]
     state: PathBuf,
     #[command(subcommand)]
@@ -49,7 +70,7 @@ struct Cli {
 enum Command {
     /// Manage the accounts this device trusts.
     #[command(subcommand)]
-    Trust(Trust),
+    Trust(TrustCmd),
     /// Verify a signed command; print its claims as JSON when accepted.
     Verify {
         /// The signed command (a COSE_Sign1 file, `.cose`).
@@ -66,10 +87,13 @@ enum Command {
         #[arg(long, hide = true)]
         now: Option<i64>,
     },
+    /// Hardware-gated trust: which command kinds need a hardware key.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
 }
 
 #[derive(Subcommand)]
-enum Trust {
+enum TrustCmd {
     /// Deployment: trust the account whose key log this is.
     Init {
         /// The account's key log (CBOR sequence of events).
@@ -81,13 +105,56 @@ enum Trust {
         #[arg(long, default_value_t = keybridge_protocol::verify::DEFAULT_SKEW)]
         skew: i64,
     },
-    /// Take a newer key log: only an extension of the trusted one.
+    /// Take a newer key log: only an extension of the trusted one (only its
+    /// new events are verified).
     Update {
         /// The account's key log.
         log: PathBuf,
     },
-    /// Show the trusted accounts and their active keys.
+    /// Show the trusted accounts, their active keys, threshold and pending
+    /// proposals.
     Show {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Require a hardware key for one command kind: its evidence must verify
+    /// against the roots given (and with `touch`, its attested touch policy
+    /// be always or cached). Per account.
+    Set {
+        /// The account (needed when the device trusts several).
+        #[arg(long)]
+        account: Option<String>,
+        /// The command kind (`run-script`, `remote-control`, `x-…`).
+        #[arg(long)]
+        command: String,
+        /// `hardware`, or `touch` (which implies `hardware`); repeatable.
+        #[arg(long, required = true, value_parser = ["hardware", "touch"])]
+        require: Vec<String>,
+        /// PEM file of the roots the evidence must chain to (e.g. Yubico's
+        /// PIV roots); repeatable. Copied into the state folder. Without
+        /// it, the command kind keeps the roots it has.
+        #[arg(long)]
+        roots: Vec<PathBuf>,
+    },
+    /// Remove a command kind's rule.
+    Unset {
+        /// The account (needed when the device trusts several).
+        #[arg(long)]
+        account: Option<String>,
+        /// The command kind.
+        #[arg(long)]
+        command: String,
+    },
+    /// Show the rules, their roots, and which active keys each accepts.
+    Show {
+        /// Only this account.
+        #[arg(long)]
+        account: Option<String>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -100,7 +167,9 @@ struct Failure(String, u8);
 impl From<StateError> for Failure {
     fn from(e: StateError) -> Self {
         let code = match e {
-            StateError::StoredLog(_) => exit_code::LOG_INVALID,
+            StateError::StoredLog { .. } | StateError::StoredLogMismatch { .. } => {
+                exit_code::LOG_INVALID
+            }
             _ => exit_code::STATE,
         };
         Failure(e.to_string(), code)
@@ -111,6 +180,15 @@ impl From<VerifyError> for Failure {
     fn from(e: VerifyError) -> Self {
         let (code, _) = exit_code::of_verify(&e);
         Failure(e.to_string(), code)
+    }
+}
+
+impl From<UpdateError> for Failure {
+    fn from(e: UpdateError) -> Self {
+        match e {
+            UpdateError::State(e) => e.into(),
+            UpdateError::Log(e) => log_failure(e),
+        }
     }
 }
 
@@ -162,7 +240,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<String, Failure> {
     let state = State::new(&cli.state);
     match cli.command {
-        Command::Trust(Trust::Init {
+        Command::Trust(TrustCmd::Init {
             log,
             device_id,
             skew,
@@ -182,29 +260,27 @@ fn run(cli: Cli) -> Result<String, Failure> {
                 settings.device_id
             ))
         }
-        Command::Trust(Trust::Update { log }) => {
+        Command::Trust(TrustCmd::Update { log }) => {
             let bytes = read_log(&log)?;
-            // Parse once to learn the account; the extension check below is
-            // what decides.
-            let offered = KeyLog::from_bytes(&bytes).map_err(log_failure)?;
-            let mut account = state.open(offered.account())?;
-            let before = account.log.events().len();
-            let new = account.log.verify_extension(&bytes).map_err(log_failure)?;
-            let added = new.events().len() - before;
-            if added > 0 {
-                account.save_log(new)?;
+            // The first event names the account whose trust the log is
+            // checked against; the extension check decides.
+            let account_name = KeyLog::peek_account(&bytes).map_err(log_failure)?;
+            let mut account = state.open(&account_name)?;
+            let done = account.update(&bytes)?;
+            let mut out = format!(
+                "account {account_name:?}: {} new events, now {}",
+                done.added, done.len
+            );
+            if let Some(repaired) = done.repaired {
+                out = format!("account {account_name:?}: repaired: {repaired}\n{out}");
             }
-            Ok(format!(
-                "account {:?}: {added} new events, now {}",
-                offered.account(),
-                before + added
-            ))
+            Ok(out)
         }
-        Command::Trust(Trust::Show { json }) => {
+        Command::Trust(TrustCmd::Show { json }) => {
             let mut accounts = vec![];
             for name in state.accounts()? {
                 let a = state.open(&name)?;
-                accounts.push(account_json(&a));
+                accounts.push(account_json(&a, &a.trust()?, a.keys()?.revoked_count()));
             }
             if json {
                 Ok(serde_json::to_string_pretty(&accounts).expect("JSON"))
@@ -225,46 +301,228 @@ fn run(cli: Cli) -> Result<String, Failure> {
             #[cfg(feature = "test-hooks")]
             now,
         } => {
-            if let Some(id) = &device_id {
-                check_id(id)?;
-            }
-            let envelope = read(
-                &command,
-                "signed command",
-                MAX_ENVELOPE_LEN,
-                exit_code::MALFORMED,
-            )?;
-            let body = body
-                .map(|b| read(&b, "body", MAX_BODY_LEN, exit_code::STATE))
-                .transpose()?;
-            // The account named in the (not yet verified) claims only picks
-            // which trust store to check against; reading it checks only
-            // the envelope's structure and encoding, everything else is
-            // the verifier's, in its order.
-            let account_name = unverified_account(&envelope)?;
-            let mut account = match state.open(&account_name) {
-                Err(StateError::NotTrusted(found)) => {
-                    let known = state.accounts()?;
-                    return Err(VerifyError::WrongAccount {
-                        expected: known.join(", "),
-                        found,
-                    }
-                    .into());
-                }
-                other => other?,
-            };
-            let device_id = device_id.unwrap_or_else(|| account.settings.device_id.clone());
             #[cfg(feature = "test-hooks")]
             let now = now.unwrap_or_else(unix_now);
             #[cfg(not(feature = "test-hooks"))]
             let now = unix_now();
-            let verifier = Verifier::new(&account.log, &device_id).with_skew(account.settings.skew);
-            let verified = verifier.verify(&envelope, body.as_deref(), now, &mut account.replay)?;
-            // Remember it before anyone acts on it.
-            account.save_replay()?;
-            Ok(serde_json::to_string_pretty(&verified_json(&verified, &device_id)).expect("JSON"))
+            verify(&state, &command, body.as_deref(), device_id, now)
+        }
+        Command::Policy(PolicyCmd::Set {
+            account,
+            command,
+            require,
+            roots,
+        }) => {
+            policy::check_command_name(&command).map_err(|e| Failure(e, exit_code::USAGE))?;
+            let touch = require.iter().any(|r| r == "touch");
+            let roots = if roots.is_empty() {
+                None
+            } else {
+                let mut files = vec![];
+                for path in &roots {
+                    let bytes = read(path, "roots", policy::MAX_ROOTS_FILE_LEN, exit_code::STATE)?;
+                    let text = String::from_utf8(bytes).map_err(|_| {
+                        Failure(
+                            format!("{} (roots): not a PEM text file", path.display()),
+                            exit_code::STATE,
+                        )
+                    })?;
+                    files.push((path.display().to_string(), text));
+                }
+                Some(
+                    policy::roots_from_pem(&files)
+                        .map_err(|e| Failure(format!("--roots: {e}"), exit_code::STATE))?,
+                )
+            };
+            let name = pick_account(&state, account)?;
+            let a = state.open(&name)?;
+            let mut p = a.policy()?;
+            p.set(&command, touch, roots)
+                .map_err(|e| Failure(e, exit_code::USAGE))?;
+            let view = a.keys()?.view;
+            let mut hardware = a.hardware()?;
+            hardware.rejudge(&view, &p);
+            a.save_policy(&p, &hardware)?;
+            let rule = &p.rules[&command];
+            let mut out = format!(
+                "account {name:?}: {command} now requires {} (roots {}…)",
+                rule.requirements()
+                    .iter()
+                    .map(|r| r.name())
+                    .collect::<Vec<_>>()
+                    .join(" and "),
+                &rule.roots[..16]
+            );
+            for k in rule_keys_json(&command, rule, &p, &view, &hardware) {
+                out.push_str(&format!("\n  {}", render_rule_key(&k)));
+            }
+            Ok(out)
+        }
+        Command::Policy(PolicyCmd::Unset { account, command }) => {
+            policy::check_command_name(&command).map_err(|e| Failure(e, exit_code::USAGE))?;
+            let name = pick_account(&state, account)?;
+            let a = state.open(&name)?;
+            let mut p = a.policy()?;
+            if !p.unset(&command) {
+                return Ok(format!("account {name:?}: {command} had no rule"));
+            }
+            let mut hardware = a.hardware()?;
+            hardware.rejudge(&a.keys()?.view, &p);
+            a.save_policy(&p, &hardware)?;
+            Ok(format!(
+                "account {name:?}: {command} no longer requires a hardware key"
+            ))
+        }
+        Command::Policy(PolicyCmd::Show { account, json }) => {
+            let names = match account {
+                Some(a) => vec![pick_account(&state, Some(a))?],
+                None => state.accounts()?,
+            };
+            let mut out = vec![];
+            for name in names {
+                let a = state.open(&name)?;
+                out.push(policy_json(
+                    &name,
+                    &a.policy()?,
+                    &a.keys()?.view,
+                    &a.hardware()?,
+                ));
+            }
+            if json {
+                Ok(serde_json::to_string_pretty(&out).expect("JSON"))
+            } else if out.is_empty() {
+                Ok("no account is trusted on this device".into())
+            } else {
+                Ok(out.iter().map(render_policy).collect::<Vec<_>>().join("\n"))
+            }
         }
     }
+}
+
+/// `--account`, or the one account trusted.
+fn pick_account(state: &State, account: Option<String>) -> Result<String, Failure> {
+    let known = state.accounts()?;
+    match account {
+        Some(a) if known.contains(&a) => Ok(a),
+        Some(a) => Err(StateError::NotTrusted(a).into()),
+        None => match known.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(Failure(
+                "this device trusts no account yet; deploy one with `keybridge-device trust init LOG --device-id ID`".into(),
+                exit_code::STATE,
+            )),
+            many => Err(Failure(
+                format!(
+                    "this device trusts several accounts ({}): say which with --account",
+                    many.join(", ")
+                ),
+                exit_code::USAGE,
+            )),
+        },
+    }
+}
+
+/// `verify`: the protocol's checks against the account's active keys,
+/// then the account's hardware policy for the command's kind, then the
+/// replay cache is saved. Nothing is saved on a refusal.
+fn verify(
+    state: &State,
+    command: &Path,
+    body: Option<&Path>,
+    device_id: Option<String>,
+    now: i64,
+) -> Result<String, Failure> {
+    if let Some(id) = &device_id {
+        check_id(id)?;
+    }
+    let envelope = read(
+        command,
+        "signed command",
+        MAX_ENVELOPE_LEN,
+        exit_code::MALFORMED,
+    )?;
+    let body = body
+        .map(|b| read(b, "body", MAX_BODY_LEN, exit_code::STATE))
+        .transpose()?;
+    // The account named in the (not yet verified) claims only picks which
+    // trust store to check against; reading it checks only the envelope's
+    // structure and encoding, everything else is the verifier's, in its
+    // order.
+    let account_name = unverified_account(&envelope)?;
+    let mut account = match state.open(&account_name) {
+        Err(StateError::NotTrusted(found)) => {
+            let known = state.accounts()?;
+            return Err(VerifyError::WrongAccount {
+                expected: known.join(", "),
+                found,
+            }
+            .into());
+        }
+        other => other?,
+    };
+    let keys = account.keys()?;
+    let device_id = device_id.unwrap_or_else(|| account.settings.device_id.clone());
+    let verifier = Verifier::new(&keys.view, &device_id).with_skew(account.settings.skew);
+    let verified = match verifier.verify(&envelope, body.as_deref(), now, &mut account.replay) {
+        Ok(v) => v,
+        // Not an active key: the index says whether it left the account,
+        // and how (the verifier's next check, as with the whole trust).
+        Err(VerifyError::UnknownKid(kid)) => {
+            let gone = keys.lookup(&kid).map_err(|e| {
+                Failure(
+                    format!("state file keys.idx of account {account_name:?}: {e}"),
+                    exit_code::STATE,
+                )
+            })?;
+            return Err(match gone {
+                Some(Gone::Revoked(seq)) => VerifyError::RevokedKid { kid, seq },
+                Some(Gone::Replaced { seq, by }) => VerifyError::ReplacedKid { kid, seq, by },
+                None => VerifyError::UnknownKid(kid),
+            }
+            .into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let policy = account.policy()?;
+    let mut hardware_json = None;
+    if let Some(rule) = policy.rules.get(&verified.claims.cmd) {
+        let signer = keys
+            .view
+            .active_keys()
+            .find(|k| k.key.kid() == verified.kid)
+            .expect("the verifier accepted an active key");
+        let hardware = account.hardware()?;
+        let attested = policy::check(
+            &verified.claims.cmd,
+            rule,
+            &policy.roots[&rule.roots],
+            &signer.key,
+            &signer.agent,
+            hardware.facts(&verified.kid),
+        )
+        .map_err(|r| Failure(r.message, exit_code::of_policy(r.kind).0))?;
+        hardware_json = Some(attested_json(&attested, rule));
+    }
+    // Remember it before anyone acts on it.
+    account.save_replay()?;
+    let mut out = verified_json(&verified, &device_id);
+    if let Some(h) = hardware_json {
+        out["hardware"] = h;
+    }
+    Ok(serde_json::to_string_pretty(&out).expect("JSON"))
+}
+
+fn attested_json(a: &Attested, rule: &policy::Rule) -> Value {
+    json!({
+        "required": rule.requirements().iter().map(|r| r.name()).collect::<Vec<_>>(),
+        "kind": keybridge_evidence::YUBIKEY_PIV_ATTESTATION,
+        "serial": a.serial,
+        "firmware": a.firmware,
+        "form_factor": a.form_factor,
+        "pin_policy": a.pin_policy,
+        "touch_policy": a.touch_policy,
+        "root": a.root,
+    })
 }
 
 fn unix_now() -> i64 {
@@ -310,32 +568,178 @@ fn verified_json(v: &Verified, device_id: &str) -> Value {
     })
 }
 
-fn account_json(a: &state::Account) -> Value {
-    let log = &a.log;
+fn account_json(a: &state::Account, trust: &Trust, revoked: u64) -> Value {
     json!({
-        "account": log.account(),
+        "account": trust.account(),
         "device_id": a.settings.device_id,
         "skew": a.settings.skew,
-        "events": log.events().len(),
-        "head": hex(&log.head()),
-        "recovery_kid": log.recovery_key().kid().to_hex(),
+        "events": trust.len(),
+        "head": hex(&trust.head()),
+        "recovery_kid": trust.recovery_key().kid().to_hex(),
         "replay_entries": a.replay.len(),
-        "keys": log.active_keys().map(|k| json!({
+        "threshold": trust.threshold(),
+        "revoked_keys": revoked,
+        "keys": trust.active_keys().map(|k| json!({
             "kid": k.key.kid().to_hex(),
             "agent": k.agent,
             "role": k.role.name(),
             "alg": k.key.algorithm().name(),
             "since_event": k.since_seq,
         })).collect::<Vec<_>>(),
+        "pending": trust.pending().iter().map(|(seq, p)| {
+            let mut change = op_json(&p.change);
+            change["event"] = json!(seq);
+            change["approvers"] = json!(p.approvers);
+            change
+        }).collect::<Vec<_>>(),
     })
+}
+
+/// A proposed change, for `trust show`.
+fn op_json(op: &Op) -> Value {
+    match op {
+        Op::Add {
+            key,
+            agent,
+            role,
+            replaces,
+            ..
+        } => json!({
+            "op": "add",
+            "kid": key.kid().to_hex(),
+            "agent": agent,
+            "role": role.name(),
+            "replaces": replaces.map(|k| k.to_hex()),
+        }),
+        Op::Revoke { kid } => json!({"op": "revoke", "kid": kid.to_hex()}),
+        Op::Threshold { k } => json!({"op": "threshold", "k": k}),
+        other => json!({"op": other.name()}),
+    }
+}
+
+/// Each active key under `cmd`'s `rule`: accepted (with what its evidence
+/// attests) or refused (with its exit code and reason).
+fn rule_keys_json(
+    cmd: &str,
+    rule: &policy::Rule,
+    p: &Policy,
+    view: &Trust,
+    hardware: &policy::Hardware,
+) -> Vec<Value> {
+    view.active_keys()
+        .map(|k| {
+            let kid = k.key.kid();
+            let mut v = json!({"kid": kid.to_hex(), "agent": k.agent, "role": k.role.name()});
+            match policy::check(
+                cmd,
+                rule,
+                &p.roots[&rule.roots],
+                &k.key,
+                &k.agent,
+                hardware.facts(&kid),
+            ) {
+                Ok(a) => {
+                    v["accepted"] = json!(true);
+                    v["hardware"] = attested_json(&a, rule);
+                }
+                Err(r) => {
+                    let (code, what) = exit_code::of_policy(r.kind);
+                    v["accepted"] = json!(false);
+                    v["exit_code"] = json!(code);
+                    v["refusal"] = json!(what);
+                    v["reason"] = json!(r.message);
+                }
+            }
+            v
+        })
+        .collect()
+}
+
+fn policy_json(account: &str, p: &Policy, view: &Trust, hardware: &policy::Hardware) -> Value {
+    let rules: Vec<Value> = p
+        .rules
+        .iter()
+        .map(|(cmd, rule)| {
+            let roots = &p.roots[&rule.roots];
+            json!({
+                "command": cmd,
+                "require": rule.requirements().iter().map(|r| r.name()).collect::<Vec<_>>(),
+                "roots": {
+                    "id": rule.roots,
+                    "certificates": policy::describe_roots(roots)
+                        .into_iter()
+                        .map(|(subject, sha256)| json!({"subject": subject, "sha256": sha256}))
+                        .collect::<Vec<_>>(),
+                },
+                "keys": rule_keys_json(cmd, rule, p, view, hardware),
+            })
+        })
+        .collect();
+    json!({"account": account, "rules": rules})
+}
+
+fn render_rule_key(k: &Value) -> String {
+    let kid: String = k["kid"].as_str().unwrap_or("").chars().take(16).collect();
+    let who = format!(
+        "{kid}…  {:<8} {}",
+        k["role"].as_str().unwrap_or(""),
+        k["agent"].as_str().unwrap_or("")
+    );
+    if k["accepted"] == json!(true) {
+        let h = &k["hardware"];
+        format!(
+            "{who}: accepted (YubiKey {}, touch {})",
+            h["serial"],
+            h["touch_policy"].as_str().unwrap_or("not stated")
+        )
+    } else {
+        format!(
+            "{who}: refused, exit {} ({})",
+            k["exit_code"],
+            k["refusal"].as_str().unwrap_or("")
+        )
+    }
+}
+
+fn render_policy(a: &Value) -> String {
+    let mut out = format!("account {}", a["account"]);
+    let rules = a["rules"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    if rules.is_empty() {
+        out.push_str(": no rule (every command kind accepts any active key)");
+    }
+    for r in rules {
+        let require: Vec<&str> = r["require"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        out.push_str(&format!(
+            "\n  {} requires {}",
+            r["command"].as_str().unwrap_or(""),
+            require.join(" and ")
+        ));
+        for c in r["roots"]["certificates"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "\n    root {}  sha256 {}",
+                c["subject"].as_str().unwrap_or(""),
+                c["sha256"].as_str().unwrap_or("")
+            ));
+        }
+        for k in r["keys"].as_array().into_iter().flatten() {
+            out.push_str(&format!("\n    {}", render_rule_key(k)));
+        }
+    }
+    out
 }
 
 fn render_account(a: &Value) -> String {
     let mut out = format!(
-        "account {}  device {}  ({} events, head {}…)\n",
+        "account {}  device {}  ({} events, {} keys revoked, head {}…)\n",
         a["account"],
         a["device_id"],
         a["events"],
+        a["revoked_keys"],
         // The head is ours, 64 hex digits, but the JSON holds whatever it
         // is given: never slice past its end or inside a character.
         a["head"]
@@ -352,6 +756,36 @@ fn render_account(a: &Value) -> String {
             k["role"].as_str().unwrap_or(""),
             k["alg"].as_str().unwrap_or(""),
             k["agent"].as_str().unwrap_or("")
+        ));
+    }
+    if let Some(k) = a["threshold"].as_u64() {
+        out.push_str(&format!(
+            "  threshold: {k} admin agent(s) approve admin changes
+"
+        ));
+    }
+    for p in a["pending"].as_array().into_iter().flatten() {
+        let approvers: Vec<&str> = p["approvers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let what = match p["op"].as_str().unwrap_or("") {
+            "add" => format!(
+                "add {} key {} of {}",
+                p["role"].as_str().unwrap_or(""),
+                p["kid"].as_str().unwrap_or(""),
+                p["agent"].as_str().unwrap_or("")
+            ),
+            "revoke" => format!("revoke key {}", p["kid"].as_str().unwrap_or("")),
+            "threshold" => format!("threshold {}", p["k"]),
+            other => other.to_owned(),
+        };
+        out.push_str(&format!(
+            "  pending (event {}): {what}, approved by {}\n",
+            p["event"],
+            approvers.join(", ")
         ));
     }
     out.trim_end().to_owned()

@@ -1,17 +1,66 @@
-//! The device's state folder: per account, the trusted key log, the replay
-//! cache and the settings. Every write is atomic (a fresh temp file with an
+//! The device's state folder: per account, the trusted key log and what
+//! verifying it left behind, the replay cache, the settings and the
+//! hardware policy. Every write is atomic (a fresh temp file with an
 //! unpredictable name, fsync, rename, fsync of the folder) and every
 //! read-modify-write holds an exclusive lock, so two `verify` processes can
 //! never both accept the same command.
 //!
+//! Per account, `accounts/<account>/`:
+//!
+//! | file | what | read by |
+//! |---|---|---|
+//! | `log.cbor` | the key log as taken: the record; appended to by `trust update` | `trust update` (and a migration or a repair) |
+//! | `trust.cbor` | the [`Trust`] the log leaves behind ([`Trust::to_bytes`]) | `trust update`, `trust show` |
+//! | `keys.idx` | the active keys, and an index of the keys that left ([`keys_index`]) | `verify` |
+//! | `hardware.json` | the residency evidence of active keys and its verdicts ([`policy`]) | `verify` under a rule, `policy` |
+//! | `policy.json` | the hardware policy ([`policy`]) | `verify`, `policy` |
+//! | `replay.cbor`, `settings.json` | accepted commands; device id and skew | `verify` |
+//!
+//! The log is verified once, when it is taken (`trust init`, `trust
+//! update`: only the new events); `verify` never reads it, so a device's
+//! cost per command does not grow with the log.
+//!
+//! **What is committed, and the crash rule.** `trust update` writes, in
+//! order: the new events appended to `log.cbor` (fsync), `hardware.json`,
+//! `trust.cbor`, `keys.idx`. `keys.idx` is written last: it is what
+//! `verify` reads, and it records the length of `log.cbor` and where its
+//! last event starts. Before taking a log, `trust update` checks that the
+//! files agree: `trust.cbor`, `keys.idx` and `hardware.json` name the same
+//! length and head, and `log.cbor` has the recorded length and its last
+//! event hashes to that head. When they do not (a crash between two of
+//! those writes):
+//!
+//! - `log.cbor` longer than recorded, the rest agreeing: an append that was
+//!   never committed: `log.cbor` is cut back to the recorded length;
+//! - anything else: the state is rebuilt from `log.cbor`, verified whole
+//!   once, provided it extends the trust state on record (same event at
+//!   the trusted head: never a rollback); if it does not verify or does not
+//!   extend it, nothing is changed and the update is refused (exit 32),
+//!   saying so.
+//!
+//! Until then `verify` keeps using the last `keys.idx` written: the state
+//! before the interrupted update. A folder written by an older version
+//! (`log.cbor` without `trust.cbor`, `keys.idx`, `hardware.json`) is
+//! migrated on its first open: the log is verified once and those files
+//! are written.
+//!
+//! An account is trusted when `log.cbor` exists; `trust init` writes it
+//! last.
+//!
 //! The lock file and the state files are opened without following symbolic
 //! links (`O_NOFOLLOW`), are created mode 0600 whatever the umask, and are
-//! read at most up to a size limit each ([`MAX_LOG_LEN`],
-//! [`MAX_REPLAY_LEN`], [`MAX_SETTINGS_LEN`]).
+//! read at most up to a size limit each ([`MAX_LOG_LEN`], [`MAX_TRUST_LEN`],
+//! [`MAX_REPLAY_LEN`], [`MAX_SETTINGS_LEN`], [`policy::MAX_POLICY_LEN`],
+//! [`policy::MAX_HARDWARE_LEN`]; `keys.idx` is read by its header's
+//! lengths, checked against its size).
 
+use crate::keys_index::{self, KeysIndex};
+use crate::policy::{self, Hardware, Policy};
+use keybridge_protocol::log::Event;
 use keybridge_protocol::replay::{DEFAULT_CAPACITY, ReplayCache};
 use keybridge_protocol::verify::DEFAULT_SKEW;
-use keybridge_protocol::{KeyLog, LogError};
+use keybridge_protocol::{KeyLog, Kid, LogError, MAX_ENVELOPE_LEN, Op, Trust};
+use sha2::{Digest as _, Sha256};
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Read as _, Write as _};
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
@@ -22,6 +71,8 @@ pub const DEFAULT_STATE: &str = "/var/lib/keybridge-device";
 /// Largest key log read, from a file given to `trust` or from the state
 /// folder (16 MiB: tens of thousands of events).
 pub const MAX_LOG_LEN: usize = 16 * 1024 * 1024;
+/// Largest trust snapshot read (it grows with the keys that ever left).
+pub const MAX_TRUST_LEN: usize = 16 * 1024 * 1024;
 /// Largest replay cache file read (16 MiB; a full cache — 100,000 command
 /// and 10,000 time-sync entries of ~60 bytes — is under 7 MB).
 pub const MAX_REPLAY_LEN: usize = 16 * 1024 * 1024;
@@ -29,6 +80,14 @@ pub const MAX_REPLAY_LEN: usize = 16 * 1024 * 1024;
 pub const MAX_SETTINGS_LEN: usize = 64 * 1024;
 /// Mode of every file the device creates in its state folder.
 const FILE_MODE: u32 = 0o600;
+
+const LOG: &str = "log.cbor";
+const TRUST: &str = "trust.cbor";
+const KEYS: &str = "keys.idx";
+const HARDWARE: &str = "hardware.json";
+const POLICY: &str = "policy.json";
+const REPLAY: &str = "replay.cbor";
+const SETTINGS: &str = "settings.json";
 
 /// Why a size-limited read failed.
 #[derive(Debug)]
@@ -116,9 +175,29 @@ pub enum StateError {
         "account {0:?} is already trusted here; use `trust update` to take a newer log (a different log for the same account is refused)"
     )]
     AlreadyTrusted(String),
-    /// The stored log no longer verifies (tampered disk).
-    #[error("the stored key log is invalid: {0}")]
-    StoredLog(LogError),
+    /// The stored log does not verify (tampered or damaged disk), when it
+    /// had to be read: a migration, or a repair after an interrupted
+    /// update.
+    #[error(
+        "the stored key log {path} is invalid: {source}; nothing was changed (commands still verify against the trust state on record) — restore that file from a backup, or re-deploy the account (remove its folder, then `trust init`)"
+    )]
+    StoredLog {
+        /// `log.cbor`.
+        path: PathBuf,
+        /// Why it does not verify.
+        source: LogError,
+    },
+    /// The stored log verifies but is not the log the trust state was made
+    /// from (it does not reach the trusted head).
+    #[error(
+        "the stored key log {path} does not match this device's trust state ({what}); nothing was changed (commands still verify against the trust state on record) — restore that file from a backup, or re-deploy the account (remove its folder, then `trust init`)"
+    )]
+    StoredLogMismatch {
+        /// `log.cbor`.
+        path: PathBuf,
+        /// How.
+        what: String,
+    },
     /// A state file is unreadable.
     #[error("state file {path}: {what}")]
     Corrupt {
@@ -137,10 +216,42 @@ pub enum StateError {
     },
 }
 
+/// Why `trust update` did not take a log.
+#[derive(Debug)]
+pub enum UpdateError {
+    /// The state folder.
+    State(StateError),
+    /// The offered log: a rollback, a fork, or events that do not verify.
+    Log(LogError),
+}
+
+impl From<StateError> for UpdateError {
+    fn from(e: StateError) -> Self {
+        UpdateError::State(e)
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
     move |source| StateError::Io {
         path: path.to_owned(),
         source,
+    }
+}
+
+fn corrupt(path: &Path, what: impl Into<String>) -> StateError {
+    StateError::Corrupt {
+        path: path.to_owned(),
+        what: what.into(),
+    }
+}
+
+/// Whether `path` exists, without following a symbolic link (a link is
+/// there: reading it is then refused).
+fn present(path: &Path) -> Result<bool, StateError> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(path)(e)),
     }
 }
 
@@ -176,16 +287,26 @@ pub struct State {
     root: PathBuf,
 }
 
-/// One account's state, loaded under its lock.
+/// One account's state, under its lock: the settings and the replay cache
+/// loaded, the rest read on demand.
 pub struct Account {
     dir: PathBuf,
     _lock: File,
-    /// The trusted log.
-    pub log: KeyLog,
     /// Commands already accepted.
     pub replay: ReplayCache,
     /// Device settings.
     pub settings: Settings,
+}
+
+/// What `trust update` did.
+#[derive(Debug)]
+pub struct Updated {
+    /// Events taken.
+    pub added: u64,
+    /// Events trusted now.
+    pub len: u64,
+    /// A repair of an interrupted earlier update, done first.
+    pub repaired: Option<String>,
 }
 
 impl State {
@@ -234,59 +355,64 @@ impl State {
         Ok(f)
     }
 
-    /// Deployment: `log` becomes this device's trust for its account.
+    /// Deployment: `log` (verified) becomes this device's trust for its
+    /// account.
     pub fn init(&self, log: &KeyLog, settings: &Settings) -> Result<(), StateError> {
         let dir = self.account_dir(log.account());
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let _lock = Self::lock(&dir)?;
-        if dir.join("log.cbor").exists() {
+        if present(&dir.join(LOG))? {
             return Err(StateError::AlreadyTrusted(log.account().to_owned()));
         }
-        write_atomic(&dir.join("settings.json"), settings.to_json().as_bytes())?;
-        write_atomic(&dir.join("replay.cbor"), &ReplayCache::default().to_bytes())?;
+        let policy = read_policy(&dir)?;
+        write_atomic(&dir.join(SETTINGS), settings.to_json().as_bytes())?;
+        write_atomic(&dir.join(REPLAY), &ReplayCache::default().to_bytes())?;
+        let bytes = log.to_bytes();
+        write_derived(&dir, log, &bytes, &policy)?;
         // The log last: its presence is what makes the account trusted.
-        write_atomic(&dir.join("log.cbor"), &log.to_bytes())
+        write_atomic(&dir.join(LOG), &bytes)
     }
 
     /// Loads `account` and holds its lock until the returned value drops.
+    /// A folder of an older version (no trust state next to its log) is
+    /// migrated first.
     pub fn open(&self, account: &str) -> Result<Account, StateError> {
         let dir = self.account_dir(account);
-        let log_path = dir.join("log.cbor");
-        if !log_path.exists() {
+        if !present(&dir.join(LOG))? {
             return Err(StateError::NotTrusted(account.to_owned()));
         }
         let lock = Self::lock(&dir)?;
-        let log_bytes = read_state_file(&log_path, MAX_LOG_LEN)?;
-        let log = KeyLog::from_bytes(&log_bytes).map_err(StateError::StoredLog)?;
-        let replay_path = dir.join("replay.cbor");
+        let mut missing = false;
+        for name in [TRUST, KEYS, HARDWARE] {
+            missing |= !present(&dir.join(name))?;
+        }
+        if missing {
+            migrate(&dir)?;
+        }
+        let replay_path = dir.join(REPLAY);
         let replay = ReplayCache::from_bytes(
             &read_state_file(&replay_path, MAX_REPLAY_LEN)?,
             DEFAULT_CAPACITY,
         )
-        .map_err(|e| StateError::Corrupt {
-            path: replay_path.clone(),
-            what: e.to_string(),
-        })?;
-        let settings_path = dir.join("settings.json");
+        .map_err(|e| corrupt(&replay_path, e.to_string()))?;
+        let settings_path = dir.join(SETTINGS);
         let settings = read_state_file(&settings_path, MAX_SETTINGS_LEN).and_then(|s| {
             std::str::from_utf8(&s)
                 .ok()
                 .and_then(Settings::from_json)
-                .ok_or_else(|| StateError::Corrupt {
-                    path: settings_path.clone(),
-                    what: "not valid settings JSON".into(),
-                })
+                .ok_or_else(|| corrupt(&settings_path, "not valid settings JSON"))
         })?;
         Ok(Account {
             dir,
             _lock: lock,
-            log,
             replay,
             settings,
         })
     }
 
-    /// Every trusted account id.
+    /// Every trusted account id: from each folder's `keys.idx`, or for a
+    /// folder not migrated yet from the first event of its log (read, not
+    /// verified: the account's own open verifies it).
     pub fn accounts(&self) -> Result<Vec<String>, StateError> {
         let dir = self.root.join("accounts");
         let entries = match fs::read_dir(&dir) {
@@ -297,29 +423,335 @@ impl State {
         let mut out = vec![];
         for entry in entries {
             let entry = entry.map_err(io_err(&dir))?;
-            let log_path = entry.path().join("log.cbor");
-            if let Ok(bytes) = read_state_file(&log_path, MAX_LOG_LEN) {
-                let log = KeyLog::from_bytes(&bytes).map_err(StateError::StoredLog)?;
-                out.push(log.account().to_owned());
+            let folder = entry.path();
+            if !present(&folder.join(LOG))? {
+                continue;
             }
+            let name = match read_keys(&folder) {
+                Ok(keys) => keys.view.account().to_owned(),
+                Err(_) => {
+                    let path = folder.join(LOG);
+                    let file = open_nofollow(&path, OpenOptions::new().read(true))
+                        .map_err(io_err(&path))?;
+                    let mut first = Vec::new();
+                    file.take(MAX_ENVELOPE_LEN as u64 + 1)
+                        .read_to_end(&mut first)
+                        .map_err(io_err(&path))?;
+                    KeyLog::peek_account(&first).map_err(|source| StateError::StoredLog {
+                        path: path.clone(),
+                        source,
+                    })?
+                }
+            };
+            out.push(name);
         }
         out.sort();
         Ok(out)
     }
 }
 
+/// The verified `log` (whose bytes are `bytes`) of the account in `dir`:
+/// its evidence judged against `policy`, its trust snapshot and its keys
+/// index, written in that order.
+fn write_derived(
+    dir: &Path,
+    log: &KeyLog,
+    bytes: &[u8],
+    policy: &Policy,
+) -> Result<(), StateError> {
+    let last = log.events().last().expect("a log has its genesis");
+    let hardware = Hardware::build(
+        log.trust(),
+        None,
+        &policy::requests_of(log.events(), None),
+        policy,
+    );
+    let keys = keys_index::encode(
+        log.trust(),
+        bytes.len() as u64,
+        (bytes.len() - last.bytes().len()) as u64,
+    )
+    .map_err(|e| corrupt(&dir.join(TRUST), e))?;
+    write_atomic(&dir.join(HARDWARE), &hardware.to_json())?;
+    write_atomic(&dir.join(TRUST), &log.trust().to_bytes())?;
+    write_atomic(&dir.join(KEYS), &keys)
+}
+
+/// A folder of an older version: its log verified once, the files that
+/// keep what it left written.
+fn migrate(dir: &Path) -> Result<(), StateError> {
+    let path = dir.join(LOG);
+    let bytes = read_state_file(&path, MAX_LOG_LEN)?;
+    let log = KeyLog::from_bytes(&bytes).map_err(|source| StateError::StoredLog {
+        path: path.clone(),
+        source,
+    })?;
+    write_derived(dir, &log, &bytes, &read_policy(dir)?)
+}
+
+fn read_keys(dir: &Path) -> Result<KeysIndex, StateError> {
+    let path = dir.join(KEYS);
+    let file = open_nofollow(&path, OpenOptions::new().read(true)).map_err(io_err(&path))?;
+    KeysIndex::read(file).map_err(|e| {
+        corrupt(
+            &path,
+            format!(
+                "{e}; `keybridge-device trust update LOG` with the account's log rebuilds it from log.cbor"
+            ),
+        )
+    })
+}
+
+fn read_trust(dir: &Path) -> Result<Trust, StateError> {
+    let path = dir.join(TRUST);
+    Trust::from_bytes(&read_state_file(&path, MAX_TRUST_LEN)?)
+        .map_err(|e| corrupt(&path, e.to_string()))
+}
+
+fn read_hardware(dir: &Path) -> Result<Hardware, StateError> {
+    let path = dir.join(HARDWARE);
+    Hardware::from_json(&read_state_file(&path, policy::MAX_HARDWARE_LEN)?).map_err(|e| {
+        corrupt(
+            &path,
+            format!(
+                "{e}; `keybridge-device trust update LOG` with the account's log rebuilds it from log.cbor"
+            ),
+        )
+    })
+}
+
+/// The account's policy; none (no file): no rule.
+fn read_policy(dir: &Path) -> Result<Policy, StateError> {
+    let path = dir.join(POLICY);
+    if !present(&path)? {
+        return Ok(Policy::default());
+    }
+    Policy::from_json(&read_state_file(&path, policy::MAX_POLICY_LEN)?).map_err(|e| {
+        corrupt(
+            &path,
+            format!(
+                "{e}; the policy is refused whole (every command of this account is refused until it is fixed): remove the file and set the policy again"
+            ),
+        )
+    })
+}
+
+/// What the last complete update committed, when its files agree with each
+/// other.
+struct Committed {
+    trust: Trust,
+    hardware: Hardware,
+    keys: KeysIndex,
+}
+
+/// Whether the event at `log[last..end]` hashes to `head`.
+fn ends_at(log: &[u8], last: u64, end: u64, head: [u8; 32]) -> bool {
+    match (usize::try_from(last), usize::try_from(end)) {
+        (Ok(last), Ok(end)) if last < end && end <= log.len() => {
+            Sha256::digest(&log[last..end]).as_slice() == head
+        }
+        _ => false,
+    }
+}
+
 impl Account {
-    /// Persists the replay cache (before the device acts on a command).
-    pub fn save_replay(&self) -> Result<(), StateError> {
-        write_atomic(&self.dir.join("replay.cbor"), &self.replay.to_bytes())
+    /// The active keys and the index of the others: what `verify` checks a
+    /// command against.
+    pub fn keys(&self) -> Result<KeysIndex, StateError> {
+        read_keys(&self.dir)
     }
 
-    /// Replaces the trusted log (the caller has verified the extension).
-    pub fn save_log(&mut self, log: KeyLog) -> Result<(), StateError> {
-        write_atomic(&self.dir.join("log.cbor"), &log.to_bytes())?;
-        self.log = log;
-        Ok(())
+    /// The whole trust state (`trust.cbor`).
+    pub fn trust(&self) -> Result<Trust, StateError> {
+        read_trust(&self.dir)
     }
+
+    /// The hardware policy (no rule when there is none).
+    pub fn policy(&self) -> Result<Policy, StateError> {
+        read_policy(&self.dir)
+    }
+
+    /// The residency evidence of the active keys.
+    pub fn hardware(&self) -> Result<Hardware, StateError> {
+        read_hardware(&self.dir)
+    }
+
+    /// Persists the replay cache (before the device acts on a command).
+    pub fn save_replay(&self) -> Result<(), StateError> {
+        write_atomic(&self.dir.join(REPLAY), &self.replay.to_bytes())
+    }
+
+    /// Persists a new policy with the verdicts it needs: the verdicts
+    /// first, so that the policy never names roots the keys were not judged
+    /// against (and if it does after a crash, `verify` judges on the spot).
+    pub fn save_policy(&self, policy: &Policy, hardware: &Hardware) -> Result<(), StateError> {
+        write_atomic(&self.dir.join(HARDWARE), &hardware.to_json())?;
+        write_atomic(&self.dir.join(POLICY), &policy.to_json())
+    }
+
+    /// Takes `offered` if it extends the trusted log: only its new events
+    /// are verified (against the trust state, never re-reading the
+    /// history's signatures). A rollback, a fork or an invalid event
+    /// changes nothing. An interrupted earlier update is repaired first
+    /// (see the module documentation).
+    pub fn update(&mut self, offered: &[u8]) -> Result<Updated, UpdateError> {
+        let policy = self.policy()?;
+        let log_path = self.dir.join(LOG);
+        let mut log = read_state_file(&log_path, MAX_LOG_LEN)?;
+        let (committed, repaired) = self.committed(&mut log)?;
+        let Committed {
+            trust,
+            hardware,
+            keys,
+        } = committed;
+        if !offered.starts_with(&log) {
+            // Not an extension: the protocol's check names why (rollback,
+            // fork, …), and splits the logs only on this refusal path.
+            return Err(match trust.verify_extension(&log, offered) {
+                Err(e) => UpdateError::Log(e),
+                Ok(_) => UpdateError::State(corrupt(
+                    &log_path,
+                    "the offered log extends it event by event but not byte for byte",
+                )),
+            });
+        }
+        let rest = &offered[log.len()..];
+        if rest.is_empty() {
+            return Ok(Updated {
+                added: 0,
+                len: trust.len(),
+                repaired,
+            });
+        }
+        // What the update may change, read before it: the keys active
+        // before, and the adds waiting as proposals.
+        let active_before: Vec<Kid> = trust.active_keys().map(|k| k.key.kid()).collect();
+        let mut requests = policy::requests_of(&[], Some(&trust));
+        let mut next = trust;
+        // Only the new events are verified; on error nothing changed.
+        let events = next.extend(rest).map_err(UpdateError::Log)?;
+        let last = events.last().expect("a non-empty extension has events");
+        requests.extend(policy::requests_of(&events, None));
+        let hardware = Hardware::build(&next, Some(&hardware), &requests, &policy);
+        let resets = events.iter().filter_map(|e| match &e.op {
+            Op::Reset { key, .. } => Some(key.kid()),
+            _ => None,
+        });
+        let candidates = active_before
+            .into_iter()
+            .chain(requests.keys().copied())
+            .chain(resets);
+        let total = offered.len() as u64;
+        let keys = keys_index::encode_update(
+            &next,
+            &keys,
+            candidates,
+            total,
+            total - last.bytes().len() as u64,
+        )
+        .map_err(|e| corrupt(&self.dir.join(KEYS), e))?;
+        append(&log_path, rest)?;
+        write_atomic(&self.dir.join(HARDWARE), &hardware.to_json())?;
+        write_atomic(&self.dir.join(TRUST), &next.to_bytes())?;
+        write_atomic(&self.dir.join(KEYS), &keys)?;
+        Ok(Updated {
+            added: events.len() as u64,
+            len: next.len(),
+            repaired,
+        })
+    }
+
+    /// The committed state, after making `log` (`log.cbor`'s bytes) agree
+    /// with it: cut back after an uncommitted append, or everything rebuilt
+    /// from the log after a crash between the other files. What was
+    /// repaired, if anything.
+    fn committed(&self, log: &mut Vec<u8>) -> Result<(Committed, Option<String>), StateError> {
+        let trust = read_trust(&self.dir);
+        let keys = read_keys(&self.dir);
+        let hardware = read_hardware(&self.dir);
+        let on_record = match (&trust, &keys) {
+            (Ok(t), _) => Some((t.len(), t.head())),
+            (_, Ok(k)) => Some((k.view.len(), k.view.head())),
+            _ => None,
+        };
+        if let (Ok(t), Ok(k), Ok(h)) = (trust, keys, hardware)
+            && k.view.len() == t.len()
+            && k.view.head() == t.head()
+            && h.is_for(&t)
+            && ends_at(log, k.log_last, k.log_bytes, t.head())
+        {
+            let (len, recorded) = (log.len() as u64, k.log_bytes);
+            let committed = Committed {
+                trust: t,
+                hardware: h,
+                keys: k,
+            };
+            if len == recorded {
+                return Ok((committed, None));
+            }
+            if len > recorded {
+                // An append that was never committed (perhaps torn).
+                let path = self.dir.join(LOG);
+                let file =
+                    open_nofollow(&path, OpenOptions::new().write(true)).map_err(io_err(&path))?;
+                file.set_len(recorded)
+                    .and_then(|()| file.sync_all())
+                    .map_err(io_err(&path))?;
+                log.truncate(recorded as usize);
+                let dropped = len - recorded;
+                return Ok((
+                    committed,
+                    Some(format!(
+                        "dropped {dropped} bytes an interrupted update had appended to log.cbor"
+                    )),
+                ));
+            }
+        }
+        // The files disagree (or one is unreadable): rebuild from the log,
+        // verified whole, if it reaches the head on record.
+        let path = self.dir.join(LOG);
+        let rebuilt = KeyLog::from_bytes(log).map_err(|source| StateError::StoredLog {
+            path: path.clone(),
+            source,
+        })?;
+        if let Some((len, head)) = on_record {
+            let reaches = usize::try_from(len - 1)
+                .ok()
+                .and_then(|i| rebuilt.events().get(i))
+                .is_some_and(|e: &Event| e.digest() == head);
+            if !reaches {
+                return Err(StateError::StoredLogMismatch {
+                    path,
+                    what: format!(
+                        "it has {} events and does not contain the trusted head, event {} of {len}",
+                        rebuilt.events().len(),
+                        len - 1
+                    ),
+                });
+            }
+        }
+        let policy = read_policy(&self.dir)?;
+        write_derived(&self.dir, &rebuilt, log, &policy)?;
+        Ok((
+            Committed {
+                trust: rebuilt.trust().clone(),
+                hardware: read_hardware(&self.dir)?,
+                keys: read_keys(&self.dir)?,
+            },
+            Some(format!(
+                "rebuilt the trust state from log.cbor ({} events, verified whole) after an interrupted update",
+                rebuilt.events().len()
+            )),
+        ))
+    }
+}
+
+/// Appends `bytes` to the state file `path` and syncs it.
+fn append(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let mut file = open_nofollow(path, OpenOptions::new().append(true)).map_err(io_err(path))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io_err(path))
 }
 
 /// Writes `bytes` to `path` atomically: a reader sees the old file or the

@@ -117,6 +117,9 @@ pub fn bench(args: &[String]) -> Result<()> {
 /// - `tpm_bench` (issue 10): one P-256 key in swtpm, through the daemon
 ///   and in a raw tss-esapi load-sign-flush loop; writes
 ///   `target/bench/tpm.json`.
+/// - `device_bench` (key lifecycle): `keybridge-device verify` and `trust
+///   update` as whole processes with a 10,000-event key log against a
+///   1-event one; writes `target/bench/device.json`.
 fn extra_benchmarks(python: &Path) -> Result<()> {
     // Too slow for every `xtask test` (225,000 parses, ~20 s in release):
     // the exhaustive single-byte-edit sweep of a key log runs here.
@@ -154,6 +157,12 @@ fn extra_benchmarks(python: &Path) -> Result<()> {
     step("tpm bench", || {
         run(&mut std::process::Command::new(
             target_dir().join("release").join("tpm_bench"),
+        ))
+    })?;
+    step("device bench", || {
+        build_release(&["keybridge-tests"])?;
+        run(&mut std::process::Command::new(
+            target_dir().join("release").join("device_bench"),
         ))
     })
 }

@@ -43,8 +43,13 @@ pub(super) fn audit(ctx: &Ctx) -> anyhow::Result<()> {
                     (None, Some(n)) => format!("batch of {n}"),
                     _ => "-".into(),
                 };
+                let how = match (&e.backend, e.fallback) {
+                    (Some(b), true) => format!("  ({b} key, fallback)"),
+                    (Some(b), false) => format!("  ({b} key)"),
+                    (None, _) => String::new(),
+                };
                 format!(
-                    "{}  {}  {}/{}  {:<18} {}",
+                    "{}  {}  {}/{}  {:<18} {}{how}",
                     date(e.time),
                     short(&e.kid, 16),
                     e.account,

@@ -233,6 +233,28 @@ pub fn insert_all(configs: Vec<CardConfig>) -> Option<Vec<VirtualYubiKey>> {
     )
 }
 
+/// What `ATTEST` on a card of chain `shape` would return for a P-256 key
+/// generated in `slot` with `pin` and `touch` policies — without a card or
+/// pcscd, for checks of attestation verifiers (`keybridge-device policy`):
+/// the chain, leaf first (the slot's attestation certificate, then the f9
+/// certificate, DER), and the card's test CA (PEM, root first). The key is
+/// the caller's (`secret`, a P-256 scalar), so the caller can sign with
+/// it; each call makes a fresh CA. Firmware 5.7.4, form factor USB-A
+/// keychain.
+pub fn offline_attestation(
+    shape: ChainShape,
+    secret: &[u8; 32],
+    slot: u8,
+    serial: u32,
+    pin: PinPolicy,
+    touch: TouchPolicy,
+) -> (Vec<Vec<u8>>, Vec<String>) {
+    let ca = attestation::Attestation::new(shape);
+    let key = SlotKey::from_secret(KeyAlgorithm::P256, secret, pin, touch).expect("a P-256 scalar");
+    let leaf = ca.certify(slot, &key, serial, [5, 7, 4], 0x01);
+    (vec![leaf, ca.f9_der()], ca.chain_pem())
+}
+
 /// State the card's connection thread and the test share.
 pub(crate) struct Shared {
     card: Mutex<Card>,

@@ -1,0 +1,35 @@
+//! # keybridge-evidence
+//!
+//! Checking a key's residency evidence — the proof, made by its hardware,
+//! that a key was generated in it — in pure Rust: no PC/SC, no TSS, no
+//! hardware. Both the bridge (`keybridge keys verify-attestation`, through
+//! `keybridge-backends`) and the device verifier (`keybridge-device policy`,
+//! which must not link pcsc-lite or tpm2-tss) use it.
+//!
+//! - [`x509`]: certificate paths from a certificate up to a root the caller
+//!   holds (size limits, strict DER, bounded path building), shared by the
+//!   YubiKey check and the TPM's EK certificate check.
+//! - [`yubikey`]: a YubiKey PIV attestation (the slot's attestation
+//!   certificate and the f9 certificate) checked against roots, with what
+//!   it says of the card and the slot (serial, firmware, PIN and touch
+//!   policies, form factor).
+//!
+//! The TPM's `tpm2-certify` evidence is still checked only in
+//! `keybridge-backends` (its TPM structures are unmarshalled by
+//! `tss-esapi`); a caller of this crate that meets it says it cannot check
+//! it ([`TPM2_CERTIFY`]).
+//!
+//! Nothing here reads a clock, a file or the network: evidence, roots and
+//! the key come from the caller, and every one of them is hostile input.
+
+pub mod x509;
+pub mod yubikey;
+
+/// The evidence kind of a YubiKey PIV attestation ([`yubikey::verify`]):
+/// DER certificates, the slot's attestation certificate then the f9
+/// certificate.
+pub const YUBIKEY_PIV_ATTESTATION: &str = "yubikey-piv-attestation";
+
+/// The evidence kind of a TPM2_Certify statement (checked by
+/// `keybridge-backends`' TPM module, not here).
+pub const TPM2_CERTIFY: &str = "tpm2-certify";
