@@ -500,6 +500,21 @@ pub fn trust_device(state: &Path, log: &Path, device_id: &str) {
     );
 }
 
+/// A program's standard output then standard error, for messages and
+/// `contains` checks.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A test path as the `&str` a command line takes (test paths are UTF-8).
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
 /// True when running under CI, where nothing may skip.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")

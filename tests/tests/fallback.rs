@@ -124,13 +124,7 @@ fn create(b: &Bridge, backend: &str, label: &str, extra: &[&str], secret: &str) 
     v["kid"].as_str().unwrap().to_owned()
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use keybridge_tests::output_text as text;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

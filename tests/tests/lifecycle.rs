@@ -16,17 +16,7 @@ use std::process::{Command, Output};
 const NOW: i64 = 1_800_000_000;
 const RECOVERY_PASS: &str = "recovery passphrase 1";
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use keybridge_tests::{output_text as text, path_str as s};
 
 /// Where a key lives: a passphrase, or a token of a SoftHSM2 store.
 #[derive(Clone, Copy)]

@@ -9,23 +9,12 @@ use keybridge_tests::vyubikey::CardConfig;
 use keybridge_tests::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 const NOW: i64 = 1_800_000_000;
 const PIN: &str = "123456";
 const TPM_PIN: &str = "tpm-pin-1234";
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use keybridge_tests::{output_text as text, path_str as s};
 
 /// An admin daemon with a passphrase key and the account's log, and a
 /// device's state folder trusting it.

@@ -51,6 +51,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // detached) come from util-linux, which Debian always has; named so a
     // minimal image gets it too.
     "util-linux",
+    // script(1): the recovery-passphrase test types into a real terminal.
+    "bsdutils",
 ];
 
 /// Python modules the tests import (through `KEYBRIDGE_PYTHON`).
