@@ -1,12 +1,15 @@
 //! `keys.idx`: what `verify` reads of an account's trust, in a form whose
 //! cost does not grow with the key log.
 //!
-//! A [`Trust`] snapshot (`trust.cbor`) holds every key that ever left the
-//! account: its size, and the time to parse it, grow with the log (a
-//! 10,000-event log that adds and revokes members has 5,000 revoked keys:
-//! 190 KB, 2.4 ms to read). `verify` needs only the active keys, the
-//! account, and — for a command signed by a key that is not active —
-//! whether and how that key left. So this file holds:
+//! The keys that ever left an account grow with its log (a 10,000-event log
+//! that adds and revokes members has 5,000 of them: as CBOR in a [`Trust`]
+//! snapshot, 190 KB and 2.4 ms to read). `verify` needs only the active
+//! keys, the account, and — for a command signed by a key that is not
+//! active — whether and how that key left; `trust update` needs those its
+//! new events name ([`Trust::kids_named`]), put back into the trust state
+//! ([`Trust::restore_revoked`]). So they live here, as fixed-size records,
+//! and nowhere else (`trust.cbor` is the snapshot without them). This file
+//! holds:
 //!
 //! | bytes | what |
 //! |---|---|
@@ -19,13 +22,18 @@
 //! | then | N records of 72 bytes, sorted by kid: kid (32), the event that removed it (u64), the key that replaced it (32; zeros: none) |
 //!
 //! `verify` reads the header and the view (size ∝ active keys), and looks
-//! a non-active kid up by binary search, reading ⌈log₂ N⌉ records. The
+//! a non-active kid up by binary search, reading ⌈log₂ N⌉ records;
+//! `trust update` looks up the keys it needs the same way, and writes the
+//! next file by copying the records as they are with the update's merged
+//! in ([`encode_update`]: 5,000 records are a 360 KB copy, no parsing). The
 //! file is written whole and atomically with the rest of a trust update;
 //! the log's length and last-event offset let `trust update` check, cheaply,
 //! that `log.cbor` is the log this state was made from.
 
 use keybridge_protocol::ciborium::value::Value;
-use keybridge_protocol::{KeyStatus, Kid, Trust, cbor};
+use keybridge_protocol::log::Revoked;
+use keybridge_protocol::{Kid, Trust, cbor};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read as _};
 use std::os::unix::fs::FileExt as _;
@@ -69,44 +77,92 @@ pub struct KeysIndex {
     count: u64,
 }
 
-/// A revoked-key record: the key id and how it left.
-pub type Record = (Kid, Gone);
-
 /// The bytes of `keys.idx` for `trust`, whose log is `log_bytes` long with
-/// its last event at `log_last`: every key that left, read from the whole
-/// snapshot (deployment, migration, repair).
-pub fn encode(trust: &Trust, log_bytes: u64, log_last: u64) -> Result<Vec<u8>, String> {
-    let (_, records) = split_snapshot(&trust.to_bytes())?;
-    encode_parts(&view_of(trust)?, records, log_bytes, log_last)
-}
-
-/// The bytes of `keys.idx` for `next`, the trust after an update of the one
-/// whose index is `old`: its records and those of the keys that left in
-/// the update, found among `candidates` — every key that may have been
-/// active during the update (the active keys before it and every key its
-/// events added or proposed). Costs what the update changed, not the
-/// history.
-pub fn encode_update(
-    next: &Trust,
-    old: &KeysIndex,
-    candidates: impl IntoIterator<Item = Kid>,
+/// its last event at `log_last`, and `gone`, the keys that left the account
+/// ([`Trust::take_revoked`]: `trust` may hold them or not, the view leaves
+/// them out either way).
+pub fn encode(
+    trust: &Trust,
+    gone: &BTreeMap<Kid, Revoked>,
     log_bytes: u64,
     log_last: u64,
 ) -> Result<Vec<u8>, String> {
-    let mut records = old.records().map_err(|e| e.to_string())?;
-    for kid in candidates {
-        let gone = match next.status(&kid) {
-            KeyStatus::Revoked(seq) => Gone::Revoked(seq),
-            KeyStatus::Replaced { seq, by } => Gone::Replaced { seq, by },
-            KeyStatus::Active(_) | KeyStatus::Unknown => continue,
-        };
-        records.push((kid, gone));
+    encode_parts(&view_of(trust)?, gone, log_bytes, log_last)
+}
+
+/// The bytes of `keys.idx` after an update: `old`'s records with `gone`
+/// merged in (the keys that left in the update, and those restored from
+/// `old` for it, which must say what `old` says), for `trust`, the state
+/// after the update. The old records are copied as they are, not parsed:
+/// the cost is a copy of the history's records, not a rebuild.
+pub fn encode_update(
+    trust: &Trust,
+    old: &KeysIndex,
+    gone: &BTreeMap<Kid, Revoked>,
+    log_bytes: u64,
+    log_last: u64,
+) -> Result<Vec<u8>, String> {
+    let view = view_of(trust)?;
+    let view_len = u32::try_from(view.len())
+        .ok()
+        .filter(|_| view.len() <= MAX_VIEW_LEN)
+        .ok_or_else(|| "the active key set is too large".to_owned())?;
+    let old_records = old.raw_records().map_err(|e| e.to_string())?;
+    let mut records = Vec::with_capacity(old_records.len() + gone.len() * RECORD_LEN);
+    let mut count = 0u64;
+    let mut fresh = gone.iter().peekable();
+    let mut push = |records: &mut Vec<u8>, bytes: &[u8]| {
+        records.extend_from_slice(bytes);
+        count += 1;
+    };
+    for r in old_records.chunks_exact(RECORD_LEN) {
+        let kid: &[u8] = &r[..32];
+        while let Some((k, g)) = fresh.next_if(|(k, _)| k.0.as_slice() < kid) {
+            push(&mut records, &record_bytes(k, g));
+        }
+        if let Some((k, g)) = fresh.next_if(|(k, _)| k.0.as_slice() == kid)
+            && record_bytes(k, g) != r
+        {
+            return Err(format!(
+                "key {} left the account twice, differently",
+                k.to_hex()
+            ));
+        }
+        push(&mut records, r);
     }
-    records.sort_by_key(|r| r.0);
-    // A key that had left before the update is a candidate only if it
-    // came back, which the log refuses: the same record twice, at most.
-    records.dedup();
-    encode_parts(&view_of(next)?, records, log_bytes, log_last)
+    for (k, g) in fresh {
+        push(&mut records, &record_bytes(k, g));
+    }
+    Ok(assemble(
+        &view, view_len, count, &records, log_bytes, log_last,
+    ))
+}
+
+fn record_bytes(kid: &Kid, r: &Revoked) -> [u8; RECORD_LEN] {
+    let mut out = [0; RECORD_LEN];
+    out[..32].copy_from_slice(&kid.0);
+    out[32..40].copy_from_slice(&r.seq.to_be_bytes());
+    out[40..].copy_from_slice(&r.replaced_by.map_or([0; 32], |by| by.0));
+    out
+}
+
+fn assemble(
+    view: &[u8],
+    view_len: u32,
+    count: u64,
+    records: &[u8],
+    log_bytes: u64,
+    log_last: u64,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + view.len() + records.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&log_bytes.to_be_bytes());
+    out.extend_from_slice(&log_last.to_be_bytes());
+    out.extend_from_slice(&count.to_be_bytes());
+    out.extend_from_slice(&view_len.to_be_bytes());
+    out.extend_from_slice(view);
+    out.extend_from_slice(records);
+    out
 }
 
 /// The view of `trust` (its snapshot without revoked keys and pending
@@ -147,93 +203,25 @@ pub fn view_of(trust: &Trust) -> Result<Vec<u8>, String> {
 
 fn encode_parts(
     view: &[u8],
-    records: Vec<Record>,
+    gone: &BTreeMap<Kid, Revoked>,
     log_bytes: u64,
     log_last: u64,
 ) -> Result<Vec<u8>, String> {
-    if records.windows(2).any(|w| w[0].0.0 >= w[1].0.0) {
-        return Err("revoked keys not sorted, or a key twice".into());
-    }
-    let view_len =
-        u32::try_from(view.len()).map_err(|_| "the active key set is too large".to_owned())?;
-    if view.len() > MAX_VIEW_LEN {
-        return Err("the active key set is too large".into());
-    }
-    let mut out = Vec::with_capacity(HEADER_LEN + view.len() + records.len() * RECORD_LEN);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&log_bytes.to_be_bytes());
-    out.extend_from_slice(&log_last.to_be_bytes());
-    out.extend_from_slice(&(records.len() as u64).to_be_bytes());
-    out.extend_from_slice(&view_len.to_be_bytes());
-    out.extend_from_slice(view);
-    for (kid, gone) in records {
-        out.extend_from_slice(&kid.0);
-        let (seq, by) = match gone {
-            Gone::Revoked(seq) => (seq, [0; 32]),
-            Gone::Replaced { seq, by } => (seq, by.0),
-        };
-        out.extend_from_slice(&seq.to_be_bytes());
-        out.extend_from_slice(&by);
-    }
-    Ok(out)
-}
-
-/// The snapshot `bytes` without its revoked keys and pending proposals
-/// (still a valid snapshot: [`Trust::from_bytes`] reads it), and the
-/// revoked keys it held.
-fn split_snapshot(bytes: &[u8]) -> Result<(Vec<u8>, Vec<Record>), String> {
-    let format = |what: &str| format!("unexpected trust snapshot ({what})");
-    let value = cbor::decode_deterministic(bytes).map_err(|_| format("not CBOR"))?;
-    let Value::Map(mut entries) = value else {
-        return Err(format("not a map"));
-    };
-    let mut records = Vec::new();
-    let mut seen = (false, false);
-    for (k, v) in &mut entries {
-        match k.as_text() {
-            Some("revoked") => {
-                let Value::Array(items) = std::mem::replace(v, Value::Array(vec![])) else {
-                    return Err(format("revoked"));
-                };
-                for item in items {
-                    records.push(revoked_entry(&item).ok_or_else(|| format("revoked key"))?);
-                }
-                seen.0 = true;
-            }
-            Some("pending") => {
-                *v = Value::Array(vec![]);
-                seen.1 = true;
-            }
-            _ => {}
-        }
-    }
-    if seen != (true, true) {
-        return Err(format("no revoked or pending field"));
-    }
-    let view = cbor::encode(&mut Value::Map(entries));
-    Trust::from_bytes(&view).map_err(|e| format(&e.to_string()))?;
-    records.sort_by_key(|r| r.0);
-    Ok((view, records))
-}
-
-/// `[kid, seq]` or `[kid, seq, replaced_by]`.
-fn revoked_entry(v: &Value) -> Option<(Kid, Gone)> {
-    let kid = |v: &Value| -> Option<Kid> {
-        Some(Kid(<[u8; 32]>::try_from(v.as_bytes()?.as_slice()).ok()?))
-    };
-    let Value::Array(f) = v else { return None };
-    let seq = |v: &Value| u64::try_from(v.as_integer()?).ok();
-    match f.as_slice() {
-        [k, s] => Some((kid(k)?, Gone::Revoked(seq(s)?))),
-        [k, s, by] => Some((
-            kid(k)?,
-            Gone::Replaced {
-                seq: seq(s)?,
-                by: kid(by)?,
-            },
-        )),
-        _ => None,
-    }
+    let view_len = u32::try_from(view.len())
+        .ok()
+        .filter(|_| view.len() <= MAX_VIEW_LEN)
+        .ok_or_else(|| "the active key set is too large".to_owned())?;
+    // A BTreeMap iterates in kid order: the records come out sorted, each
+    // kid once, as the binary search needs.
+    let records: Vec<u8> = gone.iter().flat_map(|(k, r)| record_bytes(k, r)).collect();
+    Ok(assemble(
+        view,
+        view_len,
+        gone.len() as u64,
+        &records,
+        log_bytes,
+        log_last,
+    ))
 }
 
 impl KeysIndex {
@@ -295,20 +283,7 @@ impl KeysIndex {
             match record[..32].cmp(&kid.0[..]) {
                 std::cmp::Ordering::Less => lo = mid + 1,
                 std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => {
-                    let seq = u64::from_be_bytes(record[32..40].try_into().expect("8"));
-                    if seq >= self.view.len() {
-                        return Err(io::Error::other(
-                            "a revoked-key record names an event past the log's end",
-                        ));
-                    }
-                    let by: [u8; 32] = record[40..].try_into().expect("32");
-                    return Ok(Some(if by == [0; 32] {
-                        Gone::Revoked(seq)
-                    } else {
-                        Gone::Replaced { seq, by: Kid(by) }
-                    }));
-                }
+                std::cmp::Ordering::Equal => return Ok(Some(self.record(&record)?.1)),
             }
         }
         Ok(None)
@@ -319,9 +294,23 @@ impl KeysIndex {
         self.count
     }
 
-    /// Every record, in order (for `trust update`, which writes them again
-    /// with the update's).
-    pub fn records(&self) -> io::Result<Vec<Record>> {
+    /// Every key that left, with how (for `trust update`, which puts them
+    /// back into the trust state before it takes an extension, and writes
+    /// them again with the update's). A record out of order, a kid twice
+    /// or an event past the log's end is an error.
+    pub fn revoked(&self) -> io::Result<BTreeMap<Kid, Revoked>> {
+        self.raw_records()?
+            .chunks_exact(RECORD_LEN)
+            .map(|r| {
+                let (kid, gone) = self.record(r.try_into().expect("72"))?;
+                Ok((kid, gone.into()))
+            })
+            .collect()
+    }
+
+    /// The records as stored, checked: sorted by kid, each once, each
+    /// event number within the log (one read, then a pass over them).
+    fn raw_records(&self) -> io::Result<Vec<u8>> {
         let len = usize::try_from(self.count)
             .ok()
             .and_then(|n| n.checked_mul(RECORD_LEN))
@@ -329,34 +318,59 @@ impl KeysIndex {
             .ok_or_else(|| io::Error::other("more revoked-key records than accepted"))?;
         let mut bytes = vec![0; len];
         self.file.read_exact_at(&mut bytes, self.records_at)?;
-        bytes
-            .chunks_exact(RECORD_LEN)
-            .map(|r| {
-                let kid = Kid(r[..32].try_into().expect("32"));
-                let seq = u64::from_be_bytes(r[32..40].try_into().expect("8"));
-                let by: [u8; 32] = r[40..].try_into().expect("32");
-                if seq >= self.view.len() {
-                    return Err(io::Error::other(
-                        "a revoked-key record names an event past the log's end",
-                    ));
-                }
-                Ok((
-                    kid,
-                    if by == [0; 32] {
-                        Gone::Revoked(seq)
-                    } else {
-                        Gone::Replaced { seq, by: Kid(by) }
-                    },
-                ))
-            })
-            .collect()
+        let mut previous: Option<&[u8]> = None;
+        for r in bytes.chunks_exact(RECORD_LEN) {
+            self.record(r.try_into().expect("72"))?;
+            if previous.is_some_and(|p| p >= &r[..32]) {
+                return Err(io::Error::other(
+                    "revoked-key records out of order, or a key twice",
+                ));
+            }
+            previous = Some(&r[..32]);
+        }
+        Ok(bytes)
+    }
+
+    /// One record, its event number checked against the log's length.
+    fn record(&self, r: &[u8; RECORD_LEN]) -> io::Result<(Kid, Gone)> {
+        let kid = Kid(r[..32].try_into().expect("32"));
+        let seq = u64::from_be_bytes(r[32..40].try_into().expect("8"));
+        let by: [u8; 32] = r[40..].try_into().expect("32");
+        if seq >= self.view.len() {
+            return Err(io::Error::other(
+                "a revoked-key record names an event past the log's end",
+            ));
+        }
+        Ok((
+            kid,
+            if by == [0; 32] {
+                Gone::Revoked(seq)
+            } else {
+                Gone::Replaced { seq, by: Kid(by) }
+            },
+        ))
+    }
+}
+
+impl From<Gone> for Revoked {
+    fn from(g: Gone) -> Self {
+        match g {
+            Gone::Revoked(seq) => Revoked {
+                seq,
+                replaced_by: None,
+            },
+            Gone::Replaced { seq, by } => Revoked {
+                seq,
+                replaced_by: Some(by),
+            },
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keybridge_protocol::{KeyLog, KeyRequest, Op, PublicKey, Role, Unsigned};
+    use keybridge_protocol::{KeyLog, KeyRequest, KeyStatus, Op, PublicKey, Role, Unsigned};
     use std::io::{Seek as _, Write as _};
 
     fn key(seed: u8) -> ed25519_dalek::SigningKey {
@@ -426,19 +440,32 @@ mod tests {
         KeysIndex::read(f)
     }
 
+    /// `keys.idx` for `log`, as a device writes it.
+    fn index_of(log: &KeyLog) -> Vec<u8> {
+        let mut sparse = log.trust().clone();
+        let gone = sparse.take_revoked();
+        encode(&sparse, &gone, 1000, 900).unwrap()
+    }
+
     #[test]
     fn the_view_is_the_snapshot_without_revoked_keys_and_proposals() {
         let log = log();
-        let (split, records) = split_snapshot(&log.trust().to_bytes()).unwrap();
-        assert_eq!(view_of(log.trust()).unwrap(), split);
-        assert_eq!(records.len(), 6);
+        let mut sparse = log.trust().clone();
+        let gone = sparse.take_revoked();
+        assert_eq!(gone.len(), 6);
+        // With or without its revoked keys, the same view.
+        assert_eq!(view_of(log.trust()).unwrap(), view_of(&sparse).unwrap());
+        assert_eq!(view_of(&sparse).unwrap(), sparse.to_bytes());
+        assert_eq!(
+            encode(log.trust(), &gone, 1000, 900).unwrap(),
+            index_of(&log)
+        );
     }
 
     #[test]
     fn every_key_is_found_as_the_trust_says() {
         let log = log();
-        let bytes = encode(log.trust(), 1000, 900).unwrap();
-        let index = open(&bytes).unwrap();
+        let index = open(&index_of(&log)).unwrap();
         assert_eq!((index.log_bytes, index.log_last), (1000, 900));
         assert_eq!(index.revoked_count(), 6);
         assert_eq!(index.view.active_keys().count(), 6);
@@ -455,13 +482,44 @@ mod tests {
             index.lookup(&public(&key(11)).kid()).unwrap(),
             Some(Gone::Replaced { .. })
         ));
-        assert_eq!(index.records().unwrap().len(), 6);
+        // Put back, they make the whole trust again.
+        let mut trust = index.view.clone();
+        trust.restore_revoked(index.revoked().unwrap()).unwrap();
+        assert_eq!(&trust, log.trust());
+    }
+
+    #[test]
+    fn records_out_of_order_or_past_the_log_are_refused() {
+        let log = log();
+        let good = index_of(&log);
+        let at = good.len() - 6 * RECORD_LEN;
+        let mut swapped = good.clone();
+        swapped[at..at + 2 * RECORD_LEN].copy_from_slice(
+            &[
+                &good[at + RECORD_LEN..at + 2 * RECORD_LEN],
+                &good[at..at + RECORD_LEN],
+            ]
+            .concat(),
+        );
+        let e = open(&swapped).unwrap().revoked().unwrap_err();
+        assert!(e.to_string().contains("out of order"), "{e}");
+        let mut twice = good.clone();
+        twice.copy_within(at..at + RECORD_LEN, at + RECORD_LEN);
+        let e = open(&twice).unwrap().revoked().unwrap_err();
+        assert!(e.to_string().contains("out of order"), "{e}");
+        let mut late = good.clone();
+        late[at + 32..at + 40].copy_from_slice(&u64::MAX.to_be_bytes());
+        let index = open(&late).unwrap();
+        let e = index.revoked().unwrap_err();
+        assert!(e.to_string().contains("past the log's end"), "{e}");
+        let kid = Kid(late[at..at + 32].try_into().unwrap());
+        assert!(index.lookup(&kid).is_err());
     }
 
     #[test]
     fn a_damaged_index_is_refused_before_anything_is_allocated_from_it() {
         let log = log();
-        let good = encode(log.trust(), 1000, 900).unwrap();
+        let good = index_of(&log);
         let mut cases: Vec<(Vec<u8>, &str)> = vec![
             (good[..20].to_vec(), "shorter than its header"),
             (

@@ -44,7 +44,7 @@ use keybridge_protocol::{
 use keys_index::Gone;
 use policy::{Attested, Policy};
 use serde_json::{Value, json};
-use state::{ReadError, Settings, State, StateError, UpdateError};
+use state::{OfferedLog, ReadError, Settings, State, StateError, UpdateError};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -209,6 +209,14 @@ fn read(path: &Path, what: &str, limit: usize, too_large: u8) -> Result<Vec<u8>,
     })
 }
 
+/// A key log that cannot be read: [`exit_code::STATE`], as [`read_log`].
+fn read_failure(path: &Path, what: &str, e: ReadError) -> Failure {
+    Failure(
+        format!("{} ({what}): {e}", path.display()),
+        exit_code::STATE,
+    )
+}
+
 fn read_log(path: &Path) -> Result<Vec<u8>, Failure> {
     read(path, "key log", state::MAX_LOG_LEN, exit_code::STATE)
 }
@@ -261,12 +269,15 @@ fn run(cli: Cli) -> Result<String, Failure> {
             ))
         }
         Command::Trust(TrustCmd::Update { log }) => {
-            let bytes = read_log(&log)?;
+            let offered = OfferedLog::open(&log).map_err(|e| read_failure(&log, "key log", e))?;
+            let first = offered
+                .first_event()
+                .map_err(|e| read_failure(&log, "key log", e.into()))?;
             // The first event names the account whose trust the log is
             // checked against; the extension check decides.
-            let account_name = KeyLog::peek_account(&bytes).map_err(log_failure)?;
+            let account_name = KeyLog::peek_account(&first).map_err(log_failure)?;
             let mut account = state.open(&account_name)?;
-            let done = account.update(&bytes)?;
+            let done = account.update(&offered)?;
             let mut out = format!(
                 "account {account_name:?}: {} new events, now {}",
                 done.added, done.len

@@ -10,15 +10,19 @@
 //! | file | what | read by |
 //! |---|---|---|
 //! | `log.cbor` | the key log as taken: the record; appended to by `trust update` | `trust update` (and a migration or a repair) |
-//! | `trust.cbor` | the [`Trust`] the log leaves behind ([`Trust::to_bytes`]) | `trust update`, `trust show` |
-//! | `keys.idx` | the active keys, and an index of the keys that left ([`keys_index`]) | `verify` |
+//! | `trust.cbor` | the [`Trust`] the log leaves behind, without the keys that left ([`Trust::to_bytes`], [`Trust::take_revoked`]): active keys, recovery key, threshold, proposals | `trust update`, `trust show` |
+//! | `keys.idx` | the active keys, and an index of the keys that left ([`keys_index`]) | `verify`, `trust update` (the keys that left its new events name) |
 //! | `hardware.json` | the residency evidence of active keys and its verdicts ([`policy`]) | `verify` under a rule, `policy` |
 //! | `policy.json` | the hardware policy ([`policy`]) | `verify`, `policy` |
 //! | `replay.cbor`, `settings.json` | accepted commands; device id and skew | `verify` |
 //!
 //! The log is verified once, when it is taken (`trust init`, `trust
 //! update`: only the new events); `verify` never reads it, so a device's
-//! cost per command does not grow with the log.
+//! cost per command does not grow with the log. Nor does `trust update`'s
+//! cost, but for one comparison: it reads the trusted history of the
+//! offered log and of `log.cbor` piece by piece to compare them byte for
+//! byte (1.3 ms for 4 MB), parses nothing of it, and reads from `keys.idx`
+//! only the keys that left that the new events name.
 //!
 //! **What is committed, and the crash rule.** `trust update` writes, in
 //! order: the new events appended to `log.cbor` (fsync), `hardware.json`,
@@ -59,11 +63,11 @@ use crate::policy::{self, Hardware, Policy};
 use keybridge_protocol::log::Event;
 use keybridge_protocol::replay::{DEFAULT_CAPACITY, ReplayCache};
 use keybridge_protocol::verify::DEFAULT_SKEW;
-use keybridge_protocol::{KeyLog, Kid, LogError, MAX_ENVELOPE_LEN, Op, Trust};
+use keybridge_protocol::{KeyLog, LogError, MAX_ENVELOPE_LEN, Trust};
 use sha2::{Digest as _, Sha256};
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Read as _, Write as _};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 /// Default state folder.
@@ -451,8 +455,8 @@ impl State {
 }
 
 /// The verified `log` (whose bytes are `bytes`) of the account in `dir`:
-/// its evidence judged against `policy`, its trust snapshot and its keys
-/// index, written in that order.
+/// its evidence judged against `policy`, its trust snapshot (without the
+/// keys that left) and its keys index (with them), written in that order.
 fn write_derived(
     dir: &Path,
     log: &KeyLog,
@@ -466,15 +470,30 @@ fn write_derived(
         &policy::requests_of(log.events(), None),
         policy,
     );
-    let keys = keys_index::encode(
-        log.trust(),
+    let mut trust = log.trust().clone();
+    let gone = trust.take_revoked();
+    let index = keys_index::encode(
+        &trust,
+        &gone,
         bytes.len() as u64,
         (bytes.len() - last.bytes().len()) as u64,
     )
-    .map_err(|e| corrupt(&dir.join(TRUST), e))?;
+    .map_err(|e| corrupt(&dir.join(KEYS), e))?;
+    write_state(dir, &hardware, &trust, &index)
+}
+
+/// Writes what a trust update commits, `keys.idx` last (see the module
+/// documentation): `hardware.json`, `trust.cbor` (`trust`, without the
+/// keys that left) and `keys.idx` (`index`, which holds them).
+fn write_state(
+    dir: &Path,
+    hardware: &Hardware,
+    trust: &Trust,
+    index: &[u8],
+) -> Result<(), StateError> {
     write_atomic(&dir.join(HARDWARE), &hardware.to_json())?;
-    write_atomic(&dir.join(TRUST), &log.trust().to_bytes())?;
-    write_atomic(&dir.join(KEYS), &keys)
+    write_atomic(&dir.join(TRUST), &trust.to_bytes())?;
+    write_atomic(&dir.join(KEYS), index)
 }
 
 /// A folder of an older version: its log verified once, the files that
@@ -502,10 +521,15 @@ fn read_keys(dir: &Path) -> Result<KeysIndex, StateError> {
     })
 }
 
+/// `trust.cbor`: the trust without the keys that left (a snapshot of an
+/// older version that still holds them has them dropped: `keys.idx` is
+/// where they are kept).
 fn read_trust(dir: &Path) -> Result<Trust, StateError> {
     let path = dir.join(TRUST);
-    Trust::from_bytes(&read_state_file(&path, MAX_TRUST_LEN)?)
-        .map_err(|e| corrupt(&path, e.to_string()))
+    let mut trust = Trust::from_bytes(&read_state_file(&path, MAX_TRUST_LEN)?)
+        .map_err(|e| corrupt(&path, e.to_string()))?;
+    trust.take_revoked();
+    Ok(trust)
 }
 
 fn read_hardware(dir: &Path) -> Result<Hardware, StateError> {
@@ -544,13 +568,106 @@ struct Committed {
     keys: KeysIndex,
 }
 
-/// Whether the event at `log[last..end]` hashes to `head`.
-fn ends_at(log: &[u8], last: u64, end: u64, head: [u8; 32]) -> bool {
-    match (usize::try_from(last), usize::try_from(end)) {
-        (Ok(last), Ok(end)) if last < end && end <= log.len() => {
-            Sha256::digest(&log[last..end]).as_slice() == head
+/// Whether the event at `last..end` of the open `log.cbor` hashes to
+/// `head` (one read of that event, bounded by the largest event there is).
+fn ends_at(log: &File, last: u64, end: u64, head: [u8; 32]) -> io::Result<bool> {
+    let Some(len) = end
+        .checked_sub(last)
+        .filter(|n| (1..=MAX_ENVELOPE_LEN as u64).contains(n))
+    else {
+        return Ok(false);
+    };
+    let mut event = vec![0; len as usize];
+    match log.read_exact_at(&mut event, last) {
+        Ok(()) => Ok(Sha256::digest(&event).as_slice() == head),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// A key log offered to `trust update`. A regular file is read where
+/// needed (its size checked against [`MAX_LOG_LEN`] first); anything else
+/// (a pipe) is read whole, at most [`MAX_LOG_LEN`] bytes.
+pub struct OfferedLog {
+    path: PathBuf,
+    source: Offered,
+    len: u64,
+}
+
+enum Offered {
+    File(File),
+    Bytes(Vec<u8>),
+}
+
+impl OfferedLog {
+    /// Opens `path`.
+    pub fn open(path: &Path) -> Result<Self, ReadError> {
+        let file = File::open(path)?;
+        let meta = file.metadata()?;
+        let (source, len) = if meta.is_file() {
+            if meta.len() > MAX_LOG_LEN as u64 {
+                return Err(ReadError::TooLarge { limit: MAX_LOG_LEN });
+            }
+            (Offered::File(file), meta.len())
+        } else {
+            let bytes = read_bounded(file, MAX_LOG_LEN)?;
+            let len = bytes.len() as u64;
+            (Offered::Bytes(bytes), len)
+        };
+        Ok(OfferedLog {
+            path: path.to_owned(),
+            source,
+            len,
+        })
+    }
+
+    /// Its length, bytes (when it was opened).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Bytes `from..to` (`to` at most [`OfferedLog::len`]). A file that
+    /// shrank since it was opened is an error.
+    pub fn read(&self, from: u64, to: u64) -> io::Result<Vec<u8>> {
+        if from > to || to > self.len {
+            return Err(io::Error::other("a read past the end of the offered log"));
         }
-        _ => false,
+        // In range: `to` ≤ len ≤ MAX_LOG_LEN.
+        let (from, to) = (from as usize, to as usize);
+        match &self.source {
+            Offered::Bytes(b) => Ok(b[from..to].to_vec()),
+            Offered::File(f) => {
+                let mut out = vec![0; to - from];
+                f.read_exact_at(&mut out, from as u64)?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// Whether it starts with the first `len` bytes of `log` (a state
+    /// file), compared piece by piece.
+    fn starts_with_log(&self, log: &Path, len: u64) -> io::Result<bool> {
+        const PIECE: u64 = 256 * 1024;
+        let log = open_nofollow(log, OpenOptions::new().read(true))?;
+        let mut ours = vec![0; PIECE.min(len) as usize];
+        let mut at = 0;
+        while at < len {
+            let n = PIECE.min(len - at);
+            let theirs = self.read(at, at + n)?;
+            let ours = &mut ours[..n as usize];
+            log.read_exact_at(ours, at)?;
+            if *ours != theirs[..] {
+                return Ok(false);
+            }
+            at += n;
+        }
+        Ok(true)
+    }
+
+    /// Its first event, or at most that many bytes: enough to name its
+    /// account ([`KeyLog::peek_account`]).
+    pub fn first_event(&self) -> io::Result<Vec<u8>> {
+        self.read(0, self.len.min(MAX_ENVELOPE_LEN as u64 + 1))
     }
 }
 
@@ -589,25 +706,40 @@ impl Account {
         write_atomic(&self.dir.join(POLICY), &policy.to_json())
     }
 
-    /// Takes `offered` if it extends the trusted log: only its new events
-    /// are verified (against the trust state, never re-reading the
-    /// history's signatures). A rollback, a fork or an invalid event
-    /// changes nothing. An interrupted earlier update is repaired first
+    /// Takes `offered` if it extends the trusted log. Of a regular file,
+    /// only the trusted head event (at the offset the device's copy has
+    /// it) and the new events after it are read; only the new events are
+    /// verified (against the trust state, never re-reading the history),
+    /// with the keys that left and that they name put back from
+    /// `keys.idx`. A rollback, a fork or an invalid event changes nothing;
+    /// those are refused on a slower path that compares the whole logs to
+    /// say which it is. An interrupted earlier update is repaired first
     /// (see the module documentation).
-    pub fn update(&mut self, offered: &[u8]) -> Result<Updated, UpdateError> {
+    pub fn update(&mut self, offered: &OfferedLog) -> Result<Updated, UpdateError> {
         let policy = self.policy()?;
         let log_path = self.dir.join(LOG);
-        let mut log = read_state_file(&log_path, MAX_LOG_LEN)?;
-        let (committed, repaired) = self.committed(&mut log)?;
+        let keys_path = self.dir.join(KEYS);
+        let (committed, repaired) = self.committed()?;
         let Committed {
-            trust,
+            mut trust,
             hardware,
             keys,
         } = committed;
-        if !offered.starts_with(&log) {
+        let read = |from, to| offered.read(from, to).map_err(io_err(&offered.path));
+        let extends = offered.len() >= keys.log_bytes
+            && Sha256::digest(read(keys.log_last, keys.log_bytes)?).as_slice() == trust.head()
+            && offered
+                .starts_with_log(&log_path, keys.log_bytes)
+                .map_err(io_err(&log_path))?;
+        if !extends {
             // Not an extension: the protocol's check names why (rollback,
-            // fork, …), and splits the logs only on this refusal path.
-            return Err(match trust.verify_extension(&log, offered) {
+            // fork, …), with both logs read whole, on this path only.
+            let stored = read_state_file(&log_path, MAX_LOG_LEN)?;
+            let whole = read(0, offered.len())?;
+            trust
+                .restore_revoked(keys.revoked().map_err(io_err(&keys_path))?)
+                .map_err(|e| corrupt(&keys_path, e.to_string()))?;
+            return Err(match trust.verify_extension(&stored, &whole) {
                 Err(e) => UpdateError::Log(e),
                 Ok(_) => UpdateError::State(corrupt(
                     &log_path,
@@ -615,7 +747,7 @@ impl Account {
                 )),
             });
         }
-        let rest = &offered[log.len()..];
+        let rest = read(keys.log_bytes, offered.len())?;
         if rest.is_empty() {
             return Ok(Updated {
                 added: 0,
@@ -623,37 +755,39 @@ impl Account {
                 repaired,
             });
         }
-        // What the update may change, read before it: the keys active
-        // before, and the adds waiting as proposals.
-        let active_before: Vec<Kid> = trust.active_keys().map(|k| k.key.kid()).collect();
+        // The keys that left and that the new events (or the proposals
+        // they may confirm) name, back in the state: an extension that
+        // brings one back must be refused as the whole state would.
+        let mut back = vec![];
+        for kid in trust.kids_named(&rest).map_err(UpdateError::Log)? {
+            if let Some(gone) = keys.lookup(&kid).map_err(io_err(&keys_path))? {
+                back.push((kid, gone.into()));
+            }
+        }
+        trust
+            .restore_revoked(back)
+            .map_err(|e| corrupt(&keys_path, e.to_string()))?;
+        // The adds waiting as proposals before the update: their evidence
+        // comes from the state, the others' from the new events.
         let mut requests = policy::requests_of(&[], Some(&trust));
         let mut next = trust;
         // Only the new events are verified; on error nothing changed.
-        let events = next.extend(rest).map_err(UpdateError::Log)?;
+        let events = next.extend(&rest).map_err(UpdateError::Log)?;
         let last = events.last().expect("a non-empty extension has events");
         requests.extend(policy::requests_of(&events, None));
         let hardware = Hardware::build(&next, Some(&hardware), &requests, &policy);
-        let resets = events.iter().filter_map(|e| match &e.op {
-            Op::Reset { key, .. } => Some(key.kid()),
-            _ => None,
-        });
-        let candidates = active_before
-            .into_iter()
-            .chain(requests.keys().copied())
-            .chain(resets);
-        let total = offered.len() as u64;
-        let keys = keys_index::encode_update(
+        let total = offered.len();
+        let gone = next.take_revoked();
+        let index = keys_index::encode_update(
             &next,
             &keys,
-            candidates,
+            &gone,
             total,
             total - last.bytes().len() as u64,
         )
-        .map_err(|e| corrupt(&self.dir.join(KEYS), e))?;
-        append(&log_path, rest)?;
-        write_atomic(&self.dir.join(HARDWARE), &hardware.to_json())?;
-        write_atomic(&self.dir.join(TRUST), &next.to_bytes())?;
-        write_atomic(&self.dir.join(KEYS), &keys)?;
+        .map_err(|e| corrupt(&keys_path, e))?;
+        append(&log_path, &rest)?;
+        write_state(&self.dir, &hardware, &next, &index)?;
         Ok(Updated {
             added: events.len() as u64,
             len: next.len(),
@@ -661,11 +795,12 @@ impl Account {
         })
     }
 
-    /// The committed state, after making `log` (`log.cbor`'s bytes) agree
-    /// with it: cut back after an uncommitted append, or everything rebuilt
-    /// from the log after a crash between the other files. What was
-    /// repaired, if anything.
-    fn committed(&self, log: &mut Vec<u8>) -> Result<(Committed, Option<String>), StateError> {
+    /// The committed state, after making `log.cbor` agree with it: cut back
+    /// after an uncommitted append, or everything rebuilt from the log
+    /// after a crash between the other files. What was repaired, if
+    /// anything. When the files agree, the log is not read: its size and
+    /// its last event are checked.
+    fn committed(&self) -> Result<(Committed, Option<String>), StateError> {
         let trust = read_trust(&self.dir);
         let keys = read_keys(&self.dir);
         let hardware = read_hardware(&self.dir);
@@ -674,30 +809,31 @@ impl Account {
             (_, Ok(k)) => Some((k.view.len(), k.view.head())),
             _ => None,
         };
+        let path = self.dir.join(LOG);
         if let (Ok(t), Ok(k), Ok(h)) = (trust, keys, hardware)
             && k.view.len() == t.len()
             && k.view.head() == t.head()
             && h.is_for(&t)
-            && ends_at(log, k.log_last, k.log_bytes, t.head())
         {
-            let (len, recorded) = (log.len() as u64, k.log_bytes);
-            let committed = Committed {
-                trust: t,
-                hardware: h,
-                keys: k,
-            };
-            if len == recorded {
-                return Ok((committed, None));
-            }
-            if len > recorded {
+            let file = open_nofollow(&path, OpenOptions::new().read(true).write(true))
+                .map_err(io_err(&path))?;
+            let len = file.metadata().map_err(io_err(&path))?.len();
+            let recorded = k.log_bytes;
+            if len >= recorded
+                && ends_at(&file, k.log_last, recorded, t.head()).map_err(io_err(&path))?
+            {
+                let committed = Committed {
+                    trust: t,
+                    hardware: h,
+                    keys: k,
+                };
+                if len == recorded {
+                    return Ok((committed, None));
+                }
                 // An append that was never committed (perhaps torn).
-                let path = self.dir.join(LOG);
-                let file =
-                    open_nofollow(&path, OpenOptions::new().write(true)).map_err(io_err(&path))?;
                 file.set_len(recorded)
                     .and_then(|()| file.sync_all())
                     .map_err(io_err(&path))?;
-                log.truncate(recorded as usize);
                 let dropped = len - recorded;
                 return Ok((
                     committed,
@@ -709,8 +845,8 @@ impl Account {
         }
         // The files disagree (or one is unreadable): rebuild from the log,
         // verified whole, if it reaches the head on record.
-        let path = self.dir.join(LOG);
-        let rebuilt = KeyLog::from_bytes(log).map_err(|source| StateError::StoredLog {
+        let log = read_state_file(&path, MAX_LOG_LEN)?;
+        let rebuilt = KeyLog::from_bytes(&log).map_err(|source| StateError::StoredLog {
             path: path.clone(),
             source,
         })?;
@@ -731,10 +867,10 @@ impl Account {
             }
         }
         let policy = read_policy(&self.dir)?;
-        write_derived(&self.dir, &rebuilt, log, &policy)?;
+        write_derived(&self.dir, &rebuilt, &log, &policy)?;
         Ok((
             Committed {
-                trust: rebuilt.trust().clone(),
+                trust: read_trust(&self.dir)?,
                 hardware: read_hardware(&self.dir)?,
                 keys: read_keys(&self.dir)?,
             },

@@ -1259,6 +1259,89 @@ fn a_300_event_log_is_verified_when_taken_and_verify_never_reads_it() {
 }
 
 #[test]
+fn an_update_reads_the_keys_that_left_from_the_index_and_refuses_one_coming_back() {
+    let (d, mut a) = (Device::new(), Account::new());
+    let members = grow(&mut a.log, &a.alice, 40, 0);
+    d.trust(&a, "dev-1");
+    let dir = d.account_dir("acme");
+    // trust.cbor holds no key that left: keys.idx does.
+    let trust =
+        keybridge_protocol::Trust::from_bytes(&std::fs::read(dir.join("trust.cbor")).unwrap())
+            .unwrap();
+    let revoked = members[3].public().kid();
+    assert_eq!(
+        trust.status(&revoked),
+        keybridge_protocol::KeyStatus::Unknown
+    );
+    assert!(matches!(
+        a.log.status(&revoked),
+        keybridge_protocol::KeyStatus::Revoked(_)
+    ));
+
+    // A revoked member's key added again: refused as the whole log would
+    // refuse it, nothing changed.
+    let before = snapshot(&d, "acme");
+    let back = add_event(&a.log, &a.alice, &members[3], "m3", Role::Member, None);
+    let offered = d.file("back.cbor", &[a.log.to_bytes(), back].concat());
+    let out = d.run(&["trust", "update", s(&offered)]);
+    assert_eq!(out.status.code(), Some(32), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("a revoked key cannot come back"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(snapshot(&d, "acme"), before);
+    // Revoking it again: refused, it is not active.
+    let again = Op::Revoke { kid: revoked };
+    let ev = a
+        .alice
+        .finish(a.log.next_event(NOW - 600, &again, &a.alice.public()));
+    let offered = d.file("again.cbor", &[a.log.to_bytes(), ev].concat());
+    let out = d.run(&["trust", "update", s(&offered)]);
+    assert_eq!(out.status.code(), Some(32), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not active"), "{}", stderr(&out));
+    assert_eq!(snapshot(&d, "acme"), before);
+
+    // A trust.cbor of the previous version (the keys that left in it): it
+    // is read, and the next update writes it without them.
+    std::fs::write(dir.join("trust.cbor"), a.log.trust().to_bytes()).unwrap();
+    let more = grow(&mut a.log, &a.alice, 45, members.len() as u32);
+    // Offered through a pipe: read whole, bounded, as a file is read in part.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("exec \"$0\" --state \"$1\" trust update /dev/stdin < \"$2\"")
+        .arg(env!("CARGO_BIN_EXE_keybridge-device"))
+        .arg(d.dir.path().join("state"))
+        .arg(d.file("more.cbor", &a.log.to_bytes()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("5 new events, now 45"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let trust =
+        keybridge_protocol::Trust::from_bytes(&std::fs::read(dir.join("trust.cbor")).unwrap())
+            .unwrap();
+    assert_eq!(
+        trust.status(&revoked),
+        keybridge_protocol::KeyStatus::Unknown
+    );
+    assert_eq!(trust.len(), 45);
+    // Every member is as the log says: the one added last active, the
+    // others revoked at their event, each found in the index.
+    let all: Vec<Signer> = members.into_iter().chain(more).collect();
+    for (i, m) in all.iter().enumerate() {
+        let out = d.verify_at(&command(m, &format!("m{i}"), i as u8), NOW);
+        let want = if i == all.len() - 1 { 0 } else { 13 };
+        assert_eq!(out.status.code(), Some(want), "m{i}: {}", stderr(&out));
+    }
+    let show = json(&d.run(&["trust", "show", "--json"]));
+    assert_eq!(show[0]["revoked_keys"], all.len() - 1);
+}
+
+#[test]
 fn an_older_state_folder_is_migrated_on_first_open() {
     let (d, a) = (Device::new(), Account::new());
     d.trust(&a, "dev-1");

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use keybridge_protocol::log::{RequestEvidence, format_code};
+use keybridge_protocol::log::{RequestEvidence, Revoked, format_code};
 use keybridge_protocol::{
     KeyLog, KeyRequest, KeyStatus, LogError, Op, Role, Trust, Verifier, VerifyError,
 };
@@ -416,4 +416,180 @@ fn the_trust_state_round_trips_and_takes_extensions_without_the_history() {
     }
     assert!(Trust::from_bytes(&snapshot[..snapshot.len() - 1]).is_err());
     assert!(Trust::from_bytes(b"").is_err());
+}
+
+#[test]
+fn the_keys_that_left_can_be_kept_apart_and_put_back() {
+    let mut a = Account::new();
+    let bob = a.bob.public().kid();
+    let ev = event(&a.log, &a.alice, &Op::Revoke { kid: bob });
+    accept(&mut a.log, &ev);
+    let full = a.log.trust().clone();
+
+    let mut sparse = full.clone();
+    let gone = sparse.take_revoked();
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[&bob].seq, a.log.len() - 1);
+    assert_eq!(sparse.status(&bob), KeyStatus::Unknown);
+    // The sparse snapshot reads back as itself.
+    assert_eq!(Trust::from_bytes(&sparse.to_bytes()).unwrap(), sparse);
+
+    // Why a device puts them back before it takes an extension: bob's key
+    // coming back is refused only by a state that knows it left.
+    let back = add_op(&a.log, &a.bob, "bob", Role::Member);
+    let ev = event(&a.log, &a.alice, &back);
+    assert!(sparse.clone().extend(&ev).is_ok());
+    let e = full.clone().extend(&ev).unwrap_err();
+    assert!(denied(&e, "a revoked key cannot come back"), "{e:?}");
+
+    let mut restored = sparse.clone();
+    restored.restore_revoked(gone.clone()).unwrap();
+    assert_eq!(restored, full);
+    // The same fact twice is kept once; a different fact, an active key or
+    // an event past the log's end is refused, and nothing changes.
+    restored.restore_revoked(gone.clone()).unwrap();
+    assert_eq!(restored, full);
+    let r = gone[&bob];
+    let alice = a.alice.public().kid();
+    for bad in [
+        (
+            bob,
+            Revoked {
+                seq: r.seq - 1,
+                ..r
+            },
+        ),
+        (alice, r),
+        (
+            keybridge_protocol::Kid([9; 32]),
+            Revoked {
+                seq: a.log.len(),
+                ..r
+            },
+        ),
+    ] {
+        let mut t = sparse.clone();
+        assert!(t.restore_revoked([(bob, r), bad]).is_err(), "{bad:?}");
+        assert_eq!(t, sparse);
+    }
+}
+
+#[test]
+fn a_state_without_the_keys_that_left_takes_any_extension_with_only_those_it_names() {
+    let (mut a, carol, dave) = three_admins();
+    let (m1, m2, m3, erin) = (
+        Signer::ed25519(70),
+        Signer::ed25519(71),
+        Signer::p256(72),
+        Signer::ed25519(73),
+    );
+    let alice = &a.alice;
+    let push = |log: &mut KeyLog, signer: &Signer, op: &Op| {
+        let ev = event(log, signer, op);
+        accept(log, &ev);
+    };
+    let op = add_op(&a.log, &m1, "m1", Role::Member);
+    push(&mut a.log, alice, &op);
+    push(
+        &mut a.log,
+        alice,
+        &Op::Revoke {
+            kid: m1.public().kid(),
+        },
+    );
+    let op = add_op(&a.log, &m2, "m2", Role::Member);
+    push(&mut a.log, alice, &op);
+    // m2 rotated to m3.
+    let replaces = Some(m2.public().kid());
+    let req = m3.finish(KeyRequest::unsigned_with(
+        "acme",
+        "m2",
+        Role::Member,
+        &m3.public(),
+        NOW - 900,
+        replaces,
+        None,
+    ));
+    let rotate = Op::Add {
+        key: m3.public(),
+        agent: "m2".into(),
+        role: Role::Member,
+        req,
+        replaces,
+    };
+    push(&mut a.log, alice, &rotate);
+    push(&mut a.log, alice, &Op::Threshold { k: 2 });
+    let change = Box::new(add_op(&a.log, &erin, "erin", Role::Admin));
+    push(&mut a.log, alice, &Op::Propose { change });
+    let proposal = a.log.len() - 1;
+    push(&mut a.log, &dave, &Op::Confirm { proposal });
+    push(
+        &mut a.log,
+        alice,
+        &Op::Revoke {
+            kid: a.bob.public().kid(),
+        },
+    );
+    let change = Box::new(Op::Revoke {
+        kid: carol.public().kid(),
+    });
+    push(&mut a.log, alice, &Op::Propose { change });
+    let proposal = a.log.len() - 1;
+    push(&mut a.log, &dave, &Op::Confirm { proposal });
+
+    // Keys that left a sparse state may need back, at each split.
+    let put_back = |t: &mut Trust, gone: &std::collections::BTreeMap<_, Revoked>, rest: &[u8]| {
+        let named = t.kids_named(rest).unwrap();
+        t.restore_revoked(
+            gone.iter()
+                .filter(|(k, _)| named.contains(*k))
+                .map(|(k, r)| (*k, *r)),
+        )
+        .unwrap();
+    };
+    let events = a.log.events();
+    let intruders = [&m1, &m2, &a.bob, &carol];
+    let mut refusals = 0;
+    for i in 1..events.len() {
+        let prefix: Vec<u8> = events[..i]
+            .iter()
+            .flat_map(|e| e.bytes().to_vec())
+            .collect();
+        let rest: Vec<u8> = events[i..]
+            .iter()
+            .flat_map(|e| e.bytes().to_vec())
+            .collect();
+        let at = KeyLog::from_bytes(&prefix).unwrap();
+        let full = at.trust().clone();
+        let mut sparse = full.clone();
+        let gone = sparse.take_revoked();
+        put_back(&mut sparse, &gone, &rest);
+        let (mut whole, mut part) = (full.clone(), sparse);
+        whole.extend(&rest).unwrap();
+        part.extend(&rest).unwrap();
+        part.restore_revoked(gone.clone()).unwrap();
+        assert_eq!(whole, part, "split at {i}");
+        // A key that left before the split, added again right after it:
+        // refused by both, for the same reason.
+        for s in intruders {
+            if !matches!(
+                full.status(&s.public().kid()),
+                KeyStatus::Revoked(_) | KeyStatus::Replaced { .. }
+            ) {
+                continue;
+            }
+            let ev = event(&at, alice, &add_op(&at, s, "back", Role::Member));
+            let mut sparse = full.clone();
+            let gone = sparse.take_revoked();
+            put_back(&mut sparse, &gone, &ev);
+            let e1 = full.clone().extend(&ev).unwrap_err();
+            let e2 = sparse.extend(&ev).unwrap_err();
+            assert_eq!(e1, e2, "split at {i}");
+            assert!(denied(&e1, "a revoked key cannot come back"), "{e1:?}");
+            refusals += 1;
+        }
+    }
+    // m1 from its revocation on, m2 from its rotation, bob and carol at
+    // the end: every case was tried.
+    assert!(refusals >= 10, "{refusals}");
 }

@@ -281,6 +281,26 @@ impl Op {
         Ok(())
     }
 
+    /// Adds the key ids this operation names to `out` (a confirmation
+    /// names none itself: its proposal does).
+    pub(super) fn kids_named(&self, out: &mut BTreeSet<Kid>) {
+        match self {
+            Op::Genesis { key, recovery, .. } | Op::Reset { key, recovery, .. } => {
+                out.insert(key.kid());
+                out.insert(recovery.kid());
+            }
+            Op::Add { key, replaces, .. } => {
+                out.insert(key.kid());
+                out.extend(replaces);
+            }
+            Op::Revoke { kid } => {
+                out.insert(*kid);
+            }
+            Op::Propose { change } => change.kids_named(out),
+            Op::Reject { .. } | Op::Threshold { .. } | Op::Confirm { .. } => {}
+        }
+    }
+
     /// What an `add`, `revoke` or `threshold` requires of the key set,
     /// whether it is signed directly or reached through its approvals.
     fn check_effect(&self, keys: &KeySet, account: &str, seq: u64) -> Result<(), LogError> {

@@ -279,6 +279,68 @@ impl Trust {
         op.check(&self.keys, &self.account, self.len)
     }
 
+    /// Moves the keys that left the account out of this state, sorted by
+    /// kid. What is left is the state a verifier needs (active keys,
+    /// recovery key, threshold, proposals) and snapshots at a size that
+    /// does not grow with the history; a device keeps the keys that left
+    /// in an index of its own and [`Trust::restore_revoked`]s them before
+    /// it takes an extension: without them, an extension that brings back
+    /// a revoked key would not be refused.
+    pub fn take_revoked(&mut self) -> BTreeMap<Kid, Revoked> {
+        std::mem::take(&mut self.keys.revoked)
+    }
+
+    /// Puts back keys that left the account ([`Trust::take_revoked`]). A
+    /// kid that is active, a kid named twice with different facts, or an
+    /// event number past the log's end is refused, and nothing changes;
+    /// the same fact twice is kept once (a snapshot written before the
+    /// index may already hold it).
+    pub fn restore_revoked(
+        &mut self,
+        gone: impl IntoIterator<Item = (Kid, Revoked)>,
+    ) -> Result<(), SnapshotError> {
+        let mut revoked = self.keys.revoked.clone();
+        for (kid, r) in gone {
+            if r.seq >= self.len || self.keys.active.contains_key(&kid) {
+                return Err(SnapshotError(
+                    "a revoked key that is active or past the log",
+                ));
+            }
+            if let Some(old) = revoked.insert(kid, r)
+                && old != r
+            {
+                return Err(SnapshotError("a revoked key twice"));
+            }
+        }
+        self.keys.revoked = revoked;
+        Ok(())
+    }
+
+    /// Every key id the events of the CBOR sequence `events` name — their
+    /// signers, the keys they add, replace, revoke or reset to, those of
+    /// the proposals they make — and those the pending proposals name. The
+    /// events are parsed, not verified. A state whose keys that left are
+    /// kept elsewhere ([`Trust::take_revoked`]) needs only these restored
+    /// to take `events` exactly as the whole state would: the log's rules
+    /// look up no other key that left.
+    pub fn kids_named(&self, mut events: &[u8]) -> Result<BTreeSet<Kid>, LogError> {
+        let mut out = BTreeSet::new();
+        for p in self.keys.pending.values() {
+            p.change.kids_named(&mut out);
+        }
+        let mut seq = self.len;
+        while !events.is_empty() {
+            let len = super::key_log::next_item_len(events, seq)?;
+            let (event, tail) = events.split_at(len);
+            let (parsed, body) = super::event::parse_event(event, seq)?;
+            out.insert(parsed.kid);
+            body.op.kids_named(&mut out);
+            events = tail;
+            seq = seq.saturating_add(1);
+        }
+        Ok(out)
+    }
+
     /// The proposal waiting with exactly this change, if any.
     pub fn pending_for(&self, change: &Op) -> Option<(u64, &Pending)> {
         self.keys
