@@ -13,15 +13,17 @@
 //!   certificate and the f9 certificate) checked against roots, with what
 //!   it says of the card and the slot (serial, firmware, PIN and touch
 //!   policies, form factor).
-//!
-//! The TPM's `tpm2-certify` evidence is still checked only in
-//! `keybridge-backends` (its TPM structures are unmarshalled by
-//! `tss-esapi`); a caller of this crate that meets it says it cannot check
-//! it ([`TPM2_CERTIFY`]).
+//! - [`tpm`]: a TPM2_Certify statement ([`TPM2_CERTIFY`]): the TPM's
+//!   attestation key certified that a key lives in that TPM and cannot
+//!   leave it, for this key record; with roots, the TPM's EK certificate
+//!   too. Its TPM structures are read by a small hand-written reader
+//!   ([`tpm::wire`]), cross-checked against tpm2-tss in
+//!   `keybridge-backends`' tests.
 //!
 //! Nothing here reads a clock, a file or the network: evidence, roots and
 //! the key come from the caller, and every one of them is hostile input.
 
+pub mod tpm;
 pub mod x509;
 pub mod yubikey;
 
@@ -30,6 +32,7 @@ pub mod yubikey;
 /// certificate.
 pub const YUBIKEY_PIV_ATTESTATION: &str = "yubikey-piv-attestation";
 
-/// The evidence kind of a TPM2_Certify statement (checked by
-/// `keybridge-backends`' TPM module, not here).
+/// The evidence kind of a TPM2_Certify statement ([`tpm::verify`]): the
+/// TPMS_ATTEST, its TPMT_SIGNATURE, the AK's and the key's TPMT_PUBLIC,
+/// and optionally the EK certificate (DER).
 pub const TPM2_CERTIFY: &str = "tpm2-certify";

@@ -1,6 +1,8 @@
 #!/bin/sh
-# Makes the TPM2_Certify fixtures of tpm/attestation.rs's tests on two
-# software TPMs (swtpm 0.7, tpm2-tools 5.4), then stops them:
+# Makes the TPM2_Certify fixtures of keybridge-evidence's tpm.rs tests (and
+# of the differential test against tss-esapi in keybridge-backends'
+# tpm/attestation.rs, which reads them from here) on two software TPMs
+# (swtpm 0.7, tpm2-tools 5.4), then stops them:
 #   plain/  a TPM without EK certificate (like most firmware TPMs); its AK
 #           is the restricted P-256 primary in the endorsement hierarchy
 #           that keybridge's backend makes;
