@@ -50,10 +50,10 @@ pub enum PolicyRefusal {
     /// The key's evidence does not verify against the device's roots.
     EvidenceInvalid,
     /// The command kind requires touch; the key's attested touch policy is
-    /// not `always` or `cached`.
+    /// not `always` or `cached` (or it is a TPM key, which has no touch).
     NoTouch,
-    /// The key's evidence is of a kind this device cannot check (e.g.
-    /// `tpm2-certify`).
+    /// The key's evidence is of a kind this device cannot check (neither a
+    /// YubiKey PIV attestation nor a TPM2_Certify statement).
     Uncheckable,
 }
 

@@ -524,16 +524,32 @@ fn verify(
 }
 
 fn attested_json(a: &Attested, rule: &policy::Rule) -> Value {
-    json!({
-        "required": rule.requirements().iter().map(|r| r.name()).collect::<Vec<_>>(),
-        "kind": keybridge_evidence::YUBIKEY_PIV_ATTESTATION,
-        "serial": a.serial,
-        "firmware": a.firmware,
-        "form_factor": a.form_factor,
-        "pin_policy": a.pin_policy,
-        "touch_policy": a.touch_policy,
-        "root": a.root,
-    })
+    let required = rule
+        .requirements()
+        .iter()
+        .map(|r| r.name())
+        .collect::<Vec<_>>();
+    match &a.tpm {
+        Some(t) => json!({
+            "required": required,
+            "kind": keybridge_evidence::TPM2_CERTIFY,
+            "ak_name": t.ak_name,
+            "ak_certificate": t.ak_certificate,
+            "key_attributes": t.key_attributes,
+            "firmware": a.firmware,
+            "root": a.root,
+        }),
+        None => json!({
+            "required": required,
+            "kind": keybridge_evidence::YUBIKEY_PIV_ATTESTATION,
+            "serial": a.serial,
+            "firmware": a.firmware,
+            "form_factor": a.form_factor,
+            "pin_policy": a.pin_policy,
+            "touch_policy": a.touch_policy,
+            "root": a.root,
+        }),
+    }
 }
 
 fn unix_now() -> i64 {
@@ -698,6 +714,12 @@ fn render_rule_key(k: &Value) -> String {
     );
     if k["accepted"] == json!(true) {
         let h = &k["hardware"];
+        if h["kind"] == keybridge_evidence::TPM2_CERTIFY {
+            return format!(
+                "{who}: accepted (TPM, AK certificate {})",
+                h["ak_certificate"].as_str().unwrap_or("")
+            );
+        }
         format!(
             "{who}: accepted (YubiKey {}, touch {})",
             h["serial"],

@@ -24,15 +24,26 @@
 //!   interrupted `policy set`) is computed on the spot, from the same
 //!   evidence and roots.
 //!
-//! The evidence check is [`keybridge_evidence`]'s (pure Rust). YubiKey PIV
-//! attestations (`yubikey-piv-attestation`) are checked; TPM2_Certify
-//! statements (`tpm2-certify`) are not yet: a rule refuses such a key with
-//! a reason of its own ([`PolicyRefusal::Uncheckable`]), as any kind of
-//! evidence this device does not know.
+//! The evidence check is [`keybridge_evidence`]'s (pure Rust):
+//!
+//! - YubiKey PIV attestations (`yubikey-piv-attestation`): the f9
+//!   certificate must chain to the roots (Yubico's PIV roots);
+//! - TPM2_Certify statements (`tpm2-certify`): the statement must verify
+//!   and the TPM's attestation key (AK) must have a certificate of its own
+//!   that chains to the roots (an IAK certificate from the TPM's or the
+//!   computer's maker, or an AK certificate from the organization's CA). An
+//!   EK certificate alone is refused: it names a genuine TPM, but it is
+//!   public and does not bind the AK to that TPM, so a statement made by a
+//!   software key that claims a TPM key's attributes would carry one just
+//!   as well. A TPM has no touch: a rule that requires touch refuses TPM
+//!   keys ([`PolicyRefusal::NoTouch`]).
+//!
+//! Any other kind is refused with a reason of its own
+//! ([`PolicyRefusal::Uncheckable`]).
 
 use crate::exit_code::PolicyRefusal;
 use keybridge_evidence::x509::{MAX_CERTIFICATE_LEN, MAX_ROOTS, Parsed, Roots};
-use keybridge_evidence::{TPM2_CERTIFY, YUBIKEY_PIV_ATTESTATION, yubikey};
+use keybridge_evidence::{TPM2_CERTIFY, YUBIKEY_PIV_ATTESTATION, tpm, yubikey};
 use keybridge_protocol::key::{hex, unhex};
 use keybridge_protocol::log::Event;
 use keybridge_protocol::{KeyRequest, Kid, Op, PublicKey, Trust};
@@ -331,7 +342,8 @@ impl Policy {
     }
 }
 
-/// What a verified YubiKey attestation says of the key's card and slot.
+/// What verified evidence says: of a YubiKey's card and slot, or of a
+/// TPM's attestation key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Attested {
@@ -347,6 +359,21 @@ pub struct Attested {
     pub form_factor: Option<String>,
     /// The root the chain ends at.
     pub root: String,
+    /// For a TPM key: its AK and the AK's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<TpmAttested>,
+}
+
+/// What a verified TPM2_Certify statement says, with its AK certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmAttested {
+    /// The AK's name (hex): the same for every key of one TPM.
+    pub ak_name: String,
+    /// The AK certificate's subject.
+    pub ak_certificate: String,
+    /// The certified key's attributes (`fixedTPM`, …).
+    pub key_attributes: Vec<String>,
 }
 
 /// A key's evidence judged against one roots set.
@@ -499,7 +526,7 @@ impl Facts {
     /// verdicts.
     fn judge_all(&mut self, key: &PublicKey, policy: &Policy) {
         self.verdicts.retain(|id, _| policy.roots.contains_key(id));
-        if self.kind != YUBIKEY_PIV_ATTESTATION {
+        if !checkable(&self.kind) {
             self.verdicts.clear();
             return;
         }
@@ -511,11 +538,42 @@ impl Facts {
         }
     }
 
-    /// This evidence against `roots`, for `key` (a YubiKey attestation).
+    /// This evidence against `roots`, for `key` (a kind [`checkable`]).
     fn judge(&self, key: &PublicKey, roots: &[Vec<u8>]) -> Verdict {
         let Some(chain) = self.chain_der() else {
             return Verdict::Refused("the stored evidence is not hex".into());
         };
+        if self.kind == TPM2_CERTIFY {
+            return match tpm::verify(&chain, roots, key) {
+                Ok(r) => match r.ak_certificate {
+                    Some(ak) if r.ak_certified => Verdict::Verified(Attested {
+                        serial: None,
+                        firmware: Some(r.firmware),
+                        pin_policy: None,
+                        touch_policy: None,
+                        form_factor: None,
+                        root: ak.root,
+                        tpm: Some(TpmAttested {
+                            ak_name: r.ak_name,
+                            ak_certificate: ak.subject,
+                            key_attributes: r.key_attributes,
+                        }),
+                    }),
+                    _ => Verdict::Refused(
+                        format!(
+                            "the TPM's attestation key (AK {}) has no certificate from these roots; {}",
+                            r.ak_name,
+                            if r.ek_certificate.is_some() {
+                                "its EK certificate chains to them, but an EK certificate is public and does not bind the AK to that TPM: a software key could make the same statement"
+                            } else {
+                                "nothing binds the AK to a genuine TPM"
+                            }
+                        ) + " — have the AK certified (an IAK certificate, or an AK certificate from your CA) and request the key again with `keybridge keys request --ak-cert FILE`",
+                    ),
+                },
+                Err(e) => Verdict::Refused(e.to_string()),
+            };
+        }
         match yubikey::verify(&chain, roots, key) {
             Ok(r) => Verdict::Verified(Attested {
                 serial: r.serial,
@@ -524,10 +582,16 @@ impl Facts {
                 touch_policy: r.touch_policy,
                 form_factor: r.form_factor.map(|f| f.name),
                 root: r.root,
+                tpm: None,
             }),
             Err(e) => Verdict::Refused(e.to_string()),
         }
     }
+}
+
+/// Whether this device checks evidence of `kind`.
+fn checkable(kind: &str) -> bool {
+    kind == YUBIKEY_PIV_ATTESTATION || kind == TPM2_CERTIFY
 }
 
 /// A command refused by a rule: which refusal, and why in words.
@@ -560,16 +624,12 @@ pub fn check(
             ),
         );
     };
-    if facts.kind != YUBIKEY_PIV_ATTESTATION {
-        let why = if facts.kind == TPM2_CERTIFY {
-            format!("this device cannot check {TPM2_CERTIFY} evidence yet")
-        } else {
-            format!("this device cannot check {:?} evidence", facts.kind)
-        };
+    if !checkable(&facts.kind) {
         return refuse(
             PolicyRefusal::Uncheckable,
             format!(
-                "{cmd} requires a hardware key whose evidence this device checks: {who}: {why}"
+                "{cmd} requires a hardware key whose evidence this device checks: {who}: this device cannot check {:?} evidence",
+                facts.kind
             ),
         );
     }
@@ -590,6 +650,14 @@ pub fn check(
             );
         }
     };
+    if rule.touch && attested.tpm.is_some() {
+        return refuse(
+            PolicyRefusal::NoTouch,
+            format!(
+                "touch policy required: this device's policy requires touch for {cmd}, and {who} is a TPM key: a TPM has no touch (a YubiKey slot with touch policy always or cached is required)"
+            ),
+        );
+    }
     if rule.touch && !matches!(attested.touch_policy.as_deref(), Some("always" | "cached")) {
         return refuse(
             PolicyRefusal::NoTouch,

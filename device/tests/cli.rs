@@ -448,10 +448,10 @@ fn refusals() -> Vec<Refusal> {
             set_policy(d, &["--require", "touch"], &[&root]);
             d.verify_at(&sign_command(&carol, &claims("carol", "dev-1")), NOW)
         }),
-        (43, "cannot check tpm2-certify evidence yet", |d, a| {
+        (43, "cannot check \"sgx-quote\" evidence", |d, a| {
             let carol = Signer::p256(9);
             let evidence = RequestEvidence {
-                kind: "tpm2-certify".into(),
+                kind: "sgx-quote".into(),
                 chain: vec![b"TPMS_ATTEST".to_vec(), b"TPMT_SIGNATURE".to_vec()],
             };
             add_with_evidence(d, a, &carol, "carol", Some(evidence));

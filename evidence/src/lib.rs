@@ -8,15 +8,17 @@
 //!
 //! - [`x509`]: certificate paths from a certificate up to a root the caller
 //!   holds (size limits, strict DER, bounded path building), shared by the
-//!   YubiKey check and the TPM's EK certificate check.
+//!   YubiKey check and the TPM's AK and EK certificate checks.
 //! - [`yubikey`]: a YubiKey PIV attestation (the slot's attestation
 //!   certificate and the f9 certificate) checked against roots, with what
 //!   it says of the card and the slot (serial, firmware, PIN and touch
 //!   policies, form factor).
 //! - [`tpm`]: a TPM2_Certify statement ([`TPM2_CERTIFY`]): the TPM's
 //!   attestation key certified that a key lives in that TPM and cannot
-//!   leave it, for this key record; with roots, the TPM's EK certificate
-//!   too. Its TPM structures are read by a small hand-written reader
+//!   leave it, for this key record; with roots, the AK's certificate (what
+//!   binds the AK to a TPM the roots vouch for) or else the TPM's EK
+//!   certificate (which names the TPM but, being public, does not bind the
+//!   AK). Its TPM structures are read by a small hand-written reader
 //!   ([`tpm::wire`]), cross-checked against tpm2-tss in
 //!   `keybridge-backends`' tests.
 //!
@@ -34,5 +36,5 @@ pub const YUBIKEY_PIV_ATTESTATION: &str = "yubikey-piv-attestation";
 
 /// The evidence kind of a TPM2_Certify statement ([`tpm::verify`]): the
 /// TPMS_ATTEST, its TPMT_SIGNATURE, the AK's and the key's TPMT_PUBLIC,
-/// and optionally the EK certificate (DER).
+/// and optionally the AK certificate or the EK certificate (DER).
 pub const TPM2_CERTIFY: &str = "tpm2-certify";

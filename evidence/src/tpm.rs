@@ -10,9 +10,15 @@
 //! | 1 | its TPMT_SIGNATURE by the AK: ECDSA P-256 with SHA-256 | `Signature::marshall` |
 //! | 2 | the AK's TPMT_PUBLIC | `Public::marshall` |
 //! | 3 | the key's TPMT_PUBLIC | `Public::marshall` |
-//! | 4 | optional: the EK certificate (DER) from the TPM's NV | — |
+//! | 4 | optional: the AK certificate (DER), or else the EK certificate (DER) from the TPM's NV | — |
 //!
 //! and TPM2_Certify's qualifyingData is the key's kid (32 bytes).
+//!
+//! Blob 4 is an AK certificate when its subjectPublicKeyInfo is the AK's
+//! key (an EC P-256 key with the same point as the AK's public area), an
+//! EK certificate otherwise. keybridge's AK is a primary in the endorsement
+//! hierarchy made from a fixed template: the same key for every
+//! certification on one TPM, so one AK certificate serves all its keys.
 //!
 //! Everything here is hostile input (it comes from the key record). The
 //! TPM structures are read by [`wire`] (bounded, strict, see below): each
@@ -25,23 +31,47 @@
 //!   verifies;
 //! - the AK is a restricted ECC P-256 signing key, fixedTPM and
 //!   fixedParent: a key that signs only what the TPM itself produced and
-//!   cannot have been imported;
+//!   cannot have been imported — *if* it is a TPM key at all: these are
+//!   bits in a public area that anyone can write (see below);
 //! - the certified name is the name of the key's public area (nameAlg and
 //!   its digest: SHA-256, SHA-384 or SHA-512), that public area holds
 //!   exactly `key`, and the statement's qualifying data is `key`'s kid;
 //! - the key is an ECC P-256 signing key with fixedTPM, fixedParent,
 //!   sensitiveDataOrigin and userWithAuth, neither restricted nor a
 //!   decryption key;
-//! - with roots: an EK certificate is present and chains to them (the EK
-//!   certificate is an end entity with a decryption key; see `check_ek`).
+//! - with roots, an AK certificate ([`Report::ak_certified`]): it is an end
+//!   entity (not a CA), its keyUsage (if any) allows digitalSignature, it
+//!   has no critical extension beyond basicConstraints, keyUsage,
+//!   extendedKeyUsage, subjectAltName and subjectDirectoryAttributes, and
+//!   it chains to the roots through CA certificates (see `check_ak_cert`);
+//! - with roots and an EK certificate instead: it is an EK certificate and
+//!   chains to them (see `check_ek`);
+//! - with roots and neither: refused ([`CertifyError::NoEkCertificate`]).
 //!
-//! What is not: that the AK belongs to a genuine TPM. Without roots the AK
-//! is trusted on first use (most firmware TPMs have no EK certificate);
-//! with them the EK certificate is genuine, but nothing here proves the AK
-//! is on the same TPM as that EK — that needs TPM2_MakeCredential /
-//! TPM2_ActivateCredential with the EK, which keybridge does not do. The
-//! statement's clock, reset counts and the EK certificates' validity dates
-//! are reported or ignored, not judged.
+//! What binds the AK to genuine hardware is an **AK certificate** from a
+//! CA the verifier trusts: an IAK certificate from the TPM's or the
+//! computer's maker, or an AK certificate ("LAK") from the organization's
+//! CA, issued after its own enrollment with credential activation (TCG,
+//! "TPM 2.0 Keys for Device Identity and Attestation"). With one, the
+//! statement is the word of a key that CA vouches is in a TPM. Any
+//! certificate from the roots for the AK's key counts, so the roots given
+//! must be CAs that certify only TPM attestation keys.
+//!
+//! What is not:
+//! - an **EK certificate does not bind the AK**. It shows the TPM's maker
+//!   and model, but EK certificates are public (read from any TPM's NV,
+//!   published by vendors) and can be copied: anyone can write a software
+//!   "AK" public area with the restricted and fixedTPM bits, sign a
+//!   TPMS_ATTEST with it and attach a genuine EK certificate. Nothing here
+//!   ties the AK to that EK (that needs TPM2_MakeCredential /
+//!   TPM2_ActivateCredential with the EK, which keybridge does not do;
+//!   [`Report::ak_bound_to_ek`] is always false). A verifier that requires
+//!   hardware must require [`Report::ak_certified`];
+//! - without roots, nothing: the AK is trusted on first use (most firmware
+//!   TPMs have no EK certificate, and few computers come with an IAK
+//!   certificate); blob 4 is only parsed as a certificate;
+//! - the certificates' validity dates and revocation, and the statement's
+//!   clock and reset counts: reported or ignored, not judged.
 //!
 //! # Why the TPM structures are read by hand
 //!
@@ -69,7 +99,9 @@
 //! swtpm fixtures and on every one-byte change and truncation of them, and
 //! asserts that they agree, field by field.
 
-use crate::x509::{ChainError, Parsed, Roots, refuse_unknown_critical};
+use crate::x509::{
+    ChainError, ID_EC_PUBLIC_KEY, Parsed, Roots, SECP256R1, curve_of, refuse_unknown_critical,
+};
 use keybridge_protocol::key::hex;
 use keybridge_protocol::{Algorithm, PublicKey};
 use serde::Serialize;
@@ -110,9 +142,10 @@ pub enum CertifyError {
         "the evidence holds {0} blobs; a TPM2_Certify statement is the attestation, its signature, the AK's public area and the key's public area"
     )]
     Incomplete(usize),
-    /// More blobs than the format has (the four and an EK certificate).
+    /// More blobs than the format has (the four and an AK or EK
+    /// certificate).
     #[error(
-        "the evidence holds {0} blobs; a TPM2_Certify statement has four and an optional EK certificate"
+        "the evidence holds {0} blobs; a TPM2_Certify statement has four and an optional AK or EK certificate"
     )]
     UnexpectedLength(usize),
     /// A TPM structure that does not parse, is too large, has trailing
@@ -177,12 +210,13 @@ pub enum CertifyError {
     /// or cannot sign with its PIN.
     #[error("the certified key is not a TPM-bound signing key: {0}")]
     KeyAttributes(String),
-    /// Roots were given, but there is no EK certificate to check.
+    /// Roots were given, but there is no certificate (AK or EK) to check.
     #[error(
-        "roots were given but the evidence holds no EK certificate (the TPM had none in its NV, as most firmware TPMs): check it without roots, trusting the AK on first use"
+        "roots were given but the evidence holds no AK certificate (have the AK certified and pass its certificate with `keybridge keys request --ak-cert FILE`) and no EK certificate (the TPM had none in its NV, as most firmware TPMs); without roots the AK is trusted on first use"
     )]
     NoEkCertificate,
-    /// The certificate in the EK position is not an EK certificate.
+    /// The certificate in blob 4 is not for the AK's key, so it is taken
+    /// for an EK certificate, and it is not one either.
     #[error("\"{subject}\" is not an EK certificate: {reason}")]
     NotAnEkCertificate {
         /// The certificate.
@@ -190,7 +224,17 @@ pub enum CertifyError {
         /// What gives it away.
         reason: String,
     },
-    /// The EK certificate does not parse or does not chain to the roots.
+    /// A certificate for the AK's key that may not vouch for it: a CA
+    /// certificate, or one whose keyUsage excludes signatures.
+    #[error("\"{subject}\" certifies the AK's key but is not an AK certificate: {reason}")]
+    NotAnAkCertificate {
+        /// The certificate.
+        subject: String,
+        /// What gives it away.
+        reason: String,
+    },
+    /// The AK or EK certificate does not parse or does not chain to the
+    /// roots.
     #[error("{0}")]
     Chain(#[from] ChainError),
 }
@@ -211,14 +255,42 @@ pub struct Report {
     /// The statement's firmwareVersion, see [`firmware_version`].
     pub firmware: String,
     /// The EK certificate, when roots were given (and it chained to them).
+    /// An EK certificate names the TPM's maker and model but does not bind
+    /// the AK: see [`Report::ak_certified`].
     pub ek_certificate: Option<EkReport>,
-    /// Whether an EK certificate was in the evidence, checked or not.
+    /// Whether an EK certificate (blob 4, for another key than the AK's)
+    /// was in the evidence, checked or not.
     pub ek_certificate_present: bool,
-    /// Always false: nothing ties the AK to the EK (no credential
-    /// activation).
+    /// Always false: nothing ties the AK to the EK (keybridge does no
+    /// credential activation). Kept for the report's readers; what binds
+    /// the AK is [`Report::ak_certified`].
     pub ak_bound_to_ek: bool,
-    /// Always false: the EK certificates' validity periods are not checked.
+    /// Always false: the certificates' validity periods are not checked.
     pub validity_checked: bool,
+    /// The AK certificate, when roots were given and it chained to them.
+    pub ak_certificate: Option<AkReport>,
+    /// Whether an AK certificate (blob 4, for the AK's key) was in the
+    /// evidence, checked or not.
+    pub ak_certificate_present: bool,
+    /// Whether the AK is certified by the roots given: an AK certificate
+    /// chained to them ([`Report::ak_certificate`]). The only thing here
+    /// that binds the statement to a TPM the verifier trusts; without it,
+    /// the statement could come from any key that claims a TPM AK's
+    /// attributes.
+    pub ak_certified: bool,
+}
+
+/// A verified AK certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AkReport {
+    /// Its subject.
+    pub subject: String,
+    /// Its issuer.
+    pub issuer: String,
+    /// The subject of the root the chain ends at.
+    pub root: String,
+    /// Subjects from the AK certificate to the root.
+    pub chain: Vec<String>,
 }
 
 /// A verified EK certificate.
@@ -243,8 +315,9 @@ pub struct EkReport {
 
 /// Verifies TPM2_Certify evidence (`chain`, in the order of the module
 /// documentation) for `key`. `roots`: DER certificates from the user's
-/// roots file; empty = no EK check, the AK is trusted on first use.
-/// Nothing is fetched and the clock is not read.
+/// roots file, which the AK certificate or the EK certificate in the
+/// evidence must chain to; empty = no certificate check, the AK is trusted
+/// on first use. Nothing is fetched and the clock is not read.
 pub fn verify(
     chain: &[Vec<u8>],
     roots: &[Vec<u8>],
@@ -263,15 +336,12 @@ pub fn verify(
     if rest.len() > 1 {
         return Err(CertifyError::UnexpectedLength(chain.len()));
     }
-    let ek_der = rest.first();
+    let certificate = rest.first();
 
     // The statement: what the TPM says, and that the TPM says it.
     let attest = wire::parse_attest(attest_bytes)?;
     let signature = wire::parse_signature(signature_bytes)?;
-    let ak_public = wire::parse_public(ak_bytes, wire::AK_PUBLIC)?;
-    let ak = check_ak(&ak_public)?;
-    let ak_name = name(ak_bytes, ak_public.name_alg)
-        .ok_or_else(|| CertifyError::UnsuitableAk("its name algorithm is not SHA-2".into()))?;
+    let (ak, ak_name) = read_ak(ak_bytes)?;
     check_signature(attest_bytes, &signature, &ak)?;
 
     // The key: the one asked about, the object certified, this record's.
@@ -302,18 +372,37 @@ pub fn verify(
     let attributes = key_public.attributes;
     check_key_attributes(attributes)?;
 
-    // The endorsement key's certificate, when the caller has roots for it.
-    let ek_certificate = match (ek_der, roots.is_empty()) {
-        (_, true) => {
-            // Not checked, but a blob in that position must be a
-            // certificate: the format has nothing else there.
-            if let Some(der) = ek_der {
-                Parsed::new(der, "the EK certificate")?;
-            }
-            None
+    // The AK's or the endorsement key's certificate: parsed in any case
+    // (the format has nothing else in that position), checked when the
+    // caller has roots for it.
+    let certificate = match certificate {
+        Some(der) => {
+            let parsed = Parsed::new(der, CERTIFICATE)?;
+            let for_ak = certifies(&parsed, &ak);
+            Some((der, parsed, for_ak))
         }
-        (None, false) => return Err(CertifyError::NoEkCertificate),
-        (Some(der), false) => Some(check_ek(der, roots)?),
+        None => None,
+    };
+    let ak_certificate_present = matches!(certificate, Some((_, _, true)));
+    let ek_certificate_present = matches!(certificate, Some((_, _, false)));
+    let (ak_certificate, ek_certificate) = match certificate {
+        _ if roots.is_empty() => (None, None),
+        None => return Err(CertifyError::NoEkCertificate),
+        Some((_, parsed, true)) => (Some(check_ak_cert(&parsed, roots)?), None),
+        Some((der, _, false)) => {
+            let ek = check_ek(der, roots).map_err(|e| match e {
+                CertifyError::NotAnEkCertificate { subject, reason } => {
+                    CertifyError::NotAnEkCertificate {
+                        subject,
+                        reason: format!(
+                            "{reason} (nor is it an AK certificate: its key is not this AK's)"
+                        ),
+                    }
+                }
+                e => e,
+            })?;
+            (None, Some(ek))
+        }
     };
 
     Ok(Report {
@@ -323,10 +412,63 @@ pub fn verify(
         key_attributes: attribute_names(attributes),
         firmware: firmware_version(attest.firmware_version),
         ek_certificate,
-        ek_certificate_present: ek_der.is_some(),
+        ek_certificate_present,
         ak_bound_to_ek: false,
         validity_checked: false,
+        ak_certified: ak_certificate.is_some(),
+        ak_certificate,
+        ak_certificate_present,
     })
+}
+
+/// How blob 4 is named in errors before it is known to be an AK or an EK
+/// certificate.
+const CERTIFICATE: &str = "the certificate in the evidence (AK or EK certificate)";
+
+/// The uncompressed SEC1 point (65 bytes) of an AK's public area (a
+/// TPMT_PUBLIC, as blob 2 of the evidence), read and checked as
+/// [`verify`] does: one well-formed structure, a restricted, fixedTPM,
+/// fixedParent ECC P-256 signing key with a SHA-2 name algorithm. The
+/// point's coordinates are padded to 32 bytes when the TPM dropped their
+/// leading zeros.
+pub fn ak_point(ak_public: &[u8]) -> Result<Vec<u8>, CertifyError> {
+    let (ak, _) = read_ak(ak_public)?;
+    Ok(ak.to_sec1_point(false).as_bytes().to_vec())
+}
+
+/// Whether the certificate `der` certifies the key of the AK whose public
+/// area is `ak_public` (see [`ak_point`]): its subjectPublicKeyInfo is an
+/// EC P-256 key with the same point. Only the key is compared: nothing
+/// about the certificate is judged (its issuer, extensions and signature
+/// are [`verify`]'s, with roots). Errors: an AK that [`verify`] would
+/// refuse, or bytes that are not one certificate.
+pub fn is_ak_certificate(der: &[u8], ak_public: &[u8]) -> Result<bool, CertifyError> {
+    let (ak, _) = read_ak(ak_public)?;
+    let parsed = Parsed::new(der, "the AK certificate")?;
+    Ok(certifies(&parsed, &ak))
+}
+
+/// The AK's key and its name, from its public area as [`verify`] reads it.
+fn read_ak(ak_bytes: &[u8]) -> Result<(p256::ecdsa::VerifyingKey, Vec<u8>), CertifyError> {
+    let ak_public = wire::parse_public(ak_bytes, wire::AK_PUBLIC)?;
+    let ak = check_ak(&ak_public)?;
+    let ak_name = name(ak_bytes, ak_public.name_alg)
+        .ok_or_else(|| CertifyError::UnsuitableAk("its name algorithm is not SHA-2".into()))?;
+    Ok((ak, ak_name))
+}
+
+/// Whether `cert`'s subjectPublicKeyInfo is the AK's key: id-ecPublicKey
+/// on secp256r1 with the AK's point (compared uncompressed; a compressed
+/// point, which RFC 5480 allows, is decompressed first).
+fn certifies(cert: &Parsed<'_>, ak: &p256::ecdsa::VerifyingKey) -> bool {
+    let spki = cert.cert.tbs_certificate().subject_public_key_info();
+    if spki.algorithm.oid != ID_EC_PUBLIC_KEY || curve_of(spki) != Some(SECP256R1) {
+        return false;
+    }
+    let Some(bits) = spki.subject_public_key.as_bytes() else {
+        return false;
+    };
+    p256::ecdsa::VerifyingKey::from_sec1_bytes(bits).is_ok_and(|key| key == *ak)
 }
 
 /// The AK's key, when it is one that can vouch for a statement.
@@ -571,6 +713,54 @@ fn check_ek(der: &[u8], roots: &[Vec<u8>]) -> Result<EkReport, CertifyError> {
         manufacturer,
         model,
         version,
+        root: top.subject_name(),
+        chain,
+    })
+}
+
+/// Checks an AK certificate (one whose key is the AK's, see `certifies`)
+/// and its path to `roots`.
+///
+/// An AK certificate is an end entity: not a CA (basicConstraints cA false
+/// or absent), a keyUsage, if any, that allows digitalSignature (the AK
+/// signs), and no critical extension beyond basicConstraints, keyUsage,
+/// extendedKeyUsage, subjectAltName and subjectDirectoryAttributes (TCG's
+/// IAK certificates name the device in a subjectAltName, critical when
+/// their subject is empty). Every certificate above it must be a CA
+/// ([`crate::x509`]). Its extendedKeyUsage is not required to be
+/// tcg-kp-AIKCertificate: organizations' AK certificates vary, and the
+/// roots given are CAs that certify TPM keys.
+fn check_ak_cert(ak: &Parsed<'_>, roots: &[Vec<u8>]) -> Result<AkReport, CertifyError> {
+    let not_an_ak = |reason: &str| CertifyError::NotAnAkCertificate {
+        subject: ak.subject_name(),
+        reason: reason.to_owned(),
+    };
+    if let Some(BasicConstraints { ca: true, .. }) = ak.basic_constraints()? {
+        return Err(not_an_ak("it is a CA certificate"));
+    }
+    if let Some(ku) = ak.key_usage()?
+        && !ku.digital_signature()
+    {
+        return Err(not_an_ak(
+            "its keyUsage does not allow digitalSignature, and the AK signs",
+        ));
+    }
+    refuse_unknown_critical(
+        ak,
+        &[
+            ID_CE_SUBJECT_ALT_NAME,
+            ID_CE_EXT_KEY_USAGE,
+            ID_CE_SUBJECT_DIRECTORY_ATTRIBUTES,
+        ],
+    )?;
+    let roots = Roots::new(roots)?;
+    let path = roots.path_from(ak)?;
+    let top = path.last().expect("a found path ends at a root");
+    let mut chain = vec![ak.subject_name()];
+    chain.extend(path.iter().map(|c| c.subject_name()));
+    Ok(AkReport {
+        subject: ak.subject_name(),
+        issuer: ak.issuer_name(),
         root: top.subject_name(),
         chain,
     })
@@ -1590,6 +1780,8 @@ mod tests {
         assert!(r.qualified_signer.starts_with("000b"));
         assert_eq!(r.ek_certificate, None);
         assert!(!r.ek_certificate_present && !r.ak_bound_to_ek && !r.validity_checked);
+        assert_eq!(r.ak_certificate, None);
+        assert!(!r.ak_certificate_present && !r.ak_certified);
     }
 
     #[test]
@@ -1605,7 +1797,10 @@ mod tests {
         assert_eq!(ek.manufacturer.as_deref(), Some("id:00001014"));
         assert_eq!(ek.model.as_deref(), Some("swtpm"));
         assert_eq!(ek.version.as_deref(), Some("id:20191023"));
-        assert!(!r.ak_bound_to_ek);
+        // A genuine EK certificate, but it does not bind the AK.
+        assert!(!r.ak_bound_to_ek && !r.ak_certified);
+        assert!(r.ek_certificate_present && !r.ak_certificate_present);
+        assert_eq!(r.ak_certificate, None);
 
         // The ECC P-384 EK certificate of the same TPM does as well.
         let mut chain = case.chain.clone();
@@ -1635,6 +1830,8 @@ mod tests {
         let e = verify(&case.chain, &roots(), &case.key).unwrap_err();
         assert_eq!(e, CertifyError::NoEkCertificate);
         assert!(e.to_string().contains("no EK certificate"), "{e}");
+        assert!(e.to_string().contains("no AK certificate"), "{e}");
+        assert!(e.to_string().contains("--ak-cert FILE"), "{e}");
     }
 
     #[test]
@@ -2509,6 +2706,635 @@ mod tests {
                 matches!(e, CertifyError::Chain(ChainError::Malformed { .. })),
                 "{e}"
             );
+        }
+    }
+
+    mod ak_position {
+        //! AK certificates (blob 4 for the AK's own key) from a small test
+        //! PKI: keybridge's swtpm AK (`plain/`) certified by a test CA, and
+        //! software "AKs" that claim a TPM AK's attributes.
+        use super::*;
+        use crate::x509::test_pki::{self, basic_constraints, ext};
+        use p256::ecdsa::signature::hazmat::PrehashSigner as _;
+        use std::str::FromStr as _;
+        use x509_cert::der::Encode as _;
+        use x509_cert::der::asn1::BitString;
+        use x509_cert::ext::Extension;
+        use x509_cert::ext::pkix::{KeyUsage, KeyUsages};
+        use x509_cert::name::Name;
+        use x509_cert::serial_number::SerialNumber;
+        use x509_cert::spki::SubjectPublicKeyInfoOwned;
+
+        /// tcg-kp-AIKCertificate: the extendedKeyUsage of TCG's AK (IAK)
+        /// certificates.
+        const TCG_KP_AIK_CERTIFICATE: ObjectIdentifier =
+            ObjectIdentifier::new_unwrap("2.23.133.8.3");
+        const ROOT: &str = "CN=Test AK Root";
+        const ISSUING: &str = "CN=Test AK Issuing CA";
+        const SUBJECT: &str = "CN=AK of test-device";
+        const ROOT_SEED: u8 = 21;
+        const ISSUING_SEED: u8 = 22;
+
+        fn signer(seed: u8) -> p256::ecdsa::SigningKey {
+            p256::ecdsa::SigningKey::from_slice(&[seed; 32]).unwrap()
+        }
+
+        fn name(s: &str) -> Name {
+            Name::from_str(s).unwrap()
+        }
+
+        fn issue(
+            by: &p256::ecdsa::SigningKey,
+            issuer: &str,
+            subject: &str,
+            spki: SubjectPublicKeyInfoOwned,
+            extensions: Vec<Extension>,
+        ) -> Vec<u8> {
+            test_pki::issue::<_, p256::ecdsa::DerSignature>(
+                by,
+                name(issuer),
+                name(subject),
+                SerialNumber::from(9u32),
+                spki,
+                extensions,
+            )
+        }
+
+        fn key_usage(usages: KeyUsages) -> Extension {
+            ext(
+                crate::x509::ID_CE_KEY_USAGE,
+                true,
+                &KeyUsage(usages.into()).to_der().unwrap(),
+            )
+        }
+
+        /// A CA certificate's extensions.
+        fn ca_extensions(path_len: Option<u8>) -> Vec<Extension> {
+            vec![
+                basic_constraints(true, path_len),
+                key_usage(KeyUsages::KeyCertSign),
+            ]
+        }
+
+        /// A test PKI: a root and an issuing CA under it (their keys from
+        /// the seeds), named ROOT and ISSUING.
+        fn pki(root_seed: u8, issuing_seed: u8) -> Vec<Vec<u8>> {
+            let root = signer(root_seed);
+            let root_der = issue(
+                &root,
+                ROOT,
+                ROOT,
+                test_pki::spki(root.verifying_key()),
+                ca_extensions(None),
+            );
+            let issuing = issue(
+                &root,
+                ROOT,
+                ISSUING,
+                test_pki::spki(signer(issuing_seed).verifying_key()),
+                ca_extensions(Some(0)),
+            );
+            vec![root_der, issuing]
+        }
+
+        fn ak_roots() -> Vec<Vec<u8>> {
+            pki(ROOT_SEED, ISSUING_SEED)
+        }
+
+        /// The SubjectPublicKeyInfo of the AK whose public area is
+        /// `ak_public`.
+        fn ak_spki(ak_public: &[u8]) -> SubjectPublicKeyInfoOwned {
+            let point = ak_point(ak_public).unwrap();
+            test_pki::spki(&p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).unwrap())
+        }
+
+        /// An AK certificate's extensions, as an IAK certificate has them:
+        /// an end entity, digitalSignature, tcg-kp-AIKCertificate.
+        fn ak_extensions() -> Vec<Extension> {
+            vec![
+                basic_constraints(false, None),
+                key_usage(KeyUsages::DigitalSignature),
+                ext(
+                    ID_CE_EXT_KEY_USAGE,
+                    false,
+                    &ExtendedKeyUsage(vec![TCG_KP_AIK_CERTIFICATE])
+                        .to_der()
+                        .unwrap(),
+                ),
+            ]
+        }
+
+        /// A certificate for the plain AK from the issuing CA.
+        fn ak_cert(extensions: Vec<Extension>) -> Vec<u8> {
+            let spki = ak_spki(&fixture!("plain/ak-public.bin"));
+            issue(&signer(ISSUING_SEED), ISSUING, SUBJECT, spki, extensions)
+        }
+
+        /// The plain statement with `certificate` as blob 4.
+        fn with_certificate(certificate: Vec<u8>) -> Case {
+            let mut case = plain();
+            case.chain.push(certificate);
+            case
+        }
+
+        /// The plain statement with an AK certificate of `extensions`,
+        /// against the test PKI.
+        fn certified(extensions: Vec<Extension>) -> Result<Report, CertifyError> {
+            let case = with_certificate(ak_cert(extensions));
+            verify(&case.chain, &ak_roots(), &case.key)
+        }
+
+        /// A software "AK": `key` in a public area copied from the swtpm
+        /// AK's (restricted, fixedTPM, fixedParent, sign, P-256), its x
+        /// coordinate without its leading zero bytes if `strip`, and the
+        /// plain statement signed by it. Anyone can make one: these are
+        /// bits in a structure, not properties of a key.
+        fn software_ak(key: &p256::ecdsa::SigningKey, strip: bool) -> Case {
+            let template = fixture!("plain/ak-public.bin");
+            let unique = template.len() - 2 * 34;
+            assert_eq!(template[unique..unique + 2], [0, 32]);
+            assert_eq!(template[unique + 34..unique + 36], [0, 32]);
+            let point = key.verifying_key().to_sec1_point(false);
+            let (x, y) = (&point.as_bytes()[1..33], &point.as_bytes()[33..]);
+            let x = if strip {
+                let zeros = x.iter().take_while(|b| **b == 0).count();
+                &x[zeros..]
+            } else {
+                x
+            };
+            let public = [&template[..unique], &tpm2b(x), &tpm2b(y)].concat();
+            let attest = fixture!("plain/attest.bin");
+            let signature: p256::ecdsa::Signature =
+                key.sign_prehash(&Sha256::digest(&attest)).unwrap();
+            let (r, s) = signature.split_bytes();
+            let signature = tpmt_signature(alg::ECDSA, alg::SHA256, &r, &s);
+            let mut case = plain();
+            case.chain[0] = attest;
+            case.chain[1] = signature;
+            case.chain[2] = public;
+            case
+        }
+
+        #[test]
+        fn an_ak_certificate_from_the_roots_certifies_the_ak() {
+            let r = certified(ak_extensions()).unwrap();
+            assert!(r.ak_certified);
+            assert_eq!(
+                r.ak_certificate,
+                Some(AkReport {
+                    subject: SUBJECT.into(),
+                    issuer: ISSUING.into(),
+                    root: ROOT.into(),
+                    chain: vec![SUBJECT.into(), ISSUING.into(), ROOT.into()],
+                })
+            );
+            assert!(r.ak_certificate_present && !r.ek_certificate_present);
+            assert_eq!(r.ek_certificate, None);
+            assert!(!r.ak_bound_to_ek && !r.validity_checked);
+            assert_eq!(r.ak_name, hex(&fixture!("plain/ak.name")));
+
+            // Issued by the root itself, with no extensions at all (an
+            // absent basicConstraints is an end entity's).
+            let ak = fixture!("plain/ak-public.bin");
+            let bare = issue(&signer(ROOT_SEED), ROOT, "CN=bare", ak_spki(&ak), vec![]);
+            let case = with_certificate(bare);
+            let r = verify(&case.chain, &ak_roots(), &case.key).unwrap();
+            let report = r.ak_certificate.unwrap();
+            assert!(r.ak_certified);
+            assert_eq!((report.root.as_str(), report.issuer.as_str()), (ROOT, ROOT));
+            assert_eq!(report.chain, ["CN=bare", ROOT]);
+
+            // The AK's point compressed in the certificate (RFC 5480
+            // allows it): the same key.
+            let mut spki = ak_spki(&ak);
+            let compressed = p256::ecdsa::VerifyingKey::from_sec1_bytes(&ak_point(&ak).unwrap())
+                .unwrap()
+                .to_sec1_point(true);
+            spki.subject_public_key = BitString::from_bytes(compressed.as_bytes()).unwrap();
+            let cert = issue(
+                &signer(ISSUING_SEED),
+                ISSUING,
+                SUBJECT,
+                spki,
+                ak_extensions(),
+            );
+            assert!(is_ak_certificate(&cert, &ak).unwrap());
+            let case = with_certificate(cert);
+            assert!(
+                verify(&case.chain, &ak_roots(), &case.key)
+                    .unwrap()
+                    .ak_certified
+            );
+        }
+
+        #[test]
+        fn without_roots_an_ak_certificate_is_present_but_not_checked() {
+            let case = with_certificate(ak_cert(ak_extensions()));
+            let r = verify(&case.chain, &[], &case.key).unwrap();
+            assert!(r.ak_certificate_present && !r.ek_certificate_present);
+            assert_eq!((r.ak_certificate, r.ek_certificate), (None, None));
+            assert!(!r.ak_certified);
+            // Not judged without roots: a CA certificate for the AK passes
+            // as well (it is only parsed).
+            let case = with_certificate(ak_cert(ca_extensions(None)));
+            let r = verify(&case.chain, &[], &case.key).unwrap();
+            assert!(r.ak_certificate_present && !r.ak_certified);
+        }
+
+        #[test]
+        fn an_ak_certificate_under_other_roots_is_refused() {
+            let case = with_certificate(ak_cert(ak_extensions()));
+            // swtpm's EK CA.
+            let e = verify(&case.chain, &roots(), &case.key).unwrap_err();
+            assert!(
+                matches!(&e, CertifyError::Chain(ChainError::ForeignRoot { subject, issuer })
+                    if subject == SUBJECT && issuer == ISSUING),
+                "{e}"
+            );
+            // A PKI of the same names with other keys.
+            let other = pki(ROOT_SEED + 10, ISSUING_SEED + 10);
+            let e = verify(&case.chain, &other, &case.key).unwrap_err();
+            assert!(
+                matches!(&e, CertifyError::Chain(ChainError::ForeignRoot { subject, .. }) if subject == SUBJECT),
+                "{e}"
+            );
+            // The right issuing CA under a root of the same name with
+            // another key: no path either (reported from the bottom).
+            let mut other = pki(ROOT_SEED + 10, ISSUING_SEED);
+            other[1] = ak_roots()[1].clone();
+            let e = verify(&case.chain, &other, &case.key).unwrap_err();
+            assert!(
+                matches!(e, CertifyError::Chain(ChainError::ForeignRoot { .. })),
+                "{e}"
+            );
+            // The root without the issuing CA: no path.
+            let e = verify(&case.chain, &ak_roots()[..1], &case.key).unwrap_err();
+            assert!(
+                matches!(e, CertifyError::Chain(ChainError::ForeignRoot { .. })),
+                "{e}"
+            );
+            // The issuing CA alone: no anchor.
+            let e = verify(&case.chain, &ak_roots()[1..], &case.key).unwrap_err();
+            assert_eq!(e, CertifyError::Chain(ChainError::NoRoots));
+            // An issuing certificate that is not a CA's.
+            let mut roots = ak_roots();
+            roots[1] = issue(
+                &signer(ROOT_SEED),
+                ROOT,
+                ISSUING,
+                test_pki::spki(signer(ISSUING_SEED).verifying_key()),
+                vec![basic_constraints(false, None)],
+            );
+            let e = verify(&case.chain, &roots, &case.key).unwrap_err();
+            assert!(
+                matches!(&e, CertifyError::Chain(ChainError::NotACa { subject, .. }) if subject == ISSUING),
+                "{e}"
+            );
+        }
+
+        #[test]
+        fn a_ca_certificate_for_the_ak_is_refused() {
+            for extensions in [ca_extensions(None), vec![basic_constraints(true, None)]] {
+                let e = certified(extensions).unwrap_err();
+                assert!(
+                    matches!(&e, CertifyError::NotAnAkCertificate { subject, reason }
+                        if subject == SUBJECT && reason.contains("CA certificate")),
+                    "{e}"
+                );
+                assert!(e.to_string().contains("certifies the AK's key"), "{e}");
+            }
+        }
+
+        #[test]
+        fn an_unknown_critical_extension_on_the_ak_certificate_is_refused() {
+            let mut exts = ak_extensions();
+            // nameConstraints, critical.
+            exts.push(ext(
+                ObjectIdentifier::new_unwrap("2.5.29.30"),
+                true,
+                &[0x30, 0x00],
+            ));
+            let e = certified(exts).unwrap_err();
+            assert_eq!(
+                e,
+                CertifyError::Chain(ChainError::UnknownCriticalExtension {
+                    subject: SUBJECT.into(),
+                    oid: "2.5.29.30".into(),
+                })
+            );
+            // The same, not critical: ignored.
+            let mut exts = ak_extensions();
+            exts.push(ext(
+                ObjectIdentifier::new_unwrap("2.5.29.30"),
+                false,
+                &[0x30, 0x00],
+            ));
+            assert!(certified(exts).unwrap().ak_certified);
+            // Critical subjectAltName, extendedKeyUsage and
+            // subjectDirectoryAttributes are understood.
+            let san = SubjectAltName(vec![GeneralName::DirectoryName(name("CN=test-device"))]);
+            let mut exts = ak_extensions();
+            exts[2].critical = true;
+            exts.push(ext(ID_CE_SUBJECT_ALT_NAME, true, &san.to_der().unwrap()));
+            exts.push(ext(ID_CE_SUBJECT_DIRECTORY_ATTRIBUTES, true, &[0x30, 0x00]));
+            assert!(certified(exts).unwrap().ak_certified);
+            // A basicConstraints that does not decode.
+            let mut exts = ak_extensions();
+            exts[0] = ext(crate::x509::ID_CE_BASIC_CONSTRAINTS, true, &[0x04, 0x00]);
+            let e = certified(exts).unwrap_err();
+            assert!(
+                matches!(e, CertifyError::Chain(ChainError::Malformed { .. })),
+                "{e}"
+            );
+        }
+
+        #[test]
+        fn a_key_usage_without_digital_signature_is_refused() {
+            for usages in [
+                KeyUsages::KeyCertSign.into(),
+                KeyUsages::KeyEncipherment | KeyUsages::KeyAgreement,
+                KeyUsages::NonRepudiation.into(),
+            ] {
+                let mut exts = ak_extensions();
+                exts[1] = ext(
+                    crate::x509::ID_CE_KEY_USAGE,
+                    true,
+                    &KeyUsage(usages).to_der().unwrap(),
+                );
+                let e = certified(exts).unwrap_err();
+                assert!(
+                    matches!(&e, CertifyError::NotAnAkCertificate { reason, .. } if reason.contains("digitalSignature")),
+                    "{e}"
+                );
+            }
+            // digitalSignature among others; no keyUsage at all.
+            let mut exts = ak_extensions();
+            exts[1] = ext(
+                crate::x509::ID_CE_KEY_USAGE,
+                true,
+                &KeyUsage(KeyUsages::DigitalSignature | KeyUsages::NonRepudiation)
+                    .to_der()
+                    .unwrap(),
+            );
+            assert!(certified(exts).unwrap().ak_certified);
+            let mut exts = ak_extensions();
+            exts.remove(1);
+            assert!(certified(exts).unwrap().ak_certified);
+        }
+
+        #[test]
+        fn a_certificate_for_another_key_is_taken_for_an_ek_certificate() {
+            // The AK certificate of another TPM's AK (`ek/`), in the plain
+            // TPM's evidence: not this AK's, so an EK certificate, which
+            // it is not.
+            let other_ak = issue(
+                &signer(ISSUING_SEED),
+                ISSUING,
+                SUBJECT,
+                ak_spki(&fixture!("ek/ak-public.bin")),
+                ak_extensions(),
+            );
+            let case = with_certificate(other_ak);
+            let r = verify(&case.chain, &[], &case.key).unwrap();
+            assert!(r.ek_certificate_present && !r.ak_certificate_present);
+            let e = verify(&case.chain, &ak_roots(), &case.key).unwrap_err();
+            let CertifyError::NotAnEkCertificate { subject, reason } = &e else {
+                panic!("{e}")
+            };
+            assert_eq!(subject, SUBJECT);
+            assert_eq!(
+                reason,
+                "its extendedKeyUsage does not include tcg-kp-EKCertificate (2.23.133.8.1) (nor is it an AK certificate: its key is not this AK's)"
+            );
+            // A CA certificate for another key: refused as an EK
+            // certificate, not as an AK certificate.
+            let ca = issue(
+                &signer(ISSUING_SEED),
+                ISSUING,
+                SUBJECT,
+                test_pki::spki(signer(5).verifying_key()),
+                ca_extensions(None),
+            );
+            let case = with_certificate(ca);
+            let e = verify(&case.chain, &ak_roots(), &case.key).unwrap_err();
+            assert!(
+                matches!(&e, CertifyError::NotAnEkCertificate { reason, .. }
+                    if reason.starts_with("it is a CA certificate") && reason.contains("not this AK's")),
+                "{e}"
+            );
+            // Another key's end-entity certificate with nothing that rules
+            // out an EK certificate: taken for one. It names no TPM and
+            // certifies nothing about the AK.
+            let other = issue(
+                &signer(ISSUING_SEED),
+                ISSUING,
+                "CN=another key",
+                test_pki::spki(signer(5).verifying_key()),
+                vec![basic_constraints(false, None)],
+            );
+            let case = with_certificate(other);
+            let r = verify(&case.chain, &ak_roots(), &case.key).unwrap();
+            assert_eq!(r.ek_certificate.unwrap().subject, "CN=another key");
+            assert!(!r.ak_certified && r.ak_certificate.is_none());
+            // swtpm's genuine EK certificate with the other (plain) TPM's
+            // statement: chains, and binds nothing.
+            let case = with_certificate(fixture!("ek/ek-rsa.der"));
+            let r = verify(&case.chain, &roots(), &case.key).unwrap();
+            assert!(r.ek_certificate.is_some() && !r.ak_certified);
+        }
+
+        #[test]
+        fn a_software_ak_with_a_copied_ek_certificate_is_not_certified() {
+            // What an EK certificate cannot rule out: a key outside any TPM
+            // whose public area claims an AK's attributes signs a statement
+            // about the key...
+            let fake = software_ak(&signer(42), false);
+            let r = verify(&fake.chain, &[], &fake.key).unwrap();
+            assert_ne!(r.ak_name, hex(&fixture!("plain/ak.name")));
+            // ... and carries a genuine TPM's EK certificate, copied: it
+            // verifies, with the EK certificate, and is not certified.
+            let mut chain = fake.chain.clone();
+            chain.push(fixture!("ek/ek-rsa.der"));
+            let r = verify(&chain, &roots(), &fake.key).unwrap();
+            assert_eq!(r.ek_certificate.unwrap().model.as_deref(), Some("swtpm"));
+            assert!(!r.ak_certified && !r.ak_bound_to_ek);
+            // Only a certificate for that AK from the roots would certify
+            // it; one from a CA outside them does not chain.
+            let own_ca = issue(
+                &signer(43),
+                ISSUING,
+                SUBJECT,
+                ak_spki(&fake.chain[2]),
+                ak_extensions(),
+            );
+            let mut chain = fake.chain.clone();
+            chain.push(own_ca);
+            let e = verify(&chain, &ak_roots(), &fake.key).unwrap_err();
+            assert!(
+                matches!(e, CertifyError::Chain(ChainError::ForeignRoot { .. })),
+                "{e}"
+            );
+        }
+
+        #[test]
+        fn ak_coordinates_without_leading_zeros_are_padded() {
+            // A key whose x coordinate starts with a zero byte, which a TPM
+            // may drop.
+            let key = (1u16..)
+                .map(|i| {
+                    let mut scalar = [1u8; 32];
+                    scalar[..2].copy_from_slice(&i.to_be_bytes());
+                    p256::ecdsa::SigningKey::from_slice(&scalar).unwrap()
+                })
+                .find(|k| k.verifying_key().to_sec1_point(false).as_bytes()[1] == 0)
+                .unwrap();
+            let point = key.verifying_key().to_sec1_point(false).as_bytes().to_vec();
+            let case = software_ak(&key, true);
+            let ak = &case.chain[2];
+            assert_eq!(ak[ak.len() - 34 - 33..][..2], [0, 31], "x is 31 bytes");
+            assert_eq!(ak_point(ak).unwrap(), point);
+            let cert = issue(
+                &signer(ISSUING_SEED),
+                ISSUING,
+                SUBJECT,
+                test_pki::spki(key.verifying_key()),
+                ak_extensions(),
+            );
+            assert!(is_ak_certificate(&cert, ak).unwrap());
+            let mut chain = case.chain.clone();
+            chain.push(cert);
+            assert!(verify(&chain, &ak_roots(), &case.key).unwrap().ak_certified);
+        }
+
+        #[test]
+        fn ak_point_reads_an_ak_as_verify_does() {
+            let ak = fixture!("plain/ak-public.bin");
+            let point = ak_point(&ak).unwrap();
+            assert_eq!(point.len(), 65);
+            assert_eq!(point[0], 0x04);
+            let public = parse_public(&ak, AK_PUBLIC).unwrap();
+            assert_eq!(point, p256_point(&public).unwrap());
+            let other = ak_point(&fixture!("ek/ak-public.bin")).unwrap();
+            assert_ne!(point, other);
+            // The key's public area: not an AK.
+            let e = ak_point(&fixture!("plain/key-public.bin")).unwrap_err();
+            assert!(
+                matches!(&e, CertifyError::UnsuitableAk(r) if r.contains("restricted")),
+                "{e}"
+            );
+            // Not one TPMT_PUBLIC.
+            for bytes in [&[][..], b"garbage", &[ak.clone(), vec![0]].concat()] {
+                let e = ak_point(bytes).unwrap_err();
+                assert!(
+                    matches!(
+                        e,
+                        CertifyError::Malformed {
+                            part: AK_PUBLIC,
+                            ..
+                        }
+                    ),
+                    "{e}"
+                );
+            }
+            // A point off the curve.
+            let mut off = ak.clone();
+            let last = off.len() - 1;
+            off[last] ^= 1;
+            let e = ak_point(&off).unwrap_err();
+            assert_eq!(
+                e,
+                CertifyError::UnsuitableAk("its point is not on P-256".into())
+            );
+        }
+
+        #[test]
+        fn is_ak_certificate_compares_the_certified_key_with_the_ak() {
+            let (plain_ak, ek_ak) = (
+                fixture!("plain/ak-public.bin"),
+                fixture!("ek/ak-public.bin"),
+            );
+            let cert = ak_cert(ak_extensions());
+            assert!(is_ak_certificate(&cert, &plain_ak).unwrap());
+            assert!(!is_ak_certificate(&cert, &ek_ak).unwrap());
+            // Not judged: a CA certificate for the AK is for its key.
+            assert!(is_ak_certificate(&ak_cert(ca_extensions(None)), &plain_ak).unwrap());
+            // EK certificates (RSA, P-384), a CA's P-256 key.
+            for other in [
+                fixture!("ek/ek-rsa.der"),
+                fixture!("ek/ek-ecc384.der"),
+                ak_roots()[0].clone(),
+            ] {
+                assert!(!is_ak_certificate(&other, &plain_ak).unwrap());
+                assert!(!is_ak_certificate(&other, &ek_ak).unwrap());
+            }
+            // A P-384 key, and a P-256 key whose point is not on the
+            // curve.
+            let p384 = p384::ecdsa::SigningKey::from_slice(&[3; 48]).unwrap();
+            let spki = test_pki::spki(p384.verifying_key());
+            let cert = issue(&signer(ISSUING_SEED), ISSUING, SUBJECT, spki, vec![]);
+            assert!(!is_ak_certificate(&cert, &plain_ak).unwrap());
+            let mut spki = ak_spki(&plain_ak);
+            let mut bad = ak_point(&plain_ak).unwrap();
+            bad[64] ^= 1;
+            spki.subject_public_key = BitString::from_bytes(&bad).unwrap();
+            let cert = issue(&signer(ISSUING_SEED), ISSUING, SUBJECT, spki, vec![]);
+            assert!(!is_ak_certificate(&cert, &plain_ak).unwrap());
+            // Not a certificate; not an AK.
+            let e = is_ak_certificate(b"garbage", &plain_ak).unwrap_err();
+            assert!(
+                matches!(&e, CertifyError::Chain(ChainError::Malformed { position, .. }) if position == "the AK certificate"),
+                "{e}"
+            );
+            let e = is_ak_certificate(&ak_cert(ak_extensions()), &fixture!("plain/key-public.bin"))
+                .unwrap_err();
+            assert!(matches!(e, CertifyError::UnsuitableAk(_)), "{e}");
+            let e = is_ak_certificate(&ak_cert(ak_extensions()), b"").unwrap_err();
+            assert!(matches!(e, CertifyError::Malformed { .. }), "{e}");
+        }
+
+        #[test]
+        fn no_input_makes_the_certificate_checks_panic() {
+            let (case, ak) = (plain(), fixture!("plain/ak-public.bin"));
+            let cert = ak_cert(ak_extensions());
+            let roots = ak_roots();
+            let check = |bytes: &[u8]| {
+                let _ = ak_point(bytes);
+                let _ = is_ak_certificate(bytes, &ak);
+                let _ = is_ak_certificate(&cert, bytes);
+                let mut chain = case.chain.clone();
+                chain.push(bytes.to_vec());
+                for roots in [&roots[..], &[]] {
+                    let _ = verify(&chain, roots, &case.key);
+                }
+            };
+            let mut noise = Noise(0x0123_4567_89ab_cdef);
+            for len in 0..=96 {
+                for _ in 0..50 {
+                    let mut bytes = noise.bytes(len);
+                    // Some start like a DER SEQUENCE of their length.
+                    if len >= 2 && noise.next() & 1 == 0 {
+                        bytes[0] = 0x30;
+                        bytes[1] = (len - 2) as u8;
+                    }
+                    check(&bytes);
+                }
+            }
+            // Every truncation of the AK certificate, and every one-byte
+            // change of it: none verifies.
+            for len in 0..cert.len() {
+                check(&cert[..len]);
+            }
+            for at in 0..cert.len() {
+                for bit in [0x01, 0x80] {
+                    let mut bytes = cert.clone();
+                    bytes[at] ^= bit;
+                    let _ = is_ak_certificate(&bytes, &ak);
+                    let mut chain = case.chain.clone();
+                    chain.push(bytes);
+                    let r = verify(&chain, &roots, &case.key);
+                    assert!(r.is_err(), "byte {at} ^ {bit:#04x}: {r:?}");
+                }
+            }
         }
     }
 }

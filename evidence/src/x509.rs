@@ -1,6 +1,6 @@
 //! X.509 certificate paths for attestation evidence: the part a YubiKey's
-//! attestation ([`crate::yubikey`]) and a TPM's endorsement key certificate
-//! (`keybridge-backends`' `tpm/attestation.rs`) share.
+//! attestation ([`crate::yubikey`]) and a TPM's attestation key or
+//! endorsement key certificate ([`crate::tpm`]) share.
 //!
 //! Certificates come from key records and roots files: hostile input.
 //! Every certificate is size-limited and parsed by `x509-cert`'s DER
@@ -9,7 +9,7 @@
 //! checks spent building it are bounded.
 //!
 //! What a path from a certificate (the "bottom": the f9 certificate, an EK
-//! certificate) to a root means here:
+//! certificate, an AK certificate) to a root means here:
 //! - every link chains by name (the issuer's subject is the subject's
 //!   issuer, byte for byte) and by signature (RSA PKCS#1 v1.5 with
 //!   SHA-256/384/512, ECDSA P-256/P-384 with SHA-256/384/512, Ed25519), and

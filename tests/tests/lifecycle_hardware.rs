@@ -197,3 +197,252 @@ fn a_tpm_key_request_carries_its_certification_and_the_approver_sees_it_verified
     let shown = alice.approve_and_use(&carol, "carol", (&req, &code), None);
     assert!(shown.contains("evidence:  none"), "{shown}");
 }
+
+/// A P-256 CA (`CN=Acme TPM AK CA`, self-signed) that certifies the AK
+/// whose public key `ak_pem` is: the root and the AK certificate, PEM.
+fn certify_ak(ak_pem: &str, seed: u8) -> (String, String) {
+    use keybridge_evidence::x509::test_pki::{basic_constraints, issue, pem, spki};
+    use p256::pkcs8::DecodePublicKey as _;
+    use std::str::FromStr as _;
+    use x509_cert::name::Name;
+    use x509_cert::serial_number::SerialNumber;
+    let ca = p256::ecdsa::SigningKey::from_slice(&[seed; 32]).unwrap();
+    let ca_name = Name::from_str("CN=Acme TPM AK CA").unwrap();
+    let root = issue::<_, p256::ecdsa::DerSignature>(
+        &ca,
+        ca_name.clone(),
+        ca_name.clone(),
+        SerialNumber::from(1u32),
+        spki(ca.verifying_key()),
+        vec![basic_constraints(true, None)],
+    );
+    let ak = p256::PublicKey::from_public_key_pem(ak_pem).unwrap();
+    let cert = issue::<_, p256::ecdsa::DerSignature>(
+        &ca,
+        ca_name,
+        Name::from_str("CN=AK of workstation 7").unwrap(),
+        SerialNumber::from(2u32),
+        spki(&ak),
+        vec![basic_constraints(false, None)],
+    );
+    (pem(&root), pem(&cert))
+}
+
+#[test]
+fn a_tpm_key_passes_a_device_hardware_policy_only_with_an_ak_certificate() {
+    let Some(tpm) = Swtpm::start_with_ek_cert() else {
+        return;
+    };
+    let alice = admin();
+    let tcti = PathBuf::from(tpm.tcti());
+    let bob = Bridge::start_with_env(NOW, None, &[("TPM2TOOLS_TCTI", &tcti)]);
+    for label in ["bob-ek", "bob-ak"] {
+        let r = bob.cli(
+            &[
+                "--json",
+                "keys",
+                "create",
+                "--backend",
+                "tpm",
+                "--account",
+                "acme",
+                "--agent",
+                "bob",
+                "--label",
+                label,
+                "--secret-stdin",
+            ],
+            Some(TPM_PIN),
+        );
+        assert!(r.status.success(), "{}", text(&r));
+        bob.ok(
+            &["unlock", label, "--remember", "daily", "--secret-stdin"],
+            Some(TPM_PIN),
+        );
+    }
+    // One AK for both keys of this TPM: a CA certifies it once.
+    let ak_pem = bob.ok(&["keys", "ak-public", "bob-ek"], None);
+    assert_eq!(bob.ok(&["keys", "ak-public", "bob-ak"], None), ak_pem);
+    assert!(ak_pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{ak_pem}");
+    // tpm2-tools makes the same primary from the same template (keybridge's
+    // AK template, DESIGN: restricted ECDSA-SHA256 P-256, noDA, empty
+    // unique): the public key it reads is the one keybridge prints.
+    let ctx = tpm.work_dir().join("ak.ctx");
+    let tools_pem = tpm.work_dir().join("ak-tools.pem");
+    tpm.tpm2_ok(
+        "createprimary",
+        &[
+            "-C",
+            "e",
+            "-g",
+            "sha256",
+            "-G",
+            "ecc256:ecdsa-sha256:null",
+            "-a",
+            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|sign",
+            "-c",
+            s(&ctx),
+        ],
+    );
+    tpm.tpm2_ok(
+        "readpublic",
+        &["-c", s(&ctx), "-f", "pem", "-o", s(&tools_pem)],
+    );
+    assert_eq!(std::fs::read_to_string(&tools_pem).unwrap(), ak_pem);
+    let (ak_root, ak_cert) = certify_ak(&ak_pem, 7);
+    let write = |name: &str, text: &str| {
+        let p = bob.home().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ak_cert_file = write("ak.pem", &ak_cert);
+    // openssl reads the AK's key out of the certificate the CA made.
+    let o = std::process::Command::new("openssl")
+        .args(["x509", "-in", s(&ak_cert_file), "-pubkey", "-noout"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), ak_pem);
+
+    // The attacker's view: a certificate for another key, or an AK
+    // certificate on a key without a TPM certification, is refused and no
+    // request is written.
+    let (_, other) = certify_ak(
+        &{
+            use p256::pkcs8::{EncodePublicKey as _, LineEnding};
+            p256::ecdsa::SigningKey::from_slice(&[9; 32])
+                .unwrap()
+                .verifying_key()
+                .to_public_key_pem(LineEnding::LF)
+                .unwrap()
+        },
+        7,
+    );
+    let other = write("other.pem", &other);
+    let out = bob.home().join("refused.req");
+    let r = bob.cli(
+        &[
+            "keys",
+            "request",
+            "--key",
+            "bob-ak",
+            "--ak-cert",
+            s(&other),
+            "--out",
+            s(&out),
+        ],
+        None,
+    );
+    assert!(!r.status.success());
+    assert!(
+        text(&r).contains("not for this TPM's attestation key"),
+        "{}",
+        text(&r)
+    );
+    assert!(!out.exists());
+    let r = alice.b.cli(
+        &[
+            "keys",
+            "request",
+            "--key",
+            "alice",
+            "--ak-cert",
+            s(&ak_cert_file),
+            "--out",
+            s(&out),
+        ],
+        None,
+    );
+    assert!(!r.status.success());
+    assert!(
+        text(&r).contains("goes with a TPM key's certification"),
+        "{}",
+        text(&r)
+    );
+    assert!(!out.exists());
+
+    // bob-ek asks with the EK certificate only, bob-ak with the AK's.
+    let (req, code, _) = request(&bob, "bob-ek");
+    alice.approve_and_use(&bob, "bob-ek", (&req, &code), None);
+    let req = bob.home().join("bob-ak.req");
+    let v: Value = serde_json::from_str(&bob.ok(
+        &[
+            "--json",
+            "keys",
+            "request",
+            "--key",
+            "bob-ak",
+            "--ak-cert",
+            s(&ak_cert_file),
+            "--out",
+            s(&req),
+        ],
+        None,
+    ))
+    .unwrap();
+    let code = v["code"].as_str().unwrap().to_owned();
+    // The approver sees the AK certificate verified against the AK CA.
+    let ak_root_file = write("ak-root.pem", &ak_root);
+    let shown = alice.approve_and_use(&bob, "bob-ak", (&req, &code), Some(ak_root_file.as_path()));
+    assert!(shown.contains("tpm2-certify — verified"), "{shown}");
+    assert!(shown.contains("Acme TPM AK CA"), "{shown}");
+
+    let verify = |key: &str| {
+        let r = bob.sign_for(key, "dev-1");
+        assert!(r.status.success(), "{}", text(&r));
+        let cmd = bob.home().join(format!("{key}.cose"));
+        device(&alice.dev, &["verify", s(&cmd), "--now", &NOW.to_string()])
+    };
+    let policy = |roots: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "set",
+            "--command",
+            "remote-control",
+            "--require",
+            "hardware",
+            "--roots",
+            s(roots),
+        ];
+        args.extend(extra);
+        let o = device(&alice.dev, &args);
+        assert!(o.status.success(), "{}", text(&o));
+    };
+    // Under the AK CA: the certified AK passes, the EK-only key does not.
+    policy(&ak_root_file, &[]);
+    let o = verify("bob-ak");
+    assert!(o.status.success(), "{}", text(&o));
+    // policy show names what the AK certificate attests.
+    let show = device(&alice.dev, &["policy", "show"]);
+    assert!(show.status.success(), "{}", text(&show));
+    assert!(
+        text(&show).contains("accepted (TPM, AK certificate CN=AK of workstation 7)"),
+        "{}",
+        text(&show)
+    );
+    let o = verify("bob-ek");
+    assert_eq!(o.status.code(), Some(41), "{}", text(&o));
+    assert!(
+        text(&o).contains("does not verify against this device's roots"),
+        "{}",
+        text(&o)
+    );
+    // Under the EK's CA: an EK certificate that chains is still refused,
+    // saying why; the AK certificate does not chain there.
+    let ek_roots = write("ek-roots.pem", &tpm.ek_ca_pem().unwrap());
+    policy(&ek_roots, &[]);
+    let o = verify("bob-ek");
+    assert_eq!(o.status.code(), Some(41), "{}", text(&o));
+    assert!(
+        text(&o).contains("an EK certificate is public"),
+        "{}",
+        text(&o)
+    );
+    let o = verify("bob-ak");
+    assert_eq!(o.status.code(), Some(41), "{}", text(&o));
+    // A TPM has no touch.
+    policy(&ak_root_file, &["--require", "touch"]);
+    let o = verify("bob-ak");
+    assert_eq!(o.status.code(), Some(42), "{}", text(&o));
+    assert!(text(&o).contains("a TPM has no touch"), "{}", text(&o));
+}

@@ -17,8 +17,9 @@ pub use keybridge_evidence::tpm::*;
 use crate::BackendError;
 use keybridge_protocol::PublicKey;
 
-/// [`verify`] with the roots as PEM text (empty: no EK check), in the
-/// backend-neutral shape ([`crate::verify_evidence`]).
+/// [`verify`] with the roots as PEM text (empty: no certificate check, the
+/// AK is trusted on first use), in the backend-neutral shape
+/// ([`crate::verify_evidence`]).
 pub fn verify_report(
     chain: &[Vec<u8>],
     roots_pem: &str,
@@ -40,22 +41,23 @@ pub fn verify_report(
         ("key attributes".to_owned(), r.key_attributes.join(", ")),
         ("firmware".to_owned(), r.firmware.clone()),
     ];
-    let (proved, not_checked) = match &r.ek_certificate {
-        None => {
-            facts.push((
-                "EK certificate".into(),
-                if r.ek_certificate_present {
-                    "present, not checked (no roots given)".into()
-                } else {
-                    "none".into()
-                },
-            ));
+    const STATEMENT: &str = "the TPM attestation key named above certified that this key was made inside its TPM, cannot leave it, and belongs to this key record";
+    let (proved, not_checked) = match (&r.ak_certificate, &r.ek_certificate) {
+        (Some(ak), _) if r.ak_certified => {
+            facts.extend([
+                ("AK certificate".into(), ak.subject.clone()),
+                ("AK certificate issuer".into(), ak.issuer.clone()),
+                ("root".into(), ak.root.clone()),
+                ("chain".into(), ak.chain.join(" ← ")),
+            ]);
             (
-                "the TPM attestation key named above certified that this key was made inside its TPM, cannot leave it, and belongs to this key record",
-                "the AK is not bound to an endorsement key certificate: trust on first use (most firmware TPMs have no EK certificate; compare the AK name with the one other keys on this TPM show); the statement's clock was not judged",
+                format!(
+                    "{STATEMENT}; the AK itself is certified by a root you gave (its AK certificate chains to it), so the key is in a TPM that CA vouches for"
+                ),
+                "the certificates' validity dates and revocation, and the statement's clock, were not checked".to_owned(),
             )
         }
-        Some(ek) => {
+        (_, Some(ek)) => {
             let unknown = || "(not stated)".to_owned();
             facts.extend([
                 ("EK certificate".into(), ek.subject.clone()),
@@ -71,17 +73,33 @@ pub fn verify_report(
                 ),
                 ("root".into(), ek.root.clone()),
                 ("chain".into(), ek.chain.join(" ← ")),
+                ("AK certificate".into(), "none".into()),
             ]);
             (
-                "the TPM attestation key named above certified that this key was made inside its TPM, cannot leave it, and belongs to this key record; the EK certificate in the evidence chains to a root you gave",
-                "the EK certificate proves an endorsement key, but nothing here proves the AK is on the same TPM as that EK (that needs TPM2_MakeCredential / TPM2_ActivateCredential with the EK, not done), so the AK is still trusted on first use; validity dates, revocation and the statement's clock were not checked",
+                "the attestation key (AK) named above signed a statement that this key was made inside its TPM, cannot leave it, and belongs to this key record; the EK certificate in the evidence chains to a root you gave and names a genuine TPM's maker and model, but it does not bind the AK to that TPM (see what was not checked)".to_owned(),
+                "an EK (endorsement key) certificate does not bind the AK: EK certificates are public and can be copied, and nothing ties the AK to that EK (no credential activation), so this statement could come from any key that claims a TPM AK's attributes, in a TPM or not; a verifier that requires hardware (keybridge-device's policy) refuses it. To bind the AK, have it certified (an IAK certificate from the TPM's or the computer's maker, or an AK certificate from your organization's CA) and pass that certificate with `keybridge keys request --ak-cert FILE`, and its CA as the roots. Validity dates, revocation and the statement's clock were not checked".to_owned(),
+            )
+        }
+        _ => {
+            let (ak_fact, ek_fact) = if r.ak_certificate_present {
+                ("present, not checked (no roots given)", "none")
+            } else if r.ek_certificate_present {
+                ("none", "present, not checked (no roots given)")
+            } else {
+                ("none", "none")
+            };
+            facts.push(("AK certificate".into(), ak_fact.into()));
+            facts.push(("EK certificate".into(), ek_fact.into()));
+            (
+                STATEMENT.to_owned(),
+                "the AK is not bound to a TPM: trust on first use (no roots given; most firmware TPMs have no EK certificate, and an EK certificate would not bind the AK anyway; compare the AK name with the one other keys on this TPM show). To bind it, pass its AK certificate (IAK, or from your organization's CA) with `keybridge keys request --ak-cert FILE` and check with that CA as the roots; the statement's clock was not judged".to_owned(),
             )
         }
     };
     Ok(crate::EvidenceReport {
         kind: super::EVIDENCE_KIND.into(),
-        proved: proved.into(),
-        not_checked: not_checked.into(),
+        proved,
+        not_checked,
         facts,
         report: serde_json::to_value(&r).expect("a report serializes"),
     })
@@ -181,17 +199,19 @@ mod tests {
         let report = verify_report(&case.chain, "", &case.key).unwrap();
         assert_eq!(report.kind, "tpm2-certify");
         assert!(
-            report.not_checked.starts_with(
-                "the AK is not bound to an endorsement key certificate: trust on first use"
-            ),
+            report
+                .not_checked
+                .starts_with("the AK is not bound to a TPM: trust on first use"),
             "{}",
             report.not_checked
         );
-        assert!(
-            report
-                .not_checked
-                .contains("most firmware TPMs have no EK certificate")
-        );
+        for said in [
+            "most firmware TPMs have no EK certificate",
+            "an EK certificate would not bind the AK",
+            "`keybridge keys request --ak-cert FILE`",
+        ] {
+            assert!(report.not_checked.contains(said), "{said}");
+        }
         let fact = |name: &str| {
             report
                 .facts
@@ -208,7 +228,9 @@ mod tests {
         );
         assert_eq!(fact("firmware"), Some(r.firmware.clone()));
         assert_eq!(fact("EK certificate").as_deref(), Some("none"));
+        assert_eq!(fact("AK certificate").as_deref(), Some("none"));
         assert_eq!(report.report["ak_bound_to_ek"], false);
+        assert_eq!(report.report["ak_certified"], false);
         assert_eq!(report.report, serde_json::to_value(&r).unwrap());
         // Whitespace is no roots file.
         verify_report(&case.chain, " \n", &case.key).unwrap();
@@ -224,14 +246,36 @@ mod tests {
 
         let pem = fixture_str!("ek/roots.pem");
         let report = verify_report(&case.chain, pem, &case.key).unwrap();
+        // It says, in both sentences, that an EK certificate does not bind
+        // the AK, what follows, and how to fix it.
         assert!(
-            report.not_checked.contains(
-                "nothing here proves the AK is on the same TPM as that EK (that needs TPM2_MakeCredential / TPM2_ActivateCredential"
-            ),
+            report.proved.contains("chains to a root you gave")
+                && report
+                    .proved
+                    .contains("it does not bind the AK to that TPM"),
             "{}",
-            report.not_checked
+            report.proved
         );
-        assert!(report.proved.contains("chains to a root you gave"));
+        for said in [
+            "an EK (endorsement key) certificate does not bind the AK: EK certificates are public and can be copied",
+            "this statement could come from any key that claims a TPM AK's attributes",
+            "a verifier that requires hardware (keybridge-device's policy) refuses it",
+            "have it certified (an IAK certificate",
+            "`keybridge keys request --ak-cert FILE`",
+            "Validity dates, revocation and the statement's clock were not checked",
+        ] {
+            assert!(
+                report.not_checked.contains(said),
+                "{said}: {}",
+                report.not_checked
+            );
+        }
+        assert_eq!(report.report["ak_certified"], false);
+        assert!(
+            report
+                .facts
+                .contains(&("AK certificate".into(), "none".into()))
+        );
         for fact in [
             ("EK certificate", "CN=unknown"),
             ("EK issuer", ISSUER),
@@ -262,6 +306,11 @@ mod tests {
             "EK certificate".into(),
             "present, not checked (no roots given)".into()
         )));
+        assert!(
+            report
+                .facts
+                .contains(&("AK certificate".into(), "none".into()))
+        );
         assert!(report.not_checked.contains("trust on first use"));
         // Even unchecked, the EK position holds a certificate or nothing.
         let mut chain = case.chain.clone();
@@ -282,9 +331,115 @@ mod tests {
         let e = verify_report(&case.chain, pem, &case.key).unwrap_err();
         assert!(matches!(e, BackendError::NotFound(_)), "{e}");
         assert!(e.to_string().contains("no EK certificate"), "{e}");
+        assert!(e.to_string().contains("no AK certificate"), "{e}");
         // A roots file without a certificate is not "no roots".
         let e = verify_report(&case.chain, "my roots", &case.key).unwrap_err();
         assert!(matches!(e, BackendError::InvalidSecret(_)), "{e}");
+    }
+
+    mod ak_certificate {
+        //! An AK certificate for the swtpm AK (`plain/`), from a test CA.
+        use super::*;
+        use crate::x509::test_pki::{self, basic_constraints};
+        use std::str::FromStr as _;
+        use x509_cert::name::Name;
+        use x509_cert::serial_number::SerialNumber;
+
+        const ROOT: &str = "CN=Test AK Root";
+        const SUBJECT: &str = "CN=AK of test-device";
+
+        fn signer(seed: u8) -> p256::ecdsa::SigningKey {
+            p256::ecdsa::SigningKey::from_slice(&[seed; 32]).unwrap()
+        }
+
+        /// A root (from `seed`) as PEM, and the plain TPM's evidence with
+        /// a certificate from it for the AK.
+        fn certified(seed: u8) -> (String, Case) {
+            let root = signer(seed);
+            let name = |s: &str| Name::from_str(s).unwrap();
+            let issue = |subject: &str, spki, extensions| {
+                test_pki::issue::<_, p256::ecdsa::DerSignature>(
+                    &root,
+                    name(ROOT),
+                    name(subject),
+                    SerialNumber::from(3u32),
+                    spki,
+                    extensions,
+                )
+            };
+            let root_der = issue(
+                ROOT,
+                test_pki::spki(root.verifying_key()),
+                vec![basic_constraints(true, None)],
+            );
+            let ak = fixture!("plain/ak-public.bin");
+            let point = ak_point(&ak).unwrap();
+            let ak_key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).unwrap();
+            let cert = issue(
+                SUBJECT,
+                test_pki::spki(&ak_key),
+                vec![basic_constraints(false, None)],
+            );
+            assert!(is_ak_certificate(&cert, &ak).unwrap());
+            let mut case = plain();
+            case.chain.push(cert);
+            (test_pki::pem(&root_der), case)
+        }
+
+        #[test]
+        fn an_ak_certificate_from_the_roots_is_reported_as_binding_the_ak() {
+            let (pem, case) = certified(21);
+            let report = verify_report(&case.chain, &pem, &case.key).unwrap();
+            assert!(
+                report.proved.ends_with(
+                    "; the AK itself is certified by a root you gave (its AK certificate chains to it), so the key is in a TPM that CA vouches for"
+                ),
+                "{}",
+                report.proved
+            );
+            assert_eq!(
+                report.not_checked,
+                "the certificates' validity dates and revocation, and the statement's clock, were not checked"
+            );
+            for fact in [
+                ("AK certificate", SUBJECT),
+                ("AK certificate issuer", ROOT),
+                ("root", ROOT),
+                ("chain", "CN=AK of test-device ← CN=Test AK Root"),
+            ] {
+                assert!(
+                    report.facts.contains(&(fact.0.into(), fact.1.into())),
+                    "{fact:?}"
+                );
+            }
+            assert!(!report.facts.iter().any(|(n, _)| n == "EK certificate"));
+            assert_eq!(report.report["ak_certified"], true);
+            assert_eq!(report.report["ak_certificate"]["subject"], SUBJECT);
+            assert_eq!(report.report["ek_certificate"], serde_json::Value::Null);
+            assert_eq!(report.report["ak_bound_to_ek"], false);
+        }
+
+        #[test]
+        fn without_roots_or_under_other_roots_the_ak_certificate_binds_nothing() {
+            let (_, case) = certified(21);
+            let report = verify_report(&case.chain, "", &case.key).unwrap();
+            assert!(report.facts.contains(&(
+                "AK certificate".into(),
+                "present, not checked (no roots given)".into()
+            )));
+            assert!(
+                report
+                    .facts
+                    .contains(&("EK certificate".into(), "none".into()))
+            );
+            assert!(report.not_checked.contains("trust on first use"));
+            assert_eq!(report.report["ak_certified"], false);
+            // Another root of the same name.
+            let (other, _) = certified(22);
+            let e = verify_report(&case.chain, &other, &case.key).unwrap_err();
+            assert!(matches!(e, BackendError::NotFound(_)), "{e}");
+            assert!(e.to_string().contains("foreign root"), "{e}");
+        }
     }
 
     mod differential {

@@ -39,6 +39,11 @@ pub struct MakeRequest {
     /// Hex kid (64 digits) of a key of the same agent this one replaces.
     #[serde(default)]
     pub replaces: Option<String>,
+    /// A TPM key's AK certificate (base64 DER): it takes the EK
+    /// certificate's place in the request's evidence, after a check that
+    /// its public key is the AK's.
+    #[serde(default)]
+    pub ak_certificate: Option<String>,
 }
 
 /// The answer to `POST /v1/keys/{kid}/request`.
@@ -191,10 +196,13 @@ pub async fn request(
     if replaces == Some(entry.kid()) {
         return Err(ApiError::BadRequest("a key cannot replace itself".into()));
     }
-    let evidence = entry.evidence().map(|e| RequestEvidence {
+    let mut evidence = entry.evidence().map(|e| RequestEvidence {
         kind: e.kind,
         chain: e.der_chain,
     });
+    if let Some(b64) = req.ak_certificate.as_deref() {
+        with_ak_certificate(&entry, evidence.as_mut(), b64)?;
+    }
     let now = s.clock.now();
     let unsigned = KeyRequest::unsigned_with(
         &entry.stored.account,
@@ -224,6 +232,51 @@ pub async fn request(
         code: parsed.verification_code(),
         request: B64.encode(&bytes),
     }))
+}
+
+/// Puts the AK certificate `b64` (base64 DER) into `evidence`, a TPM
+/// key's certification, in the EK certificate's place — refused unless its
+/// public key is the AK's.
+fn with_ak_certificate(
+    entry: &KeyEntry,
+    evidence: Option<&mut RequestEvidence>,
+    b64: &str,
+) -> Result<(), ApiError> {
+    use keybridge_evidence::{TPM2_CERTIFY, tpm, x509::MAX_CERTIFICATE_LEN};
+    let der = B64
+        .decode(b64.trim())
+        .map_err(|_| ApiError::BadRequest("ak_certificate is base64 DER".into()))?;
+    if der.is_empty() || der.len() > MAX_CERTIFICATE_LEN {
+        return Err(ApiError::BadRequest(format!(
+            "ak_certificate is 1 to {MAX_CERTIFICATE_LEN} bytes of DER"
+        )));
+    }
+    let ev = match evidence {
+        Some(ev) if ev.kind == TPM2_CERTIFY && ev.chain.len() >= 4 => ev,
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "an AK certificate goes with a TPM key's certification; key {} ({} backend) has {}",
+                entry.kid_hex,
+                entry.stored.record.backend,
+                other.map_or("no residency evidence".into(), |e| format!(
+                    "{} evidence",
+                    e.kind
+                ))
+            )));
+        }
+    };
+    match tpm::is_ak_certificate(&der, &ev.chain[2]) {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(ApiError::BadRequest(
+                "the certificate is not for this TPM's attestation key: its public key is another (keybridge keys ak-public KID prints the AK's)".into(),
+            ));
+        }
+        Err(e) => return Err(ApiError::BadRequest(format!("the AK certificate: {e}"))),
+    }
+    ev.chain.truncate(4);
+    ev.chain.push(der);
+    Ok(())
 }
 
 /// The log of a request body: base64, verified (off the async threads: a

@@ -46,6 +46,70 @@ pub(super) async fn verify(ctx: &Ctx, key: &str, roots: Option<&Path>) -> anyhow
     check(ctx, &k.kid, &evidence.kind, &chain, &pem, &public)
 }
 
+/// `keys ak-public KEY`: the PEM public key of the AK that certified a TPM
+/// key (from the key's evidence, checked as an AK is).
+pub(super) async fn ak_public(ctx: &Ctx, key: &str) -> anyhow::Result<()> {
+    use p256::pkcs8::{EncodePublicKey as _, LineEnding};
+    let k = ctx.client().key(key).await?;
+    let evidence = k
+        .evidence
+        .filter(|e| e.kind == keybridge_evidence::TPM2_CERTIFY)
+        .with_context(|| {
+            format!(
+                "key {} ({} backend) is not a TPM key with a certification: only those have an attestation key",
+                k.kid, k.backend
+            )
+        })?;
+    let ak = evidence
+        .chain
+        .get(2)
+        .map(|c| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.decode(c)
+        })
+        .transpose()
+        .context("the daemon sent evidence that is not base64")?
+        .context("the key's certification has no AK public area")?;
+    let point = keybridge_evidence::tpm::ak_point(&ak).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pem = p256::PublicKey::from_sec1_bytes(&point)
+        .context("the AK's point is not on P-256")?
+        .to_public_key_pem(LineEnding::LF)
+        .context("encoding the AK's public key")?;
+    print!("{pem}");
+    Ok(())
+}
+
+/// Reads a certificate file (one PEM certificate, or DER), at most 64 KiB.
+pub(super) fn read_certificate(path: &Path) -> anyhow::Result<Vec<u8>> {
+    const MAX: u64 = 64 * 1024;
+    let file = std::fs::File::open(path).with_context(|| path.display().to_string())?;
+    let mut bytes = vec![];
+    file.take(MAX + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| path.display().to_string())?;
+    if bytes.len() as u64 > MAX {
+        bail!(
+            "{}: larger than {MAX} bytes; not a certificate",
+            path.display()
+        );
+    }
+    if bytes.starts_with(b"-----BEGIN") {
+        let text = std::str::from_utf8(&bytes)
+            .with_context(|| format!("{}: PEM that is not text", path.display()))?;
+        let mut certs = keybridge_evidence::x509::certificates_from_pem(text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if certs.len() != 1 {
+            bail!(
+                "{}: {} certificates; give the AK's certificate alone",
+                path.display(),
+                certs.len()
+            );
+        }
+        return Ok(certs.remove(0));
+    }
+    Ok(bytes)
+}
+
 /// Reads the roots file, refusing a huge one before reading it all.
 pub(super) fn read_roots(path: &Path) -> anyhow::Result<String> {
     let file = std::fs::File::open(path)

@@ -124,9 +124,22 @@ pub enum KeysCommand {
         /// approving revokes it in the same event.
         #[arg(long)]
         replaces: Option<String>,
+        /// A TPM key: the certificate of the TPM's attestation key (PEM or
+        /// DER, from your CA or the maker's IAK certificate), so that
+        /// devices whose policy requires hardware accept the key (`keys
+        /// ak-public` prints the key a CA certifies).
+        #[arg(long, value_name = "FILE")]
+        ak_cert: Option<PathBuf>,
         /// Where to write the request.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Print the public key (PEM) of the attestation key (AK) of the TPM
+    /// that holds a TPM key, for a CA to certify (`keys request
+    /// --ak-cert`): the same AK certifies every key of that TPM.
+    AkPublic {
+        /// Key id (any unique prefix) or label of a TPM key.
+        key: String,
     },
     /// Approve a key request into the log (an admin of another agent).
     /// Shows the request and what its evidence proves first.
@@ -335,8 +348,13 @@ pub(super) async fn run(ctx: &Ctx, cmd: &KeysCommand) -> anyhow::Result<()> {
             key,
             role,
             replaces,
+            ak_cert,
             out,
-        } => super::lifecycle::request(ctx, key, role, replaces.as_deref(), out).await?,
+        } => {
+            super::lifecycle::request(ctx, key, role, replaces.as_deref(), ak_cert.as_deref(), out)
+                .await?
+        }
+        KeysCommand::AkPublic { key } => super::attestation::ak_public(ctx, key).await?,
         KeysCommand::Approve {
             request,
             code,

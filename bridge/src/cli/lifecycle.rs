@@ -27,11 +27,16 @@ pub(super) async fn request(
     key: &str,
     role: &str,
     replaces: Option<&str>,
+    ak_cert: Option<&Path>,
     out: &Path,
 ) -> anyhow::Result<()> {
     if out.symlink_metadata().is_ok() {
         bail!("{} exists; refusing to overwrite it", out.display());
     }
+    let ak_certificate = ak_cert
+        .map(super::attestation::read_certificate)
+        .transpose()?
+        .map(|der| B64.encode(der));
     let client = ctx.client();
     let replaces = match replaces {
         None => None,
@@ -43,6 +48,7 @@ pub(super) async fn request(
             &MakeRequest {
                 role: Some(role.to_owned()),
                 replaces: replaces.map(|k| k.to_hex()),
+                ak_certificate,
             },
         )
         .await?;
