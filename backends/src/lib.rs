@@ -26,6 +26,7 @@ use keybridge_protocol::PublicKey;
 
 mod dispatch;
 mod error;
+pub mod health;
 mod modules;
 pub mod passphrase;
 #[cfg(feature = "pkcs11")]

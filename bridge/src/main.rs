@@ -7,8 +7,16 @@ use clap::Parser as _;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let mut args = cli::Cli::parse();
     let serving = matches!(args.command, cli::Command::Serve(_));
+    // Socket activation: the inherited socket is taken while the process
+    // has one thread (the environment is changed).
+    if let cli::Command::Serve(serve) = &mut args.command
+        && let Err(e) = serve.inherit_socket()
+    {
+        eprintln!("keybridge: {e:#}");
+        return ExitCode::from(1);
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

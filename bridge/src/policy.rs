@@ -52,6 +52,8 @@ struct PolicyFile {
     pkcs11_modules: Option<Vec<String>>,
     fallback_order: Option<Vec<BackendKind>>,
     no_fallback: Option<Vec<String>>,
+    notify: Option<bool>,
+    pinentry: Option<String>,
 }
 
 /// The default preference of `sign --agent`: hardware that can be carried
@@ -83,6 +85,13 @@ pub struct Policy {
     /// Command kinds for which `sign --agent` never signs with a key after
     /// one that is not there (joined from every file).
     pub no_fallback: BTreeSet<String>,
+    /// A desktop notification for each signature (the user's choice, else
+    /// a policy file's; off by default).
+    pub notify: bool,
+    /// The pinentry program that asks for a PIN or passphrase when a sign
+    /// request needs an unlock and no terminal is there (the user's choice,
+    /// else a policy file's; none by default: such a request is `locked`).
+    pub pinentry: Option<std::path::PathBuf>,
 }
 
 impl Default for Policy {
@@ -94,6 +103,8 @@ impl Default for Policy {
             pkcs11_modules: ModuleAllowlist::default(),
             fallback_order: DEFAULT_FALLBACK_ORDER.to_vec(),
             no_fallback: BTreeSet::new(),
+            notify: false,
+            pinentry: None,
         }
     }
 }
@@ -137,6 +148,14 @@ fn read(path: &Path, may_be_missing: bool) -> Result<PolicyFile, PolicyError> {
             )));
         }
     }
+    if let Some(program) = &file.pinentry
+        && !Path::new(program).is_absolute()
+    {
+        // Never looked up on PATH: the daemon's environment picks no program.
+        return Err(err(format!(
+            "pinentry = {program:?}: give the program's absolute path (e.g. /usr/bin/pinentry-gnome3)"
+        )));
+    }
     if let Some(bad) = file
         .no_fallback
         .iter()
@@ -170,6 +189,13 @@ impl Policy {
             .fallback_order
             .clone()
             .or_else(|| files.iter().rev().find_map(|f| f.fallback_order.clone()));
+        let notify = usr
+            .notify
+            .or_else(|| files.iter().rev().find_map(|f| f.notify));
+        let pinentry = usr
+            .pinentry
+            .clone()
+            .or_else(|| files.iter().rev().find_map(|f| f.pinentry.clone()));
         files.push(usr);
         let mut p = Policy::default();
         let module_lists: Vec<Vec<String>> = files
@@ -197,6 +223,8 @@ impl Policy {
         if let Some(order) = fallback_order {
             p.fallback_order = order;
         }
+        p.notify = notify.unwrap_or(false);
+        p.pinentry = pinentry.map(std::path::PathBuf::from);
         if p.allowed_remember.is_empty() {
             p.allowed_remember.insert(Remember::EachTask);
         }

@@ -1,6 +1,8 @@
 //! The daemon's lifecycle, in one place: check and lock the folders, bind
-//! the socket, serve with limits, drain on SIGTERM/SIGINT within a
-//! deadline, lock every key, remove the socket.
+//! the socket (or take the one systemd passed: socket activation), tell
+//! systemd it is ready (`Type=notify`), serve with limits, drain on
+//! SIGTERM/SIGINT — or after an idle period, with `--idle-exit` — within a
+//! deadline, lock every key, remove the socket (unless systemd owns it).
 //!
 //! Limits, so that no client can hold the daemon (or its shutdown) hostage:
 //! a request's headers must arrive within [`Limits::header_read`] (an idle
@@ -38,6 +40,40 @@ pub struct Options {
     pub extra_policy: Option<PathBuf>,
     /// Time source.
     pub clock: Clock,
+    /// The listening socket systemd passed ([`inherited_listener`]): used
+    /// as it is, and left in place at exit (systemd owns it).
+    pub inherited: Option<std::os::unix::net::UnixListener>,
+    /// Exit after this long with no connection.
+    pub idle_exit: Option<Duration>,
+}
+
+/// The listening socket systemd passed (socket activation), if any: only
+/// when `LISTEN_PID` is this process and `LISTEN_FDS` is set (the strict
+/// protocol: without `LISTEN_PID` the descriptors are not taken). Exactly
+/// one descriptor, a Unix stream socket (checked by `listenfd`, which turns
+/// descriptor 3 into a listener: the one `unsafe` step of it, which this
+/// crate forbids itself). Unsets `LISTEN_PID` and `LISTEN_FDS`: call it
+/// before any thread starts.
+pub fn inherited_listener() -> anyhow::Result<Option<std::os::unix::net::UnixListener>> {
+    let (Ok(pid), Ok(fds)) = (std::env::var("LISTEN_PID"), std::env::var("LISTEN_FDS")) else {
+        return Ok(None);
+    };
+    if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
+        // Meant for another process (a parent that did not unset them).
+        return Ok(None);
+    }
+    match fds.trim().parse::<usize>() {
+        Ok(1) => {}
+        Ok(n) => bail!(
+            "socket activation passed {n} sockets (LISTEN_FDS={n}); keybridge.socket listens on exactly one"
+        ),
+        Err(_) => bail!("socket activation: LISTEN_FDS={fds:?} is not a number"),
+    }
+    let listener = listenfd::ListenFd::from_env()
+        .take_unix_listener(0)
+        .context("the socket systemd passed (descriptor 3) is not a listening Unix stream socket")?
+        .context("socket activation passed no socket at descriptor 3")?;
+    Ok(Some(listener))
 }
 
 /// The daemon's limits (see the module docs).
@@ -97,11 +133,14 @@ pub async fn run(paths: Paths, opts: Options) -> anyhow::Result<()> {
             opts.socket.display()
         )
     })?;
-    // We hold the lock, so a socket file left here is stale (a crash).
-    match fs::remove_file(&opts.socket) {
-        Ok(()) => tracing::info!(socket = %opts.socket.display(), "removed a stale socket"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).context("removing the stale socket"),
+    // We hold the lock, so a socket file left here is stale (a crash) —
+    // unless systemd made it and passed it to us.
+    if opts.inherited.is_none() {
+        match fs::remove_file(&opts.socket) {
+            Ok(()) => tracing::info!(socket = %opts.socket.display(), "removed a stale socket"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).context("removing the stale socket"),
+        }
     }
 
     let policy = Policy::load(
@@ -113,9 +152,30 @@ pub async fn run(paths: Paths, opts: Options) -> anyhow::Result<()> {
     let keys = Keys::load(&paths)?;
     let audit = AuditLog::open(&paths.audit_log())
         .with_context(|| paths.audit_log().display().to_string())?;
-    let listener = UnixListener::bind(&opts.socket)
-        .with_context(|| format!("binding {}", opts.socket.display()))?;
-    fs::set_permissions(&opts.socket, fs::Permissions::from_mode(0o600))?;
+    let activated = opts.inherited.is_some();
+    let listener = match opts.inherited {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            let path = l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(Path::to_owned));
+            if path.as_deref() != Some(opts.socket.as_path()) {
+                tracing::warn!(
+                    passed = ?path,
+                    expected = %opts.socket.display(),
+                    "systemd passed a socket at another path than the one clients use"
+                );
+            }
+            UnixListener::from_std(l).context("the socket systemd passed")?
+        }
+        None => {
+            let l = UnixListener::bind(&opts.socket)
+                .with_context(|| format!("binding {}", opts.socket.display()))?;
+            fs::set_permissions(&opts.socket, fs::Permissions::from_mode(0o600))?;
+            l
+        }
+    };
 
     let state = Arc::new(AppState {
         keys: Arc::new(keys),
@@ -131,8 +191,12 @@ pub async fn run(paths: Paths, opts: Options) -> anyhow::Result<()> {
         socket = %opts.socket.display(),
         keys = state.keys.all().len(),
         pid = std::process::id(),
+        activated,
+        idle_exit = ?opts.idle_exit,
         "keybridge daemon listening"
     );
+    // Type=notify: ready now (a no-op without systemd's NOTIFY_SOCKET).
+    notify(sd_notify::NotifyState::Ready);
 
     let sweeper = crate::unlock::spawn_expiry_sweep(state.keys.clone(), state.clock.clone());
 
@@ -140,15 +204,26 @@ pub async fn run(paths: Paths, opts: Options) -> anyhow::Result<()> {
         listener,
         api::router(state.clone()),
         limits,
+        opts.idle_exit,
         shutdown_signal(),
     )
     .await;
 
+    notify(sd_notify::NotifyState::Stopping);
     sweeper.abort();
     state.keys.lock_all(limits.lock_deadline).await;
-    let _ = fs::remove_file(&opts.socket);
+    if !activated {
+        let _ = fs::remove_file(&opts.socket);
+    }
     tracing::info!("keybridge daemon stopped; keys locked");
     Ok(())
+}
+
+/// Tells systemd `state` (`Type=notify`); without systemd, nothing.
+fn notify(state: sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(false, &[state]) {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
 }
 
 /// Opens (creating owner-only, never through a symlink) and locks `path`.
@@ -161,14 +236,17 @@ fn take_lock(path: &Path, busy: impl FnOnce() -> String) -> anyhow::Result<fs::F
     Ok(lock)
 }
 
-/// Accepts and serves connections until `shutdown` completes, then waits
-/// at most `limits.shutdown_grace` for the connections to finish.
+/// Accepts and serves connections until `shutdown` completes — or, with
+/// `idle_exit`, until no connection has been open for that long — then
+/// waits at most `limits.shutdown_grace` for the connections to finish.
 async fn serve(
     listener: UnixListener,
     app: axum::Router,
     limits: Limits,
+    idle_exit: Option<Duration>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let idle = Idle::new(idle_exit);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -179,10 +257,12 @@ async fn serve(
     loop {
         let permit = tokio::select! {
             () = &mut shutdown => break,
+            () = idle.elapsed() => break,
             p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
         let stream = tokio::select! {
             () = &mut shutdown => break,
+            () = idle.elapsed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
@@ -200,8 +280,10 @@ async fn serve(
             app.clone().call(request)
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let open = idle.open();
         tokio::spawn(async move {
             let _ = connection.await;
+            drop(open);
             drop(permit);
         });
     }
@@ -216,6 +298,73 @@ async fn serve(
             grace = ?limits.shutdown_grace,
             "connections still open after the shutdown deadline; exiting anyway"
         );
+    }
+}
+
+/// The idle timer of `--idle-exit`: it elapses once no connection has
+/// been open for the idle period.
+#[derive(Clone)]
+struct Idle(Option<Arc<IdleState>>);
+
+struct IdleState {
+    period: Duration,
+    /// Connections open, and when the last one closed (or the daemon
+    /// started).
+    open: std::sync::Mutex<(usize, tokio::time::Instant)>,
+}
+
+/// A connection open; dropping it records when it closed.
+struct Open(Option<Arc<IdleState>>);
+
+impl Idle {
+    fn new(period: Option<Duration>) -> Self {
+        Idle(period.map(|period| {
+            Arc::new(IdleState {
+                period,
+                open: std::sync::Mutex::new((0, tokio::time::Instant::now())),
+            })
+        }))
+    }
+
+    fn open(&self) -> Open {
+        if let Some(s) = &self.0 {
+            s.open.lock().expect("not poisoned").0 += 1;
+        }
+        Open(self.0.clone())
+    }
+
+    /// Completes once no connection has been open for the idle period;
+    /// never without `--idle-exit`.
+    async fn elapsed(&self) {
+        let Some(s) = &self.0 else {
+            return std::future::pending().await;
+        };
+        loop {
+            let (open, since) = *s.open.lock().expect("not poisoned");
+            let due = since + s.period;
+            if open == 0 && tokio::time::Instant::now() >= due {
+                tracing::info!(period = ?s.period, "idle: exiting (--idle-exit)");
+                return;
+            }
+            // Check again when the period would end, or a period from now
+            // while connections are open.
+            let next = if open == 0 {
+                due
+            } else {
+                tokio::time::Instant::now() + s.period
+            };
+            tokio::time::sleep_until(next).await;
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(s) = &self.0 {
+            let mut open = s.open.lock().expect("not poisoned");
+            open.0 = open.0.saturating_sub(1);
+            open.1 = tokio::time::Instant::now();
+        }
     }
 }
 

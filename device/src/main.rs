@@ -90,6 +90,20 @@ enum Command {
     /// Hardware-gated trust: which command kinds need a hardware key.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Print the shell completion script for bash, zsh or fish.
+    #[command(after_help = "Example:\n  \
+        keybridge-device completions bash > /usr/share/bash-completion/completions/keybridge-device")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (roff) of this command and every subcommand into
+    /// a folder and list them; for `cargo xtask man`.
+    #[command(hide = true)]
+    Man {
+        /// The folder (created if missing).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -248,6 +262,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<String, Failure> {
     let state = State::new(&cli.state);
     match cli.command {
+        Command::Completions { shell } => Ok(completion_script(shell)),
+        Command::Man { dir } => man_pages(&dir),
         Command::Trust(TrustCmd::Init {
             log,
             device_id,
@@ -408,6 +424,57 @@ fn run(cli: Cli) -> Result<String, Failure> {
             }
         }
     }
+}
+
+/// The completion script for `shell` (without its last newline, which
+/// `main` prints).
+fn completion_script(shell: clap_complete::Shell) -> String {
+    use clap::CommandFactory as _;
+    // clap_complete offers hidden subcommands too: the script is made from
+    // the command without them (the hidden `man`).
+    let full = Cli::command();
+    let mut cmd = clap::Command::new("keybridge-device")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
+    let mut script = vec![];
+    clap_complete::generate(shell, &mut cmd, "keybridge-device", &mut script);
+    let mut script = String::from_utf8(script).expect("clap_complete writes UTF-8");
+    if shell == clap_complete::Shell::Bash {
+        // clap_complete 4.6 labels the cases of a hyphenated binary's
+        // subcommands `keybridge__subcmd__device__subcmd__trust` but goes to
+        // `keybridge__device__subcmd__trust` (clap-rs/clap#6421): without
+        // this, nothing after a subcommand would complete.
+        script = script.replace("keybridge__subcmd__device", "keybridge__device");
+    }
+    script.strip_suffix('\n').unwrap_or(&script).to_owned()
+}
+
+/// Writes a man page for the command and each visible subcommand into
+/// `dir` (`keybridge-device.1`, `keybridge-device-trust-init.1`, …) and
+/// lists the files written, one a line.
+fn man_pages(dir: &Path) -> Result<String, Failure> {
+    use clap::CommandFactory as _;
+    fn write(cmd: &clap::Command, dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        let page = clap_mangen::Man::new(cmd.clone())
+            .source(concat!("keybridge-device ", env!("CARGO_PKG_VERSION")));
+        out.push(page.generate_to(dir)?);
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            write(sub, dir, out)?;
+        }
+        Ok(())
+    }
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    let mut written = vec![];
+    std::fs::create_dir_all(dir)
+        .and_then(|()| write(&cmd, dir, &mut written))
+        .map_err(|e| Failure(format!("{}: {e}", dir.display()), exit_code::STATE))?;
+    Ok(written
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join("\n"))
 }
 
 /// `--account`, or the one account trusted.

@@ -2,6 +2,7 @@
 //! a real Unix socket in a temp folder, the real `keybridge-device`, and a
 //! small HTTP client for driving the API concurrently.
 
+pub mod activation;
 pub mod bench;
 pub mod swtpm;
 pub mod tpm2_pkcs11;
@@ -88,6 +89,15 @@ impl Bridge {
     /// Starts a daemon with extra environment (e.g. `SOFTHSM2_CONF`), which
     /// the CLI runs also get.
     pub fn start_with_env(now: i64, policy: Option<&str>, env: &[(&str, &Path)]) -> Self {
+        let mut b = Self::unstarted(now, policy, env);
+        b.restart();
+        b
+    }
+
+    /// A home, a clock and a policy for a daemon that is not started: the
+    /// CLI runs against `socket()` whoever serves it (a socket-activation
+    /// test's launcher, [`activation::Activated`]).
+    pub fn unstarted(now: i64, policy: Option<&str>, env: &[(&str, &Path)]) -> Self {
         let home = tempfile::tempdir().expect("temp dir");
         let policy_path = home.path().join("system-policy.toml");
         if let Some(p) = policy {
@@ -95,7 +105,7 @@ impl Bridge {
         }
         let clock = home.path().join("clock");
         std::fs::write(&clock, now.to_string()).unwrap();
-        let mut b = Bridge {
+        Bridge {
             home,
             child: None,
             system_policy: policy_path,
@@ -104,9 +114,7 @@ impl Bridge {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_path_buf()))
                 .collect(),
-        };
-        b.restart();
-        b
+        }
     }
 
     /// The folder everything lives in.
@@ -140,19 +148,8 @@ impl Bridge {
         {
             self.signal("-TERM");
         }
-        let log = std::fs::File::create(self.home().join("daemon.log")).unwrap();
-        let child = Command::new(bin("keybridge"))
-            .args(["serve", "--system-policy"])
-            .arg(&self.system_policy)
-            .args(extra)
-            .arg("--clock-file")
-            .arg(&self.clock)
-            .env("KEYBRIDGE_HOME", self.home())
-            .env("KEYBRIDGE_LOG", "info")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
+        let child = self
+            .serve_command(&[], extra)
             .spawn()
             .expect("starting keybridge serve");
         self.child = Some(child);
@@ -163,6 +160,37 @@ impl Bridge {
             self.cli(&["status"], None).status.success()
         });
         assert!(up, "daemon did not come up: {}", self.daemon_log());
+    }
+
+    /// `program… keybridge serve …extra` with this home, clock, system
+    /// policy and environment, its stderr to `daemon.log` (created afresh).
+    /// `program` runs the daemon (a socket-activation launcher), or is
+    /// empty.
+    pub fn serve_command(&self, program: &[&str], extra: &[&str]) -> Command {
+        let log = std::fs::File::create(self.home().join("daemon.log")).unwrap();
+        let daemon = bin("keybridge");
+        let mut cmd = match program.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&daemon);
+                c
+            }
+            None => Command::new(&daemon),
+        };
+        cmd.args(["serve", "--system-policy"])
+            .arg(&self.system_policy)
+            .args(extra)
+            .arg("--clock-file")
+            .arg(&self.clock)
+            .env("KEYBRIDGE_HOME", self.home())
+            .env("KEYBRIDGE_LOG", "info")
+            // Plain text: tests look for `field=value` in the log.
+            .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        cmd
     }
 
     /// What the daemon logged.

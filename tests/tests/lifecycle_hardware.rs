@@ -48,6 +48,33 @@ fn request(b: &Bridge, key: &str) -> (PathBuf, String, Value) {
     (out, v["code"].as_str().unwrap().to_owned(), v)
 }
 
+/// `keys create --backend tpm` of agent bob's key `label` on `b`, unlocked
+/// for the day.
+fn tpm_key(b: &Bridge, label: &str) {
+    let r = b.cli(
+        &[
+            "--json",
+            "keys",
+            "create",
+            "--backend",
+            "tpm",
+            "--account",
+            "acme",
+            "--agent",
+            "bob",
+            "--label",
+            label,
+            "--secret-stdin",
+        ],
+        Some(TPM_PIN),
+    );
+    assert!(r.status.success(), "{}", text(&r));
+    b.ok(
+        &["unlock", label, "--remember", "daily", "--secret-stdin"],
+        Some(TPM_PIN),
+    );
+}
+
 impl Admin {
     /// Approves `req`, updates the device, signs with `key` on `member`
     /// and has the device verify it; what `approve` printed.
@@ -159,28 +186,7 @@ fn a_tpm_key_request_carries_its_certification_and_the_approver_sees_it_verified
 
     let tcti = PathBuf::from(tpm.tcti());
     let bob = Bridge::start_with_env(NOW, None, &[("TPM2TOOLS_TCTI", &tcti)]);
-    let r = bob.cli(
-        &[
-            "--json",
-            "keys",
-            "create",
-            "--backend",
-            "tpm",
-            "--account",
-            "acme",
-            "--agent",
-            "bob",
-            "--label",
-            "bob-tpm",
-            "--secret-stdin",
-        ],
-        Some(TPM_PIN),
-    );
-    assert!(r.status.success(), "{}", text(&r));
-    bob.ok(
-        &["unlock", "bob-tpm", "--remember", "daily", "--secret-stdin"],
-        Some(TPM_PIN),
-    );
+    tpm_key(&bob, "bob-tpm");
     let (req, code, v) = request(&bob, "bob-tpm");
     assert_eq!(v["evidence"], "tpm2-certify");
     let shown = alice.approve_and_use(&bob, "bob-tpm", (&req, &code), None);
@@ -237,28 +243,7 @@ fn a_tpm_key_passes_a_device_hardware_policy_only_with_an_ak_certificate() {
     let tcti = PathBuf::from(tpm.tcti());
     let bob = Bridge::start_with_env(NOW, None, &[("TPM2TOOLS_TCTI", &tcti)]);
     for label in ["bob-ek", "bob-ak"] {
-        let r = bob.cli(
-            &[
-                "--json",
-                "keys",
-                "create",
-                "--backend",
-                "tpm",
-                "--account",
-                "acme",
-                "--agent",
-                "bob",
-                "--label",
-                label,
-                "--secret-stdin",
-            ],
-            Some(TPM_PIN),
-        );
-        assert!(r.status.success(), "{}", text(&r));
-        bob.ok(
-            &["unlock", label, "--remember", "daily", "--secret-stdin"],
-            Some(TPM_PIN),
-        );
+        tpm_key(&bob, label);
     }
     // One AK for both keys of this TPM: a CA certifies it once.
     let ak_pem = bob.ok(&["keys", "ak-public", "bob-ek"], None);
@@ -320,46 +305,30 @@ fn a_tpm_key_passes_a_device_hardware_policy_only_with_an_ak_certificate() {
     );
     let other = write("other.pem", &other);
     let out = bob.home().join("refused.req");
-    let r = bob.cli(
-        &[
-            "keys",
-            "request",
-            "--key",
-            "bob-ak",
-            "--ak-cert",
-            s(&other),
-            "--out",
-            s(&out),
-        ],
-        None,
-    );
-    assert!(!r.status.success());
-    assert!(
-        text(&r).contains("not for this TPM's attestation key"),
-        "{}",
-        text(&r)
-    );
-    assert!(!out.exists());
-    let r = alice.b.cli(
-        &[
-            "keys",
-            "request",
-            "--key",
+    for (b, key, cert, why) in [
+        (&bob, "bob-ak", &other, "not for this TPM's attestation key"),
+        (
+            &alice.b,
             "alice",
+            &ak_cert_file,
+            "goes with a TPM key's certification",
+        ),
+    ] {
+        let args = [
+            "keys",
+            "request",
+            "--key",
+            key,
             "--ak-cert",
-            s(&ak_cert_file),
+            s(cert),
             "--out",
             s(&out),
-        ],
-        None,
-    );
-    assert!(!r.status.success());
-    assert!(
-        text(&r).contains("goes with a TPM key's certification"),
-        "{}",
-        text(&r)
-    );
-    assert!(!out.exists());
+        ];
+        let r = b.cli(&args, None);
+        assert!(!r.status.success());
+        assert!(text(&r).contains(why), "{}", text(&r));
+        assert!(!out.exists());
+    }
 
     // bob-ek asks with the EK certificate only, bob-ak with the AK's.
     let (req, code, _) = request(&bob, "bob-ek");

@@ -53,6 +53,22 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     // script(1): the recovery-passphrase test types into a real terminal.
     "bsdutils",
+    // The workstation tests: systemd-socket-activate and systemd-analyze
+    // (socket activation, the user units), python3 (the stand-in for
+    // systemd that starts the daemon on each connection).
+    "systemd",
+    "python3",
+    // The udev rules test: udevadm test in a private mount namespace
+    // (unshare from util-linux, mount), compared with tpm-udev's rules.
+    "udev",
+    "tpm-udev",
+    "mount",
+    // Shell completions and man pages: checked by the shells themselves,
+    // and by man and groff for warnings.
+    "man-db",
+    "groff-base",
+    "zsh",
+    "fish",
 ];
 
 /// Python modules the tests import (through `KEYBRIDGE_PYTHON`).

@@ -1,15 +1,17 @@
-//! Project automation for keybridge: `cargo xtask deps | test | bench | demo`.
+//! Project automation for keybridge: `cargo xtask deps | test | bench | demo | man`.
 //!
 //! * `deps`  installs the Debian packages and the Python venv the tests need.
 //! * `test`  runs deps, rustfmt, clippy and the whole test suite, failing fast.
 //! * `bench` runs the benchmarks.
 //! * `demo`  builds the release binaries and runs the demo.
+//! * `man`   writes the man pages of both binaries (`target/man`).
 //!
 //! Everything is driven through [`std::process::Command`]; each command is
 //! echoed before it runs.
 
 mod demo;
 mod deps;
+mod man;
 mod tasks;
 mod util;
 
@@ -50,6 +52,13 @@ enum Task {
     },
     /// Build the release binaries and run the end-to-end demo.
     Demo,
+    /// Write the roff man pages of `keybridge` and `keybridge-device` and
+    /// of every subcommand, and list them.
+    Man {
+        /// The folder to write them into (default: target/man).
+        #[arg(long, value_name = "DIR")]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() {
@@ -59,6 +68,7 @@ fn main() {
         Task::Test { args } => tasks::test(&args),
         Task::Bench { args } => tasks::bench(&args),
         Task::Demo => tasks::demo(),
+        Task::Man { out } => man::man(out),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

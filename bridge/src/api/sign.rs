@@ -140,6 +140,7 @@ pub async fn sign(
         body,
         devs: batch.as_ref().ok().map(Batch::signed_root),
     };
+    let batch_size = batch.as_ref().ok().map(Batch::len);
     let Chosen {
         entry,
         unsigned,
@@ -147,6 +148,9 @@ pub async fn sign(
         skipped,
     } = match &by_agent {
         None => {
+            if first.unlocked(s.clock.boot()).is_none() {
+                ask_secret(&s, &first, &claims, batch_size).await?;
+            }
             let unsigned = UnsignedCommand::new(&claims, &first.public)
                 .map_err(|e| ApiError::BadRequest(e.to_string()))?;
             let signature = first
@@ -159,7 +163,7 @@ pub async fn sign(
                 skipped: vec![],
             }
         }
-        Some(agent) => first_at_hand(&s, &claims, agent, candidates).await?,
+        Some(agent) => first_at_hand(&s, &claims, agent, candidates, batch_size).await?,
     };
     let kid = entry.kid_hex.clone();
     let by = SignedBy {
@@ -190,7 +194,7 @@ pub async fn sign(
         agent: claims.sub.clone(),
         cmd: claims.cmd.clone(),
         audience: claims.aud.clone(),
-        batch_size: batch.as_ref().ok().map(Batch::len),
+        batch_size,
         cti: Some(hex(&cti)),
         backend: by.backend.clone(),
         fallback: by.fallback,
@@ -249,12 +253,42 @@ pub async fn sign(
     s.audit
         .append(&audit_entry)
         .map_err(|e| ApiError::Internal(format!("audit log: {e}")))?;
+    if s.policy.notify {
+        // In a task of its own: never delays or fails the signature.
+        crate::notify::signed(&audit_entry, entry.label());
+    }
     Ok(match response {
         Answer::Single(v) => Json(v).into_response(),
         Answer::Rendered(body) => {
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
     })
+}
+
+/// A locked key's PIN or passphrase, asked through the user's pinentry
+/// program ([`crate::pinentry`]) when the config names one; the key is
+/// then unlocked for its prompt frequency. Without one: nothing (the
+/// signature answers `locked`).
+async fn ask_secret(
+    s: &Shared,
+    entry: &Arc<KeyEntry>,
+    claims: &Claims,
+    batch_size: Option<usize>,
+) -> Result<(), ApiError> {
+    let Some(program) = &s.policy.pinentry else {
+        return Ok(());
+    };
+    let mode = entry
+        .stored
+        .remember
+        .filter(|m| s.policy.allows(*m))
+        .unwrap_or(s.policy.default_remember);
+    let why = crate::pinentry::Why {
+        cmd: &claims.cmd,
+        device: claims.aud.as_deref(),
+        batch: batch_size,
+    };
+    crate::pinentry::unlock(program, entry, mode, &why, &s.clock).await
 }
 
 /// What signed: the key, the command it signed, the signature, and the
@@ -283,6 +317,7 @@ async fn first_at_hand(
     claims: &Claims,
     agent: &str,
     candidates: Vec<Arc<KeyEntry>>,
+    batch_size: Option<usize>,
 ) -> Result<Chosen, ApiError> {
     let mut skipped: Vec<(Arc<KeyEntry>, String)> = vec![];
     // Passing over a key: refused for the policy's `no_fallback` kinds.
@@ -316,7 +351,10 @@ async fn first_at_hand(
             continue;
         }
         if unlocked.is_none() {
-            return Err(locked(entry, &skipped));
+            if s.policy.pinentry.is_none() {
+                return Err(locked(entry, &skipped));
+            }
+            ask_secret(s, entry, claims, batch_size).await?;
         }
         let unsigned = UnsignedCommand::new(claims, &entry.public)
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;

@@ -7,7 +7,10 @@
 
 mod account;
 mod attestation;
+mod completions;
+mod doctor;
 mod history;
+mod install;
 mod keys;
 mod lifecycle;
 mod recovery;
@@ -84,6 +87,20 @@ pub enum Command {
         #[arg(long)]
         log: PathBuf,
     },
+    /// Check what signing needs on this machine, one line each with the
+    /// fix: daemon, socket, pcscd and YubiKeys, PKCS#11 modules, TPM, udev
+    /// rules, clock, policy. Exit code 1 when a check failed.
+    Doctor(doctor::DoctorArgs),
+    /// Install the systemd user units: the daemon starts on the first
+    /// connection (socket activation).
+    Install(install::InstallArgs),
+    /// Print the shell completion script for bash, zsh or fish (needs no
+    /// daemon).
+    #[command(after_help = completions::AFTER_HELP)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// What every subcommand needs: where the daemon is, how to print.
@@ -130,6 +147,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit => status::audit(&ctx),
         Command::Recovery(cmd) => recovery::run(&ctx, cmd).await,
         Command::History { log } => history::run(&ctx, log),
+        Command::Completions { shell } => completions::run(*shell),
+        Command::Install(args) => install::run(args),
+        Command::Doctor(args) => doctor::run(&ctx, args).await,
     }
 }
 

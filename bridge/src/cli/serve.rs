@@ -6,7 +6,10 @@ use crate::policy::SYSTEM_POLICY;
 use crate::server;
 use anyhow::bail;
 use clap::Args;
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
 
 /// `keybridge serve`
 #[derive(Args)]
@@ -21,6 +24,15 @@ pub struct ServeArgs {
     /// which wins whenever it exists.
     #[arg(long, env = "KEYBRIDGE_POLICY")]
     policy: Option<PathBuf>,
+    /// Exit after this long with no client (e.g. `15min`), locking every
+    /// key and releasing every token; under socket activation
+    /// (keybridge.socket) the next connection starts the daemon again.
+    #[arg(long, value_name = "DURATION", value_parser = parse_idle)]
+    idle_exit: Option<Duration>,
+    /// The listening socket systemd passed (socket activation), taken by
+    /// [`ServeArgs::inherit_socket`] before any thread starts.
+    #[arg(skip)]
+    inherited: Mutex<Option<UnixListener>>,
     /// Test hook: the system policy file instead of /etc/keybridge/policy.toml.
     #[cfg(feature = "test-hooks")]
     #[arg(long, hide = true, default_value = SYSTEM_POLICY)]
@@ -29,6 +41,27 @@ pub struct ServeArgs {
     #[cfg(feature = "test-hooks")]
     #[arg(long, hide = true)]
     clock_file: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// Takes the listening socket systemd passed, if any
+    /// ([`server::inherited_listener`]). Call it before the runtime starts
+    /// any thread: it unsets `LISTEN_PID`/`LISTEN_FDS`, as sd_listen_fds
+    /// does, so that no child sees them.
+    pub fn inherit_socket(&mut self) -> anyhow::Result<()> {
+        let listener = server::inherited_listener()?;
+        *self.inherited.get_mut().expect("not poisoned") = listener;
+        Ok(())
+    }
+}
+
+/// `--idle-exit`: a duration (`90s`, `15min`, `1h`) of at least a second.
+fn parse_idle(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 15min)"))?;
+    if d < Duration::from_secs(1) {
+        return Err("at least 1s".into());
+    }
+    Ok(d)
 }
 
 pub(super) async fn run(ctx: &Ctx, args: &ServeArgs) -> anyhow::Result<()> {
@@ -45,6 +78,7 @@ pub(super) async fn run(ctx: &Ctx, args: &ServeArgs) -> anyhow::Result<()> {
     );
     #[cfg(not(feature = "test-hooks"))]
     let (clock, system_policy) = (Clock::System, PathBuf::from(SYSTEM_POLICY));
+    let inherited = args.inherited.lock().expect("not poisoned").take();
     server::run(
         ctx.paths.clone(),
         server::Options {
@@ -52,6 +86,8 @@ pub(super) async fn run(ctx: &Ctx, args: &ServeArgs) -> anyhow::Result<()> {
             system_policy,
             extra_policy: args.policy.clone(),
             clock,
+            inherited,
+            idle_exit: args.idle_exit,
         },
     )
     .await
