@@ -196,3 +196,36 @@ fn a_running_daemon_and_its_socket_pass() {
     assert!(fix.contains("remove"), "{fix}");
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn a_card_another_program_holds_is_named_and_the_yubikeys_are_listed() {
+    let Some(card) = vyubikey::CardConfig::new(97_000_002).insert() else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let reader = card.reader_name();
+    let held_by_other = |v: &Value| {
+        checks(v, "card")
+            .iter()
+            .any(|c| c["outcome"] == "warn" && c["detail"].as_str().unwrap().contains(&reader))
+    };
+    let hold = card.hold_exclusive().expect("exclusive hold");
+    let (_, v) = doctor(home.path(), &[], &["--tpm-device", "/nonexistent/tpmrm0"]);
+    assert!(held_by_other(&v), "{v:#}");
+    let fix = checks(&v, "card")[0]["fix"].as_str().unwrap().to_owned();
+    assert!(fix.contains("scdaemon"), "{fix}");
+    drop(hold);
+    let (_, v) = doctor(home.path(), &[], &["--tpm-device", "/nonexistent/tpmrm0"]);
+    assert!(!held_by_other(&v), "{v:#}");
+    // The card as pcscd shows it: serial and firmware.
+    assert!(
+        checks(&v, "yubikey").iter().any(|c| {
+            c["outcome"] == "ok"
+                && c["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("serial 97000002, YubiKey 5.4.3")
+        }),
+        "{v:#}"
+    );
+}
