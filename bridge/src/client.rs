@@ -211,6 +211,32 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/pairings`
+    pub async fn pair(&self, origin: &str) -> Result<crate::api::pair::PairingView, ClientError> {
+        let req = crate::api::pair::PairRequest {
+            origin: origin.to_owned(),
+        };
+        self.call(Method::POST, "/v1/pairings", Some(&req)).await
+    }
+
+    /// `GET /v1/pairings`
+    pub async fn pairings(&self) -> Result<Vec<crate::api::pair::PairingView>, ClientError> {
+        self.call(Method::GET, "/v1/pairings", None::<&()>).await
+    }
+
+    /// `DELETE /v1/pairings/{which}`
+    pub async fn unpair(
+        &self,
+        which: &str,
+    ) -> Result<Vec<crate::api::pair::PairingView>, ClientError> {
+        self.call(
+            Method::DELETE,
+            &format!("/v1/pairings/{}", encode(which)),
+            None::<&()>,
+        )
+        .await
+    }
+
     /// `GET /v1/backends/{backend}/tokens?location=…`
     pub async fn tokens(
         &self,

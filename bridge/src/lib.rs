@@ -29,6 +29,7 @@ pub mod clock;
 pub mod keys;
 pub mod logfile;
 pub mod notify;
+pub mod pairing;
 pub mod paths;
 pub mod pinentry;
 pub mod policy;

@@ -45,6 +45,18 @@ pub struct Options {
     pub inherited: Option<std::os::unix::net::UnixListener>,
     /// Exit after this long with no connection.
     pub idle_exit: Option<Duration>,
+    /// The loopback listener for web consoles ([`api::web`]).
+    pub http: Option<HttpOptions>,
+}
+
+/// `serve --http ADDR --allow-origin ORIGIN…`
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Where to listen: a loopback address (`127.0.0.1:PORT`, `[::1]:PORT`;
+    /// port 0 picks one).
+    pub addr: std::net::SocketAddr,
+    /// The consoles' origins, normalized.
+    pub origins: Vec<String>,
 }
 
 /// The listening socket systemd passed (socket activation), if any: only
@@ -177,6 +189,40 @@ pub async fn run(paths: Paths, opts: Options) -> anyhow::Result<()> {
         }
     };
 
+    let pairings = Arc::new(
+        crate::pairing::Pairings::load(&paths.state.join("pairings.json"))
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    let web = match opts.http {
+        None => None,
+        Some(h) => {
+            if !h.addr.ip().is_loopback() {
+                bail!(
+                    "--http {}: the console listener binds to loopback only (127.0.0.1:PORT or [::1]:PORT)",
+                    h.addr
+                );
+            }
+            if h.origins.is_empty() {
+                bail!(
+                    "--http needs the consoles it serves: --allow-origin https://console.example (exact origins)"
+                );
+            }
+            let l = tokio::net::TcpListener::bind(h.addr)
+                .await
+                .with_context(|| format!("binding {}", h.addr))?;
+            let addr = l.local_addr()?;
+            tracing::info!(%addr, origins = ?h.origins, "console listener on loopback");
+            Some((
+                l,
+                Arc::new(api::web::Web {
+                    port: addr.port(),
+                    origins: h.origins,
+                    pairings: pairings.clone(),
+                }),
+            ))
+        }
+    };
+
     let state = Arc::new(AppState {
         keys: Arc::new(keys),
         policy,
@@ -186,6 +232,7 @@ pub async fn run(paths: Paths, opts: Options) -> anyhow::Result<()> {
         socket: opts.socket.clone(),
         started: opts.clock.now(),
         body_read: limits.body_read,
+        pairings,
     });
     tracing::info!(
         socket = %opts.socket.display(),
@@ -200,14 +247,33 @@ pub async fn run(paths: Paths, opts: Options) -> anyhow::Result<()> {
 
     let sweeper = crate::unlock::spawn_expiry_sweep(state.keys.clone(), state.clock.clone());
 
-    serve(
-        listener,
-        api::router(state.clone()),
-        limits,
-        opts.idle_exit,
-        shutdown_signal(),
-    )
-    .await;
+    // One shutdown for both listeners: a signal, or the idle period.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let idle = Idle::new(opts.idle_exit);
+    let watcher = {
+        let idle = idle.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                () = idle.elapsed() => {}
+            }
+            let _ = stop.send(true);
+        })
+    };
+    let web = web.map(|(listener, web)| {
+        tokio::spawn(serve(
+            listener,
+            api::web::router(state.clone(), web),
+            limits,
+            idle.clone(),
+            stopping.clone(),
+        ))
+    });
+    serve(listener, api::router(state.clone()), limits, idle, stopping).await;
+    if let Some(web) = web {
+        let _ = web.await;
+    }
+    watcher.abort();
 
     notify(sd_notify::NotifyState::Stopping);
     sweeper.abort();
@@ -236,35 +302,65 @@ fn take_lock(path: &Path, busy: impl FnOnce() -> String) -> anyhow::Result<fs::F
     Ok(lock)
 }
 
-/// Accepts and serves connections until `shutdown` completes — or, with
-/// `idle_exit`, until no connection has been open for that long — then
-/// waits at most `limits.shutdown_grace` for the connections to finish.
-async fn serve(
-    listener: UnixListener,
+/// Completes once `shutdown` says stop (or its sender is gone).
+async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// A listening socket the daemon serves: the Unix socket (the peer's uid
+/// from `SO_PEERCRED`) or the loopback TCP listener (no uid: its requests
+/// are authorized by origin and pairing, [`api::web`]).
+trait Listen: Send + 'static {
+    /// A connection.
+    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    /// The next connection, and its peer's uid if the socket tells.
+    fn next(
+        &self,
+    ) -> impl std::future::Future<Output = std::io::Result<(Self::Io, PeerUid)>> + Send;
+}
+
+impl Listen for UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn next(&self) -> std::io::Result<(Self::Io, PeerUid)> {
+        let (stream, _) = self.accept().await?;
+        let peer = PeerUid(stream.peer_cred().ok().map(|c| c.uid()));
+        Ok((stream, peer))
+    }
+}
+
+impl Listen for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn next(&self) -> std::io::Result<(Self::Io, PeerUid)> {
+        let (stream, _) = self.accept().await?;
+        Ok((stream, PeerUid(None)))
+    }
+}
+
+/// Accepts and serves connections until `shutdown` says so, then waits at
+/// most `limits.shutdown_grace` for the connections to finish. Every
+/// connection counts for `idle`.
+async fn serve<L: Listen>(
+    listener: L,
     app: axum::Router,
     limits: Limits,
-    idle_exit: Option<Duration>,
-    shutdown: impl std::future::Future<Output = ()>,
+    idle: Idle,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let idle = Idle::new(idle_exit);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read)
         .keep_alive(true);
-    tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
-            () = &mut shutdown => break,
-            () = idle.elapsed() => break,
+            () = stopped(&mut shutdown) => break,
             p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
-        let stream = tokio::select! {
-            () = &mut shutdown => break,
-            () = idle.elapsed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+        let (stream, peer) = tokio::select! {
+            () = stopped(&mut shutdown) => break,
+            accepted = listener.next() => match accepted {
+                Ok(s) => s,
                 Err(e) => {
                     // Out of descriptors or memory: wait instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -273,7 +369,6 @@ async fn serve(
                 }
             },
         };
-        let peer = PeerUid(stream.peer_cred().ok().map(|c| c.uid()));
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut request| {
             request.extensions_mut().insert(ConnectInfo(peer));

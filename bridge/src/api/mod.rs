@@ -8,14 +8,20 @@
 //! | `POST /v1/account/init` | [`account`] |
 //! | `POST /v1/keys/{kid}/request`, `POST /v1/log/approve`, `…/reject`, `…/revoke`, `…/threshold` | [`log`] |
 //! | `GET /v1/backends/{backend}/tokens?location=…` | [`keys`] |
+//! | `GET, POST /v1/pairings`, `DELETE /v1/pairings/{id}` | [`pair`] |
+//!
+//! The loopback listener for web consoles serves status, keys, unlock and
+//! sign behind its own gates ([`web`]).
 
 pub mod account;
 mod args;
 pub mod keys;
 pub mod log;
+pub mod pair;
 pub mod problem;
 pub mod sign;
 pub mod status;
+pub mod web;
 
 use crate::audit::AuditLog;
 use crate::clock::Clock;
@@ -49,6 +55,8 @@ pub struct AppState {
     pub started: i64,
     /// Longest wait for a request's body.
     pub body_read: std::time::Duration,
+    /// The web consoles paired with this daemon.
+    pub pairings: Arc<crate::pairing::Pairings>,
 }
 
 /// Largest request body (a sign request for a batch of devices is the
@@ -121,6 +129,8 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/sign", post(sign::sign))
         .route("/v1/account/init", post(account::init))
         .route("/v1/backends/{backend}/tokens", get(keys::tokens))
+        .route("/v1/pairings", get(pair::list).post(pair::pair))
+        .route("/v1/pairings/{which}", axum::routing::delete(pair::revoke))
         .fallback(|| async { ApiError::BadRequest("no such route".into()) })
         // `body_in_time` enforces each route's limit; axum's own 2 MB
         // default would cut the key-log routes short.

@@ -89,6 +89,22 @@ pub enum ApiError {
     /// The caller is not the user this daemon serves.
     #[error("this daemon serves another user")]
     Forbidden,
+    /// The loopback listener: a `Host` that is not a loopback name of its
+    /// port (DNS rebinding).
+    #[error("the Host header {0:?} is not this listener's loopback address")]
+    BadHost(String),
+    /// The loopback listener: a request without an allowed `Origin`.
+    #[error("{0}")]
+    OriginNotAllowed(String),
+    /// The loopback listener: no token, or one no pairing has (never
+    /// issued, or revoked).
+    #[error("{0}")]
+    NotPaired(String),
+    /// The loopback listener: a token issued to another origin.
+    #[error(
+        "this pairing token was issued to another origin; pair this console (keybridge pair --origin {0})"
+    )]
+    TokenOtherOrigin(String),
     /// Something failed on our side; details are in the daemon's log.
     #[error("internal error: {0}")]
     Internal(String),
@@ -116,6 +132,10 @@ impl ApiError {
             ApiError::RequestTimeout => "request_timeout",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Forbidden => "forbidden",
+            ApiError::BadHost(_) => "bad_host",
+            ApiError::OriginNotAllowed(_) => "origin_not_allowed",
+            ApiError::NotPaired(_) => "not_paired",
+            ApiError::TokenOtherOrigin(_) => "token_other_origin",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -128,7 +148,12 @@ impl ApiError {
             ApiError::PinBlocked | ApiError::LockedOut(_) => StatusCode::LOCKED,
             ApiError::TokenAbsent(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TouchTimeout => StatusCode::REQUEST_TIMEOUT,
-            ApiError::PolicyDenied(_) | ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::PolicyDenied(_)
+            | ApiError::Forbidden
+            | ApiError::BadHost(_)
+            | ApiError::OriginNotAllowed(_)
+            | ApiError::TokenOtherOrigin(_) => StatusCode::FORBIDDEN,
+            ApiError::NotPaired(_) => StatusCode::UNAUTHORIZED,
             ApiError::UnknownKey(_) | ApiError::UnknownAgent(_) | ApiError::NotFound(_) => {
                 StatusCode::NOT_FOUND
             }

@@ -13,6 +13,7 @@ mod history;
 mod install;
 mod keys;
 mod lifecycle;
+mod pair;
 mod recovery;
 mod serve;
 mod sign;
@@ -91,6 +92,9 @@ pub enum Command {
     /// fix: daemon, socket, pcscd and YubiKeys, PKCS#11 modules, TPM, udev
     /// rules, clock, policy. Exit code 1 when a check failed.
     Doctor(doctor::DoctorArgs),
+    /// Pair a web console (a token bound to its origin), list or revoke
+    /// pairings.
+    Pair(pair::PairArgs),
     /// Install the systemd user units: the daemon starts on the first
     /// connection (socket activation).
     Install(install::InstallArgs),
@@ -150,6 +154,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completions { shell } => completions::run(*shell),
         Command::Install(args) => install::run(args),
         Command::Doctor(args) => doctor::run(&ctx, args).await,
+        Command::Pair(args) => pair::run(&ctx, args).await,
     }
 }
 

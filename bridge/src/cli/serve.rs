@@ -65,9 +65,28 @@ fn parse_idle(s: &str) -> Result<Duration, String> {
 }
 
 pub(super) async fn run(ctx: &Ctx, args: &ServeArgs) -> anyhow::Result<()> {
-    if args.http.is_some() || !args.allow_origin.is_empty() {
-        bail!("the browser console listener (--http) is not available in this build yet");
-    }
+    let http = match &args.http {
+        None if !args.allow_origin.is_empty() => {
+            bail!("--allow-origin goes with --http 127.0.0.1:PORT (the console listener)")
+        }
+        None => None,
+        Some(addr) => {
+            let addr: std::net::SocketAddr = addr.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "--http {addr:?}: an address and port, 127.0.0.1:PORT or [::1]:PORT"
+                )
+            })?;
+            let origins = args
+                .allow_origin
+                .iter()
+                .map(|o| {
+                    crate::pairing::check_origin(o)
+                        .map_err(|e| anyhow::anyhow!("--allow-origin: {e}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Some(server::HttpOptions { addr, origins })
+        }
+    };
     #[cfg(feature = "test-hooks")]
     let (clock, system_policy) = (
         match &args.clock_file {
@@ -88,6 +107,7 @@ pub(super) async fn run(ctx: &Ctx, args: &ServeArgs) -> anyhow::Result<()> {
             clock,
             inherited,
             idle_exit: args.idle_exit,
+            http,
         },
     )
     .await
