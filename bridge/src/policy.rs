@@ -54,6 +54,8 @@ struct PolicyFile {
     no_fallback: Option<Vec<String>>,
     notify: Option<bool>,
     pinentry: Option<String>,
+    http: Option<String>,
+    allow_origins: Option<Vec<String>>,
 }
 
 /// The default preference of `sign --agent`: hardware that can be carried
@@ -92,6 +94,12 @@ pub struct Policy {
     /// request needs an unlock and no terminal is there (the user's choice,
     /// else a policy file's; none by default: such a request is `locked`).
     pub pinentry: Option<std::path::PathBuf>,
+    /// The console listener's address (`serve --http` wins): the user's
+    /// choice, else a policy file's.
+    pub http: Option<String>,
+    /// Its allowed origins (`serve --allow-origin` wins), from the same
+    /// file as `http`.
+    pub allow_origins: Vec<String>,
 }
 
 impl Default for Policy {
@@ -105,6 +113,8 @@ impl Default for Policy {
             no_fallback: BTreeSet::new(),
             notify: false,
             pinentry: None,
+            http: None,
+            allow_origins: vec![],
         }
     }
 }
@@ -196,6 +206,11 @@ impl Policy {
             .pinentry
             .clone()
             .or_else(|| files.iter().rev().find_map(|f| f.pinentry.clone()));
+        // The listener and its origins come together, from one file.
+        let web = std::iter::once(&usr)
+            .chain(files.iter().rev())
+            .find(|f| f.http.is_some())
+            .map(|f| (f.http.clone(), f.allow_origins.clone().unwrap_or_default()));
         files.push(usr);
         let mut p = Policy::default();
         let module_lists: Vec<Vec<String>> = files
@@ -224,6 +239,10 @@ impl Policy {
             p.fallback_order = order;
         }
         p.notify = notify.unwrap_or(false);
+        if let Some((http, origins)) = web {
+            p.http = http;
+            p.allow_origins = origins;
+        }
         p.pinentry = pinentry.map(std::path::PathBuf::from);
         if p.allowed_remember.is_empty() {
             p.allowed_remember.insert(Remember::EachTask);

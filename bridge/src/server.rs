@@ -49,7 +49,8 @@ pub struct Options {
     pub http: Option<HttpOptions>,
 }
 
-/// `serve --http ADDR --allow-origin ORIGIN…`
+/// `serve --http ADDR --allow-origin ORIGIN…` (or `http` and
+/// `allow_origins` in config.toml)
 #[derive(Debug, Clone)]
 pub struct HttpOptions {
     /// Where to listen: a loopback address (`127.0.0.1:PORT`, `[::1]:PORT`;
@@ -57,6 +58,23 @@ pub struct HttpOptions {
     pub addr: std::net::SocketAddr,
     /// The consoles' origins, normalized.
     pub origins: Vec<String>,
+}
+
+impl HttpOptions {
+    /// From an address and origins as the user wrote them (checked:
+    /// loopback is checked when binding).
+    pub fn parse(addr: &str, origins: &[String]) -> anyhow::Result<Self> {
+        let addr: std::net::SocketAddr = addr.parse().map_err(|_| {
+            anyhow::anyhow!("http {addr:?}: an address and port, 127.0.0.1:PORT or [::1]:PORT")
+        })?;
+        let origins = origins
+            .iter()
+            .map(|o| {
+                crate::pairing::check_origin(o).map_err(|e| anyhow::anyhow!("allow-origin: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(HttpOptions { addr, origins })
+    }
 }
 
 /// The listening socket systemd passed (socket activation), if any: only
@@ -193,7 +211,17 @@ pub async fn run(paths: Paths, opts: Options) -> anyhow::Result<()> {
         crate::pairing::Pairings::load(&paths.state.join("pairings.json"))
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     );
-    let web = match opts.http {
+    let http = match opts.http {
+        Some(h) => Some(h),
+        None => match &policy.http {
+            None => None,
+            Some(addr) => Some(
+                HttpOptions::parse(addr, &policy.allow_origins)
+                    .context("http and allow_origins in config.toml")?,
+            ),
+        },
+    };
+    let web = match http {
         None => None,
         Some(h) => {
             if !h.addr.ip().is_loopback() {

@@ -4,6 +4,7 @@
 
 pub mod activation;
 pub mod bench;
+pub mod chromium;
 pub mod swtpm;
 pub mod tpm2_pkcs11;
 pub mod vyubikey;

@@ -389,3 +389,33 @@ fn the_listener_binds_to_loopback_only_and_needs_its_origins() {
         );
     }
 }
+
+#[test]
+fn the_listener_and_its_origins_can_come_from_config_toml() {
+    let mut b = Bridge::start(NOW);
+    let config = b.home().join("config/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(
+        &config,
+        format!("http = \"127.0.0.1:0\"\nallow_origins = [\"{CONSOLE}\"]\n"),
+    )
+    .unwrap();
+    b.restart();
+    let log = b.daemon_log();
+    assert!(log.contains("console listener on loopback"), "{log}");
+    assert!(log.contains(CONSOLE), "{log}");
+    // A listener on another address in config: refused like --http.
+    b.signal("-TERM");
+    std::fs::write(
+        &config,
+        format!("http = \"0.0.0.0:0\"\nallow_origins = [\"{CONSOLE}\"]\n"),
+    )
+    .unwrap();
+    let out = b.serve_command(&[], &[]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        b.daemon_log().contains("loopback only"),
+        "{}",
+        b.daemon_log()
+    );
+}

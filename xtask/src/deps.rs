@@ -69,6 +69,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "groff-base",
     "zsh",
     "fish",
+    // The browser tests: `ip link set lo up` in their network namespace,
+    // and the font the demo console asks for.
+    "iproute2",
+    "fonts-dejavu-core",
 ];
 
 /// Python modules the tests import (through `KEYBRIDGE_PYTHON`).

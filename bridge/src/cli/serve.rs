@@ -70,22 +70,11 @@ pub(super) async fn run(ctx: &Ctx, args: &ServeArgs) -> anyhow::Result<()> {
             bail!("--allow-origin goes with --http 127.0.0.1:PORT (the console listener)")
         }
         None => None,
-        Some(addr) => {
-            let addr: std::net::SocketAddr = addr.parse().map_err(|_| {
-                anyhow::anyhow!(
-                    "--http {addr:?}: an address and port, 127.0.0.1:PORT or [::1]:PORT"
-                )
-            })?;
-            let origins = args
-                .allow_origin
-                .iter()
-                .map(|o| {
-                    crate::pairing::check_origin(o)
-                        .map_err(|e| anyhow::anyhow!("--allow-origin: {e}"))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            Some(server::HttpOptions { addr, origins })
-        }
+        Some(addr) => Some(
+            server::HttpOptions::parse(addr, &args.allow_origin).map_err(|e| {
+                anyhow::anyhow!("--{e} (127.0.0.1:PORT or [::1]:PORT; https://console.example)")
+            })?,
+        ),
     };
     #[cfg(feature = "test-hooks")]
     let (clock, system_policy) = (
