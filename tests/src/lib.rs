@@ -194,6 +194,36 @@ impl Bridge {
         cmd
     }
 
+    /// A daemon with alice's passphrase key (account acme) and the
+    /// loopback listener for web consoles `origins` on a free port, which
+    /// it returns (from the daemon's log).
+    pub fn start_console(now: i64, origins: &[&str]) -> (Self, u16) {
+        let mut b = Bridge::start(now);
+        b.passphrase_key("acme", "alice");
+        let mut args = vec!["--http", "127.0.0.1:0"];
+        for o in origins {
+            args.extend(["--allow-origin", o]);
+        }
+        b.restart_with(&args);
+        let log = b.daemon_log();
+        let port = log
+            .lines()
+            .find(|l| l.contains("console listener on loopback"))
+            .and_then(|l| l.split("addr=127.0.0.1:").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in the log: {log}"));
+        (b, port)
+    }
+
+    /// `keybridge pair --origin origin`: (id, token).
+    pub fn pair(&self, origin: &str) -> (String, String) {
+        let v: Value =
+            serde_json::from_str(&self.ok(&["--json", "pair", "--origin", origin], None)).unwrap();
+        let field = |k: &str| v[k].as_str().expect("a pairing field").to_owned();
+        (field("id"), field("token"))
+    }
+
     /// What the daemon logged.
     pub fn daemon_log(&self) -> String {
         std::fs::read_to_string(self.home().join("daemon.log")).unwrap_or_default()

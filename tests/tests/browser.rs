@@ -18,32 +18,13 @@ const NOW: i64 = 1_800_000_000;
 /// A daemon with alice's passphrase key and the listener for `origins`;
 /// its listener's URL.
 fn daemon(origins: &[&str]) -> (Bridge, String) {
-    let mut b = Bridge::start(NOW);
-    b.passphrase_key("acme", "alice");
-    let mut args = vec!["--http", "127.0.0.1:0"];
-    for o in origins {
-        args.extend(["--allow-origin", o]);
-    }
-    b.restart_with(&args);
-    let log = b.daemon_log();
-    let port: u16 = log
-        .lines()
-        .find(|l| l.contains("console listener on loopback"))
-        .and_then(|l| l.split("addr=127.0.0.1:").nth(1))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in the log: {log}"));
+    let (b, port) = Bridge::start_console(NOW, origins);
     (b, format!("http://127.0.0.1:{port}"))
 }
 
 /// A pairing for `origin`: (id, token).
 fn pair(b: &Bridge, origin: &str) -> (String, String) {
-    let v: Value =
-        serde_json::from_str(&b.ok(&["--json", "pair", "--origin", origin], None)).unwrap();
-    (
-        v["id"].as_str().unwrap().to_owned(),
-        v["token"].as_str().unwrap().to_owned(),
-    )
+    b.pair(origin)
 }
 
 /// The demo console of `origin` set up for `bridge` (and `token`).

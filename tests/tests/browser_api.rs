@@ -16,35 +16,11 @@ const OTHER: &str = "https://other.example";
 
 /// A daemon with alice's passphrase key and the listener for two origins.
 fn daemon() -> (Bridge, u16) {
-    let mut b = Bridge::start(NOW);
-    b.passphrase_key("acme", "alice");
-    b.restart_with(&[
-        "--http",
-        "127.0.0.1:0",
-        "--allow-origin",
-        CONSOLE,
-        "--allow-origin",
-        OTHER,
-    ]);
-    let log = b.daemon_log();
-    let port = log
-        .lines()
-        .find(|l| l.contains("console listener on loopback"))
-        .and_then(|l| l.split("addr=127.0.0.1:").nth(1))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in the log: {log}"));
-    (b, port)
+    Bridge::start_console(NOW, &[CONSOLE, OTHER])
 }
 
-/// A token for `origin`.
 fn pair(b: &Bridge, origin: &str) -> (String, String) {
-    let v: Value =
-        serde_json::from_str(&b.ok(&["--json", "pair", "--origin", origin], None)).unwrap();
-    (
-        v["id"].as_str().unwrap().to_owned(),
-        v["token"].as_str().unwrap().to_owned(),
-    )
+    b.pair(origin)
 }
 
 struct Answer {
