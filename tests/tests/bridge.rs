@@ -106,21 +106,40 @@ fn signed_command_verifies_on_the_device_with_its_body() {
 fn batch_signs_once_and_every_device_verifies_its_copy() {
     let (b, kid, _) = setup();
     let list = b.home().join("devices.txt");
-    std::fs::write(&list, "# fleet\ndev-a\ndev-b\n\ndev-c\ndev-a\n").unwrap();
     let out = b.home().join("batch");
-    b.ok(
-        &[
-            "sign",
-            "--key",
-            "alice",
-            "--devices",
-            list.to_str().unwrap(),
-            "--command",
-            "create-alert",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        None,
+    let args = [
+        "sign",
+        "--key",
+        "alice",
+        "--devices",
+        list.to_str().unwrap(),
+        "--command",
+        "create-alert",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    // A device twice and a bad id: refused with their lines, nothing signed.
+    std::fs::write(&list, "# fleet\ndev-a\ndev-b\n\ndev-c\ndev-a\na/b\n").unwrap();
+    let r = b.cli(&args, None);
+    assert!(!r.status.success());
+    let e = String::from_utf8_lossy(&r.stderr);
+    assert!(e.contains("\"dev-a\" is on lines 2, 6"), "{e}");
+    assert!(e.contains("line 7: device id \"a/b\""), "{e}");
+    assert!(e.contains("nothing was signed"), "{e}");
+    assert!(!out.exists());
+    std::fs::write(&list, "# fleet\ndev-a\ndev-b\n\ndev-c\n").unwrap();
+    b.ok(&args, None);
+    // No temp file left behind.
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(
+        names
+            .iter()
+            .all(|n| n.ends_with(".cose") && !n.starts_with('.')),
+        "{names:?}"
     );
     let log = b.home().join("acme.log");
     for id in ["dev-a", "dev-b", "dev-c"] {

@@ -173,18 +173,8 @@ pub(super) async fn run(ctx: &Ctx, a: &SignArgs) -> anyhow::Result<()> {
         }
         (None, Some(file)) => {
             let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
-            let mut ids = vec![];
-            for (n, line) in text.lines().enumerate() {
-                let id = line.trim();
-                if id.is_empty() || id.starts_with('#') {
-                    continue;
-                }
-                check_device_id(id).with_context(|| {
-                    format!("{} line {}: device id {id:?}", file.display(), n + 1)
-                })?;
-                ids.push(id.to_owned());
-            }
-            req.devices = Some(ids);
+            req.devices =
+                Some(device_list(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?);
         }
         (None, None) => bail!("give --device ID or --devices FILE"),
     }
@@ -216,14 +206,22 @@ pub(super) async fn run(ctx: &Ctx, a: &SignArgs) -> anyhow::Result<()> {
             by,
         } => {
             std::fs::create_dir_all(&a.out).with_context(|| a.out.display().to_string())?;
+            let dir = std::fs::File::open(&a.out).with_context(|| a.out.display().to_string())?;
             for (id, env) in &envelopes {
                 // The daemon's answer is checked like any input: an id
                 // becomes a file name.
                 check_device_id(id)
                     .with_context(|| format!("the daemon returned device id {id:?}"))?;
                 let bytes = B64.decode(env).context("the daemon sent bad base64")?;
-                paths::write_atomic(&a.out.join(format!("{id}.cose")), &bytes)?;
+                // Each file whole under its name (a temp file renamed), no
+                // sync per file: one sync of the file system below, before
+                // anything is reported as done.
+                let tmp = a.out.join(format!(".{id}.cose.tmp"));
+                std::fs::write(&tmp, &bytes)
+                    .and_then(|()| std::fs::rename(&tmp, a.out.join(format!("{id}.cose"))))
+                    .with_context(|| tmp.display().to_string())?;
             }
+            rustix::fs::syncfs(&dir).with_context(|| format!("syncing {}", a.out.display()))?;
             let summary = serde_json::json!({
                 "kid": kid, "root": root, "devices": envelopes.len(), "out": a.out,
                 "backend": by.backend, "label": by.label, "fallback": by.fallback,
@@ -243,9 +241,63 @@ pub(super) async fn run(ctx: &Ctx, a: &SignArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The device ids of a `--devices` file: one per line, blank lines and
+/// `#` comments skipped. Every bad id and every id given twice is refused
+/// with its line numbers (at most 20 named), before anything is signed.
+fn device_list(text: &str) -> Result<Vec<String>, String> {
+    const SHOWN: usize = 20;
+    let mut problems = vec![];
+    let mut ids: Vec<(&str, usize)> = vec![];
+    for (n, line) in text.lines().enumerate() {
+        let id = line.trim();
+        if id.is_empty() || id.starts_with('#') {
+            continue;
+        }
+        match check_device_id(id) {
+            Ok(()) => ids.push((id, n + 1)),
+            Err(e) => problems.push(format!("line {}: device id {id:?}: {e}", n + 1)),
+        }
+    }
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    for run in sorted.chunk_by(|a, b| a.0 == b.0).filter(|r| r.len() > 1) {
+        let lines: Vec<String> = run.iter().map(|(_, n)| n.to_string()).collect();
+        problems.push(format!(
+            "device id {:?} is on lines {} (each device once)",
+            run[0].0,
+            lines.join(", ")
+        ));
+    }
+    if problems.is_empty() {
+        return Ok(ids.into_iter().map(|(id, _)| id.to_owned()).collect());
+    }
+    let more = problems.len().saturating_sub(SHOWN);
+    let mut shown = problems
+        .into_iter()
+        .take(SHOWN)
+        .collect::<Vec<_>>()
+        .join("; ");
+    if more > 0 {
+        shown.push_str(&format!("; and {more} more"));
+    }
+    Err(format!("{shown}; nothing was signed"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_list_names_duplicates_and_bad_ids_by_line() {
+        assert_eq!(device_list("# fleet\n a \n\nb\n").unwrap(), ["a", "b"]);
+        let e = device_list("a\nb\na\nc\nb\na\n..\n").unwrap_err();
+        assert!(e.contains("\"a\" is on lines 1, 3, 6"), "{e}");
+        assert!(e.contains("\"b\" is on lines 2, 5"), "{e}");
+        assert!(e.contains("line 7: device id \"..\""), "{e}");
+        let many: String = (0..50).map(|i| format!("x{i}/\n")).collect();
+        let e = device_list(&many).unwrap_err();
+        assert!(e.ends_with("and 30 more; nothing was signed"), "{e}");
+    }
     use crate::wire::SkippedKey;
 
     #[test]
