@@ -51,10 +51,13 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // detached) come from util-linux, which Debian always has; named so a
     // minimal image gets it too.
     "util-linux",
+    // getent (the udev test looks up the tss user and group).
+    "libc-bin",
     // script(1): the recovery-passphrase test types into a real terminal.
     "bsdutils",
     // The workstation tests: systemd-socket-activate and systemd-analyze
-    // (socket activation, the user units), python3 (the stand-in for
+    // (socket activation, the user units), systemctl (install --user) and
+    // timedatectl (doctor's clock check), python3 (the stand-in for
     // systemd that starts the daemon on each connection).
     "systemd",
     "python3",
