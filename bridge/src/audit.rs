@@ -35,6 +35,10 @@ pub struct Entry {
     /// Number of devices of a batch command.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub batch_size: Option<usize>,
+    /// The Merkle root (hex) a batch command signed, with its size: the
+    /// set of devices it is for.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub batch_root: Option<String>,
     /// The command's nonce (hex); with the kid, what a device's replay cache
     /// remembers.
     #[serde(skip_serializing_if = "Option::is_none", default)]

@@ -181,6 +181,62 @@ impl Client {
         self.call(Method::POST, "/v1/sign", Some(req)).await
     }
 
+    /// `POST /v1/sign/batch`: `request` (no devices) on the first line,
+    /// then `ids`, which must be device ids one per line, each ending in
+    /// `\n`. The answer comes as it is made: read it with
+    /// [`BatchAnswer::chunk`].
+    pub async fn sign_batch(
+        &self,
+        request: &SignRequest,
+        ids: Bytes,
+    ) -> Result<BatchAnswer, ClientError> {
+        let t = |e: &dyn std::fmt::Display| ClientError::Transport(e.to_string());
+        let stream = self.connect_checked().await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, BatchBody>(TokioIo::new(stream))
+                .await
+                .map_err(|e| t(&e))?;
+        tokio::spawn(conn);
+        let mut head = serde_json::to_vec(request).map_err(|e| t(&e))?;
+        head.push(b'\n');
+        let body = futures_util::stream::iter(
+            [head.into(), ids]
+                .map(|b: Bytes| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b))),
+        );
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/v1/sign/batch")
+            .header("host", "keybridge")
+            .header("content-type", "application/x-ndjson")
+            .body(http_body_util::StreamBody::new(body))
+            .map_err(|e| t(&e))?;
+        let resp = sender.send_request(req).await.map_err(|e| t(&e))?;
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        if status == 200 {
+            return Ok(BatchAnswer { body });
+        }
+        // A problem: small, but bounded all the same.
+        let mut bytes = Vec::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.map_err(|e| t(&e))?.into_data() {
+                if bytes.len() + data.len() > crate::api::MAX_BODY {
+                    return Err(t(&"the daemon's problem answer is too long"));
+                }
+                bytes.extend_from_slice(&data);
+            }
+        }
+        RawAnswer {
+            status,
+            body: bytes.into(),
+            head_at: std::time::Instant::now(),
+        }
+        .read::<serde_json::Value>()
+        .and(Err(t(&format!(
+            "the daemon answered {status} without a problem"
+        ))))
+    }
+
     /// `POST /v1/account/init`
     pub async fn account_init(&self, req: &AccountInit) -> Result<AccountLog, ClientError> {
         self.call(Method::POST, "/v1/account/init", Some(req)).await
@@ -249,6 +305,35 @@ impl Client {
             path.push_str(&encode(l));
         }
         self.call(Method::GET, &path, None::<&()>).await
+    }
+}
+
+/// The body of a streamed batch request: the request line, then the ids.
+type BatchBody = http_body_util::StreamBody<
+    futures_util::stream::Iter<
+        std::array::IntoIter<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>, 2>,
+    >,
+>;
+
+/// The answer of `POST /v1/sign/batch` as it arrives.
+pub struct BatchAnswer {
+    body: hyper::body::Incoming,
+}
+
+impl BatchAnswer {
+    /// The next piece of the NDJSON answer (lines may span pieces); `None`
+    /// at its end. A stream the daemon cut short is an error — or ends
+    /// without its `"complete"` line, which the reader must check.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, ClientError> {
+        while let Some(frame) = self.body.frame().await {
+            let frame = frame.map_err(|e| {
+                ClientError::Transport(format!("the batch answer was cut short: {e}"))
+            })?;
+            if let Ok(data) = frame.into_data() {
+                return Ok(Some(data));
+            }
+        }
+        Ok(None)
     }
 }
 

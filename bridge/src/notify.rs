@@ -288,6 +288,7 @@ mod tests {
             cmd: "run-script".into(),
             audience: Some("dev-1".into()),
             batch_size: None,
+            batch_root: None,
             cti: Some("00".repeat(16)),
             backend: Some("passphrase".into()),
             fallback: false,

@@ -4,7 +4,7 @@
 //! (`daily`) or 168 h (`weekly`). The administrator's
 //! `/etc/keybridge/policy.toml` restricts which of these users may choose,
 //! the longest validity a signed command may have and which PKCS#11 modules
-//! may be loaded. It wins whenever it exists: another policy file
+//! may be loaded, and the most devices one batch may address. It wins whenever it exists: another policy file
 //! (`serve --policy`, `KEYBRIDGE_POLICY`) and the user's `config.toml` can
 //! only narrow it, never widen it. Without a system policy file the
 //! defaults apply (every prompt frequency, 24 h, modules from the
@@ -14,6 +14,7 @@
 //! # /etc/keybridge/policy.toml
 //! allowed_remember = ["each-task", "daily"]
 //! max_ttl = 3600          # seconds
+//! max_batch = 100000      # devices in one batch (default 1,000,000)
 //! pkcs11_modules = ["/usr/lib/x86_64-linux-gnu/*"]   # globs; * matches any characters
 //! no_fallback = ["deploy-unattended"]   # command kinds `sign --agent` never falls back for
 //! ```
@@ -48,6 +49,7 @@ pub const SYSTEM_POLICY: &str = "/etc/keybridge/policy.toml";
 struct PolicyFile {
     allowed_remember: Option<Vec<Remember>>,
     max_ttl: Option<i64>,
+    max_batch: Option<usize>,
     default_remember: Option<Remember>,
     pkcs11_modules: Option<Vec<String>>,
     fallback_order: Option<Vec<BackendKind>>,
@@ -57,6 +59,10 @@ struct PolicyFile {
     http: Option<String>,
     allow_origins: Option<Vec<String>>,
 }
+
+/// The default `max_batch`: a million devices (the protocol's limit,
+/// [`keybridge_protocol::batch::MAX_BATCH`], is 16 times that).
+pub const DEFAULT_MAX_BATCH: usize = 1_000_000;
 
 /// The default preference of `sign --agent`: hardware that can be carried
 /// away first (a YubiKey the user has with them), then hardware that stays
@@ -75,6 +81,9 @@ pub struct Policy {
     pub allowed_remember: BTreeSet<Remember>,
     /// Longest command validity, seconds.
     pub max_ttl: i64,
+    /// Most devices one batch may address (every file can only lower it;
+    /// [`DEFAULT_MAX_BATCH`] by default).
+    pub max_batch: usize,
     /// Mode used when an unlock names none (the user's choice, if allowed).
     pub default_remember: Remember,
     /// Which PKCS#11 modules may be loaded: a module must match a pattern
@@ -107,6 +116,7 @@ impl Default for Policy {
         Policy {
             allowed_remember: Remember::ALL.into_iter().collect(),
             max_ttl: keybridge_protocol::command::MAX_VALIDITY,
+            max_batch: DEFAULT_MAX_BATCH,
             default_remember: Remember::EachTask,
             pkcs11_modules: ModuleAllowlist::default(),
             fallback_order: DEFAULT_FALLBACK_ORDER.to_vec(),
@@ -232,6 +242,9 @@ impl Policy {
             if let Some(ttl) = f.max_ttl {
                 p.max_ttl = p.max_ttl.min(ttl.max(1));
             }
+            if let Some(n) = f.max_batch {
+                p.max_batch = p.max_batch.min(n.max(1));
+            }
             p.no_fallback
                 .extend(f.no_fallback.iter().flatten().cloned());
         }
@@ -301,16 +314,19 @@ mod tests {
         let sys = write(
             d.path(),
             "policy.toml",
-            "allowed_remember = [\"each-task\"]\nmax_ttl = 600\n",
+            "allowed_remember = [\"each-task\"]\nmax_ttl = 600\nmax_batch = 5000\n",
         );
         let extra = write(
             d.path(),
             "extra.toml",
-            "allowed_remember = [\"each-task\", \"weekly\"]\nmax_ttl = 86400\n",
+            "allowed_remember = [\"each-task\", \"weekly\"]\nmax_ttl = 86400\nmax_batch = 2000000\n",
         );
         let p = Policy::load(&sys, Some(&extra), &none).unwrap();
         assert_eq!(p.allowed_remember, [Remember::EachTask].into());
         assert_eq!(p.max_ttl, 600);
+        // A later file cannot raise the batch limit.
+        assert_eq!(p.max_batch, 5000);
+        assert_eq!(Policy::default().max_batch, DEFAULT_MAX_BATCH);
         // A named policy file that is missing is an error, not "allow all".
         assert!(Policy::load(&sys, Some(&d.path().join("typo.toml")), &none).is_err());
     }

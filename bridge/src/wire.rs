@@ -279,6 +279,46 @@ pub struct SignedBy {
     pub skipped: Vec<SkippedKey>,
 }
 
+/// One envelope line of `POST /v1/sign/batch`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchLine<'a> {
+    /// The device.
+    #[serde(borrow)]
+    pub device: std::borrow::Cow<'a, str>,
+    /// Its envelope, base64.
+    #[serde(borrow)]
+    pub envelope: std::borrow::Cow<'a, str>,
+}
+
+/// The last line of `POST /v1/sign/batch`'s answer: present only when
+/// every envelope was sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchTrailer {
+    /// Always true: the stream is whole.
+    pub complete: bool,
+    /// Number of devices (envelope lines before this one).
+    pub size: usize,
+    /// Hex Merkle root the command signed.
+    pub root: String,
+    /// Hex kid of the key that signed.
+    pub kid: String,
+    /// The audit line that records the signature.
+    pub audit: BatchAudit,
+    /// Which key signed.
+    #[serde(flatten)]
+    pub by: SignedBy,
+}
+
+/// Which audit line records a batch: its time and the command's nonce.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchAudit {
+    /// Unix seconds (the line's `time`).
+    pub time: i64,
+    /// Hex nonce of the command (the line's `cti`).
+    pub cti: String,
+}
+
 /// The answer to `POST /v1/sign`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]

@@ -61,6 +61,12 @@ pub enum BatchError {
     /// More than [`MAX_BATCH`] devices.
     #[error("too many devices for one batch")]
     TooLarge,
+    /// [`Batch::from_sorted`] got ids out of order, or one twice.
+    #[error("device id #{position} is not after the one before it (sorted, each once)")]
+    NotSorted {
+        /// Its position (from 0).
+        position: usize,
+    },
 }
 
 /// A hash in the tree.
@@ -123,10 +129,135 @@ pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
     h.finalize().into()
 }
 
-/// The tree over a batch's devices, kept level by level: a device's audit
-/// path is read off the levels when its proof is asked for, so a batch
-/// holds about two hashes per device (64 MB for a million) instead of a
-/// whole path for each (640 MB).
+/// Device ids kept end to end in one string (a million 12-byte ids take
+/// 16 MB, not the 56 MB of a `Vec<String>`): the list a batch is built
+/// from, and the batch's own sorted list.
+///
+/// Every id in it passed [`check_device_id`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceIds {
+    text: String,
+    /// Where each id ends in `text`.
+    ends: Vec<u32>,
+}
+
+/// An id given more than once ([`DeviceIds::sort_dedup`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repeated {
+    /// The id.
+    pub id: String,
+    /// Its positions (from 0) in the list as given, ascending.
+    pub positions: Vec<usize>,
+}
+
+impl DeviceIds {
+    /// An empty list.
+    pub fn new() -> Self {
+        DeviceIds::default()
+    }
+
+    /// An empty list with room for `ids` ids of `bytes` bytes in all.
+    pub fn with_capacity(ids: usize, bytes: usize) -> Self {
+        DeviceIds {
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(ids),
+        }
+    }
+
+    /// Appends `id` after checking it ([`check_device_id`]). Refused also
+    /// when the list is full: [`MAX_BATCH`] ids, or 4 GiB of text.
+    pub fn push(&mut self, id: &str) -> Result<(), BatchError> {
+        let position = self.ends.len();
+        check_device_id(id).map_err(|error| BatchError::BadDeviceId { position, error })?;
+        let end = self
+            .text
+            .len()
+            .checked_add(id.len())
+            .and_then(|e| u32::try_from(e).ok())
+            .filter(|_| position < MAX_BATCH)
+            .ok_or(BatchError::TooLarge)?;
+        self.text.push_str(id);
+        self.ends.push(end);
+        Ok(())
+    }
+
+    /// Number of ids.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// True when there is none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The id at `index`, if there is one.
+    pub fn get(&self, index: usize) -> Option<&str> {
+        let end = *self.ends.get(index)? as usize;
+        let start = match index {
+            0 => 0,
+            i => self.ends[i - 1] as usize,
+        };
+        // Every bound is the end of an id pushed whole: a char boundary.
+        self.text.get(start..end)
+    }
+
+    /// The ids in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        (0..self.len()).map(|i| self.get(i).expect("an index below len"))
+    }
+
+    /// The ids sorted (bytewise), each once; and each id that was given
+    /// more than once, with its positions, in sorted order.
+    pub fn sort_dedup(&self) -> (DeviceIds, Vec<Repeated>) {
+        let id = |i: u32| self.get(i as usize).expect("an index below len");
+        let mut order: Vec<u32> = (0..self.ends.len() as u32).collect();
+        // Ties by position, so a repeated id's positions come ascending.
+        order.sort_unstable_by(|&a, &b| id(a).cmp(id(b)).then(a.cmp(&b)));
+        let mut sorted = DeviceIds::with_capacity(order.len(), self.text.len());
+        let mut repeated: Vec<Repeated> = vec![];
+        // The last id kept, and its position.
+        let mut last: Option<(&str, u32)> = None;
+        for i in order {
+            let this = id(i);
+            if let Some((kept, first)) = last.filter(|(kept, _)| *kept == this) {
+                match repeated.last_mut() {
+                    Some(r) if r.id == kept => r.positions.push(i as usize),
+                    _ => repeated.push(Repeated {
+                        id: kept.to_owned(),
+                        positions: vec![first as usize, i as usize],
+                    }),
+                }
+                continue;
+            }
+            sorted.text.push_str(this);
+            sorted.ends.push(sorted.text.len() as u32);
+            last = Some((this, i));
+        }
+        (sorted, repeated)
+    }
+}
+
+impl<'a> FromIterator<&'a str> for DeviceIds {
+    /// Collects ids that are known to be valid.
+    ///
+    /// # Panics
+    ///
+    /// On an id that [`DeviceIds::push`] refuses.
+    fn from_iter<I: IntoIterator<Item = &'a str>>(iter: I) -> Self {
+        let mut ids = DeviceIds::new();
+        for id in iter {
+            ids.push(id).expect("a valid device id");
+        }
+        ids
+    }
+}
+
+/// The tree over a batch's devices, kept level by level above the leaves:
+/// a device's audit path is read off the levels when its proof is asked
+/// for (a leaf hash is recomputed from its id), so a batch holds about one
+/// hash per device (32 MB for a million) instead of a whole path for each
+/// (640 MB).
 ///
 /// The levels are built bottom-up, pairing neighbours and carrying an odd
 /// last node up unchanged; that is the same tree as RFC 6962's recursive
@@ -134,8 +265,10 @@ pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
 /// the tests check against the RFC's definition for every size to 300.
 #[derive(Debug, Clone)]
 pub struct Batch {
-    ids: Vec<String>,
-    /// `levels[0]` are the leaves, the last level is the root alone.
+    /// Sorted, unique.
+    ids: DeviceIds,
+    /// `levels[0]` pairs the leaves; the last level is the root alone.
+    /// Empty for a batch of one device (the root is its leaf).
     levels: Vec<Vec<Hash>>,
 }
 
@@ -146,24 +279,42 @@ impl Batch {
     pub fn new<I, S>(device_ids: I) -> Result<Self, BatchError>
     where
         I: IntoIterator<Item = S>,
-        S: Into<String>,
+        S: AsRef<str>,
     {
-        let mut ids: Vec<String> = device_ids.into_iter().map(Into::into).collect();
-        for (position, id) in ids.iter().enumerate() {
-            if let Err(error) = check_device_id(id) {
-                return Err(BatchError::BadDeviceId { position, error });
-            }
+        let mut ids = DeviceIds::new();
+        for id in device_ids {
+            ids.push(id.as_ref())?;
         }
-        ids.sort_unstable();
-        ids.dedup();
+        Batch::from_sorted(ids.sort_dedup().0)
+    }
+
+    /// Builds the tree over `ids`, which must be sorted (bytewise) with no
+    /// id twice ([`DeviceIds::sort_dedup`] gives such a list).
+    pub fn from_sorted(ids: DeviceIds) -> Result<Self, BatchError> {
         if ids.is_empty() {
             return Err(BatchError::Empty);
         }
         if ids.len() > MAX_BATCH {
             return Err(BatchError::TooLarge);
         }
-        let mut levels = vec![ids.iter().map(|id| leaf_hash(id)).collect::<Vec<Hash>>()];
-        while levels.last().expect("a level").len() > 1 {
+        if let Some(position) = (1..ids.len()).find(|&i| ids.get(i - 1) >= ids.get(i)) {
+            return Err(BatchError::NotSorted { position });
+        }
+        let mut levels: Vec<Vec<Hash>> = vec![];
+        if ids.len() > 1 {
+            let leaves = ids.iter().collect::<Vec<&str>>();
+            levels.push(
+                leaves
+                    .chunks(2)
+                    .map(|pair| match pair {
+                        [l, r] => node_hash(&leaf_hash(l), &leaf_hash(r)),
+                        [odd] => leaf_hash(odd),
+                        _ => unreachable!("chunks of two"),
+                    })
+                    .collect(),
+            );
+        }
+        while levels.last().is_some_and(|l| l.len() > 1) {
             let below = levels.last().expect("a level");
             let up: Vec<Hash> = below
                 .chunks(2)
@@ -180,7 +331,10 @@ impl Batch {
 
     /// The Merkle tree head.
     pub fn root(&self) -> Hash {
-        self.levels.last().expect("a level")[0]
+        match self.levels.last() {
+            Some(top) => top[0],
+            None => leaf_hash(self.ids.get(0).expect("a batch has a device")),
+        }
     }
 
     /// The `"devs"` claim of a command for this batch: its size and root.
@@ -202,7 +356,7 @@ impl Batch {
     }
 
     /// The sorted, unique device ids.
-    pub fn device_ids(&self) -> &[String] {
+    pub fn device_ids(&self) -> &DeviceIds {
         &self.ids
     }
 
@@ -213,11 +367,15 @@ impl Batch {
     /// When `index` is not below the number of devices.
     pub fn proof(&self, index: usize) -> InclusionProof {
         assert!(index < self.ids.len(), "no device {index} in the batch");
-        // At each level the sibling, if the node has one (an odd last node
-        // is carried up and adds nothing to the path).
         let mut path = Vec::with_capacity(self.levels.len());
-        let mut i = index;
-        for level in &self.levels[..self.levels.len() - 1] {
+        // The sibling leaf, from its id.
+        if let Some(sibling) = self.ids.get(index ^ 1) {
+            path.push(leaf_hash(sibling));
+        }
+        // At each level above, the sibling if the node has one (an odd
+        // last node is carried up and adds nothing to the path).
+        let mut i = index / 2;
+        for level in self.levels.iter().take(self.levels.len().saturating_sub(1)) {
             if let Some(sibling) = level.get(i ^ 1) {
                 path.push(*sibling);
             }
@@ -235,7 +393,7 @@ impl Batch {
         self.ids
             .iter()
             .enumerate()
-            .map(|(i, id)| (id.as_str(), self.proof(i).to_value()))
+            .map(|(i, id)| (id, self.proof(i).to_value()))
     }
 }
 
@@ -458,9 +616,58 @@ mod tests {
     }
 
     #[test]
+    fn a_device_list_sorts_and_names_each_repeated_id_with_its_positions() {
+        let mut ids = DeviceIds::new();
+        for id in ["c", "a", "b", "a", "c", "a", "d"] {
+            ids.push(id).unwrap();
+        }
+        assert_eq!(ids.len(), 7);
+        assert_eq!(ids.get(1), Some("a"));
+        assert_eq!(ids.get(7), None);
+        let (sorted, repeated) = ids.sort_dedup();
+        assert_eq!(sorted.iter().collect::<Vec<_>>(), ["a", "b", "c", "d"]);
+        assert_eq!(
+            repeated,
+            [
+                Repeated {
+                    id: "a".into(),
+                    positions: vec![1, 3, 5]
+                },
+                Repeated {
+                    id: "c".into(),
+                    positions: vec![0, 4]
+                },
+            ]
+        );
+        assert_eq!(
+            ids.push("a/b").unwrap_err(),
+            BatchError::BadDeviceId {
+                position: 7,
+                error: DeviceIdError::Slash(1)
+            }
+        );
+        // Refused ids leave the list as it was.
+        assert_eq!(ids.len(), 7);
+        // The tree wants them sorted, each once.
+        assert_eq!(
+            Batch::from_sorted(ids).unwrap_err(),
+            BatchError::NotSorted { position: 1 }
+        );
+        let twice: DeviceIds = ["a", "a"].into_iter().collect();
+        assert_eq!(
+            Batch::from_sorted(twice).unwrap_err(),
+            BatchError::NotSorted { position: 1 }
+        );
+        assert_eq!(
+            Batch::from_sorted(DeviceIds::new()).unwrap_err(),
+            BatchError::Empty
+        );
+    }
+
+    #[test]
     fn ids_are_sorted_and_deduplicated() {
         let b = Batch::new(["b", "a", "b"]).unwrap();
-        assert_eq!(b.device_ids(), ["a", "b"]);
+        assert_eq!(b.device_ids().iter().collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(
             Batch::new(Vec::<String>::new()).unwrap_err(),
             BatchError::Empty

@@ -7,6 +7,7 @@ use crate::device_id::check_device_id;
 use crate::envelope::{self, EnvelopeError, MAX_ENVELOPE_LEN};
 use crate::key::{BadSignature, Kid, PublicKey};
 use ciborium::value::Value;
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 /// Content type of a signed command's protected header.
@@ -371,15 +372,31 @@ impl UnsignedCommand {
 
     /// [`UnsignedCommand::into_batch_envelopes`] without keeping them: `f`
     /// gets each device id (sorted order) and its envelope, in a buffer
-    /// reused from one device to the next. For answering a large batch
-    /// without holding every envelope at once.
+    /// reused from one device to the next.
     pub fn for_each_batch_envelope(
         self,
         signature: &[u8],
         batch: &Batch,
         mut f: impl FnMut(&str, &[u8]),
     ) -> Result<(), AssembleError> {
-        if self.devs != Some(batch.signed_root()) {
+        let mut envelopes = self.batch_envelopes(signature, batch)?;
+        let mut env = Vec::new();
+        while let Some(id) = envelopes.next_into(&mut env) {
+            f(id, &env);
+        }
+        Ok(())
+    }
+
+    /// The envelopes of `batch` one at a time, at the pace of the caller
+    /// (a stream to a client that reads slowly holds one envelope, not the
+    /// fleet). `batch` is borrowed or owned (`Arc<Batch>`, `Batch`). The
+    /// signature is checked once, here.
+    pub fn batch_envelopes<B: Borrow<Batch>>(
+        self,
+        signature: &[u8],
+        batch: B,
+    ) -> Result<BatchEnvelopes<B>, AssembleError> {
+        if self.devs != Some(batch.borrow().signed_root()) {
             return Err(AssembleError::BatchMismatch);
         }
         let sig = self.inner.checked_signature(signature)?;
@@ -387,9 +404,6 @@ impl UnsignedCommand {
         // header: encode the shared parts once (ciborium does every item;
         // only the two fixed bytes of tag 18 and a 4-array are ours), then
         // one small map per device. A unit test pins the result to coset's.
-        let encode = |v: &Value, out: &mut Vec<u8>| {
-            ciborium::ser::into_writer(v, out).expect("CBOR into a Vec cannot fail")
-        };
         let protected = self
             .inner
             .protected
@@ -397,20 +411,61 @@ impl UnsignedCommand {
             .clone()
             .expect("built with its bytes");
         let mut prefix = vec![0xd2, 0x84];
-        encode(&Value::Bytes(protected), &mut prefix);
+        encode_into(&Value::Bytes(protected), &mut prefix);
         let mut suffix = Vec::with_capacity(self.inner.payload.len() + 80);
-        encode(&Value::Bytes(self.inner.payload.clone()), &mut suffix);
-        encode(&Value::Bytes(sig), &mut suffix);
-        let label = Value::Text(crate::batch::PROOF_LABEL.into());
-        let mut env = Vec::with_capacity(prefix.len() + suffix.len() + 40 * 24);
-        for (id, proof) in batch.proofs() {
-            env.clear();
-            env.extend_from_slice(&prefix);
-            encode(&Value::Map(vec![(label.clone(), proof)]), &mut env);
-            env.extend_from_slice(&suffix);
-            f(id, &env);
-        }
-        Ok(())
+        encode_into(&Value::Bytes(self.inner.payload.clone()), &mut suffix);
+        encode_into(&Value::Bytes(sig), &mut suffix);
+        Ok(BatchEnvelopes {
+            prefix,
+            suffix,
+            batch,
+            next: 0,
+        })
+    }
+}
+
+/// CBOR of `v` appended to `out`.
+fn encode_into(v: &Value, out: &mut Vec<u8>) {
+    ciborium::ser::into_writer(v, out).expect("CBOR into a Vec cannot fail")
+}
+
+/// The envelopes of a batch, one per call of
+/// [`BatchEnvelopes::next_into`], in the batch's sorted order
+/// ([`UnsignedCommand::batch_envelopes`]).
+pub struct BatchEnvelopes<B> {
+    prefix: Vec<u8>,
+    suffix: Vec<u8>,
+    batch: B,
+    next: usize,
+}
+
+impl<B: Borrow<Batch>> BatchEnvelopes<B> {
+    /// Writes the next device's envelope into `out` (cleared first) and
+    /// returns its id; `None` after the last.
+    pub fn next_into(&mut self, out: &mut Vec<u8>) -> Option<&str> {
+        let batch = self.batch.borrow();
+        let i = self.next;
+        let id = batch.device_ids().get(i)?;
+        self.next += 1;
+        out.clear();
+        out.extend_from_slice(&self.prefix);
+        let proof = Value::Map(vec![(
+            Value::Text(crate::batch::PROOF_LABEL.into()),
+            batch.proof(i).to_value(),
+        )]);
+        encode_into(&proof, out);
+        out.extend_from_slice(&self.suffix);
+        Some(id)
+    }
+
+    /// Envelopes not yet written.
+    pub fn remaining(&self) -> usize {
+        self.batch.borrow().len() - self.next
+    }
+
+    /// The batch.
+    pub fn batch(&self) -> &Batch {
+        self.batch.borrow()
     }
 }
 

@@ -62,8 +62,8 @@ pub mod log;
 pub mod replay;
 pub mod verify;
 
-pub use batch::{Batch, BatchError, BatchRoot, InclusionProof};
-pub use command::{ArgValue, AssembleError, Claims, ClaimsError, UnsignedCommand};
+pub use batch::{Batch, BatchError, BatchRoot, DeviceIds, InclusionProof, Repeated};
+pub use command::{ArgValue, AssembleError, BatchEnvelopes, Claims, ClaimsError, UnsignedCommand};
 pub use device_id::{DeviceIdError, check_device_id};
 pub use envelope::{EnvelopeError, MAX_ENVELOPE_LEN, Unsigned};
 pub use key::{Algorithm, BadSignature, Kid, PublicKey};

@@ -240,7 +240,7 @@ fn rust_made_bad_cases(a: &Account) -> Vec<Json> {
     let key = a.alice.public();
     let ids: Vec<String> = (0..5).map(|i| format!("dev-{i}")).collect();
     let batch = Batch::new(ids.clone()).unwrap();
-    let device = batch.device_ids()[4].clone();
+    let device = batch.device_ids().get(4).unwrap().to_owned();
     let mut c = claims("alice", "x");
     c.aud = None;
     c.devs = Some(batch.signed_root());

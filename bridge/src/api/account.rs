@@ -53,6 +53,7 @@ pub async fn init(
             cmd: "key-log:genesis".into(),
             audience: None,
             batch_size: None,
+            batch_root: None,
             cti: None,
             ..audit::Entry::default()
         })

@@ -5,6 +5,7 @@
 //! | `GET /v1/status` | [`status`] |
 //! | `GET, POST /v1/keys`, `GET /v1/keys/{kid}`, `POST /v1/keys/{kid}/unlock`, `POST /v1/keys/{kid}/lock` | [`keys`] |
 //! | `POST /v1/sign` | [`sign`] |
+//! | `POST /v1/sign/batch` (streamed) | [`batch`] |
 //! | `POST /v1/account/init` | [`account`] |
 //! | `POST /v1/keys/{kid}/request`, `POST /v1/log/approve`, `…/reject`, `…/revoke`, `…/threshold` | [`log`] |
 //! | `GET /v1/backends/{backend}/tokens?location=…` | [`keys`] |
@@ -15,6 +16,7 @@
 
 pub mod account;
 mod args;
+pub mod batch;
 pub mod keys;
 pub mod log;
 pub mod pair;
@@ -92,8 +94,12 @@ async fn same_user_only(
 /// Reads the whole body before the handler runs, within the body deadline
 /// and the size limit: a client that sends headers and then trickles (or
 /// never sends) its body is cut off instead of holding a connection — and
-/// the daemon's shutdown — forever.
+/// the daemon's shutdown — forever. The streamed batch route reads its
+/// body itself, under limits of its own ([`batch`]).
 async fn body_in_time(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    if request.uri().path() == "/v1/sign/batch" {
+        return next.run(request).await;
+    }
     let (parts, body) = request.into_parts();
     let limit = if parts.uri.path().starts_with("/v1/log/") {
         MAX_LOG_BODY
@@ -127,6 +133,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/log/revoke", post(log::revoke))
         .route("/v1/log/threshold", post(log::threshold))
         .route("/v1/sign", post(sign::sign))
+        .route("/v1/sign/batch", post(batch::sign_batch))
         .route("/v1/account/init", post(account::init))
         .route("/v1/backends/{backend}/tokens", get(keys::tokens))
         .route("/v1/pairings", get(pair::list).post(pair::pair))

@@ -51,155 +51,256 @@ enum Answer {
     Rendered(String),
 }
 
+/// A sign request checked, but for its devices: who may sign, and the
+/// command's fields.
+pub(super) struct Asked {
+    /// The keys that may sign, in the order to try them.
+    candidates: Vec<Arc<KeyEntry>>,
+    /// The agent, for a request by agent.
+    by_agent: Option<String>,
+    /// The first candidate (every candidate speaks for the same account
+    /// and agent).
+    first: Arc<KeyEntry>,
+    cmd: String,
+    args: std::collections::BTreeMap<String, keybridge_protocol::ArgValue>,
+    ttl: i64,
+    body: Option<[u8; 32]>,
+}
+
+impl Asked {
+    /// Checks everything of `req` but `device` and `devices`.
+    pub(super) fn check(s: &Shared, req: SignRequest) -> Result<Asked, ApiError> {
+        let bad = |m: &str| ApiError::BadRequest(m.to_owned());
+        let (candidates, by_agent) = match (&req.key, &req.agent) {
+            (Some(key), None) => {
+                if req.account.is_some() {
+                    return Err(bad(
+                        "account goes with agent: a key names its account itself",
+                    ));
+                }
+                (vec![s.keys.resolve(key)?], None)
+            }
+            (None, Some(agent)) => {
+                check_name("agent", agent)?;
+                if let Some(account) = &req.account {
+                    check_name("account", account)?;
+                }
+                let keys =
+                    s.keys
+                        .of_agent(req.account.as_deref(), agent, &s.policy.fallback_order)?;
+                (keys, Some(agent.clone()))
+            }
+            _ => return Err(bad("give exactly one of key and agent")),
+        };
+        let first = candidates
+            .first()
+            .cloned()
+            .ok_or_else(|| ApiError::Internal("no key to sign with".into()))?;
+        if !is_valid_command(&req.command) {
+            return Err(ApiError::BadRequest(format!(
+                "unknown command {:?}: one of {} or x-…",
+                req.command,
+                keybridge_protocol::command::KNOWN_COMMANDS.join(", ")
+            )));
+        }
+        let ttl = req.ttl.unwrap_or(DEFAULT_TTL);
+        if ttl <= 0 || ttl > MAX_VALIDITY {
+            return Err(bad("ttl is 1 s to 24 h"));
+        }
+        if ttl > s.policy.max_ttl {
+            return Err(ApiError::PolicyDenied(format!(
+                "ttl {ttl} s is over the policy's maximum of {} s",
+                s.policy.max_ttl
+            )));
+        }
+        let body = match &req.body_sha256 {
+            None => None,
+            Some(h) => Some(
+                unhex(h)
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .ok_or_else(|| bad("body_sha256 is 64 hex characters"))?,
+            ),
+        };
+        Ok(Asked {
+            candidates,
+            by_agent,
+            first,
+            cmd: req.command,
+            args: req.args.0,
+            ttl,
+            body,
+        })
+    }
+
+    /// The command's claims for one device (`aud`) or a batch (`devs`),
+    /// valid from now for the request's ttl, with a fresh nonce.
+    pub(super) fn claims(
+        &self,
+        s: &Shared,
+        aud: Option<String>,
+        devs: Option<keybridge_protocol::BatchRoot>,
+    ) -> Result<Claims, ApiError> {
+        let now = s.clock.now();
+        let exp = now
+            .checked_add(self.ttl)
+            .ok_or_else(|| ApiError::BadRequest("the clock is past the end of time".into()))?;
+        let mut cti = [0u8; 16];
+        getrandom::fill(&mut cti).map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(Claims {
+            iss: self.first.stored.account.clone(),
+            sub: self.first.stored.agent.clone(),
+            aud,
+            exp,
+            nbf: now,
+            iat: now,
+            cti,
+            cmd: self.cmd.clone(),
+            args: self.args.clone(),
+            body: self.body,
+            devs,
+        })
+    }
+
+    /// Signs `claims` with the requested key, or the agent's first key at
+    /// hand (module docs); asks for a locked key's secret through the
+    /// pinentry program when there is one.
+    pub(super) async fn sign(self, s: &Shared, claims: &Claims) -> Result<Chosen, ApiError> {
+        let batch_size = claims.devs.map(|d| d.size as usize);
+        match &self.by_agent {
+            None => {
+                let first = self.first;
+                if first.unlocked(s.clock.boot()).is_none() {
+                    ask_secret(s, &first, claims, batch_size).await?;
+                }
+                let unsigned = UnsignedCommand::new(claims, &first.public)
+                    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                let signature = first
+                    .sign(unsigned.to_be_signed().to_vec(), s.clock.boot())
+                    .await?;
+                Ok(Chosen {
+                    entry: first,
+                    unsigned,
+                    signature,
+                    skipped: vec![],
+                })
+            }
+            Some(agent) => first_at_hand(s, claims, agent, self.candidates, batch_size).await,
+        }
+    }
+}
+
+impl Chosen {
+    /// Which key signed, and the keys passed over before it.
+    pub(super) fn signed_by(&self) -> SignedBy {
+        SignedBy {
+            backend: Some(self.entry.backend().name().to_owned()),
+            label: self.entry.label().map(str::to_owned),
+            fallback: !self.skipped.is_empty(),
+            skipped: self
+                .skipped
+                .iter()
+                .map(|(e, why)| SkippedKey {
+                    kid: e.kid_hex.clone(),
+                    backend: e.backend().name().to_owned(),
+                    label: e.label().map(str::to_owned),
+                    why: why.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Records a signature by `key` in the audit log (and the desktop
+/// notification, if on): before any envelope leaves the bridge. No audit
+/// line, no signature: a command that was not recorded never leaves. The
+/// entry is returned for the answer.
+pub(super) fn record(
+    s: &Shared,
+    key: &KeyEntry,
+    claims: &Claims,
+    by: &SignedBy,
+) -> Result<audit::Entry, ApiError> {
+    if by.fallback {
+        tracing::info!(
+            kid = %key.kid_hex,
+            skipped = ?by.skipped.iter().map(|k| &k.kid).collect::<Vec<_>>(),
+            "signed by agent with a later key: the keys before it were not there"
+        );
+    }
+    let entry = audit::Entry {
+        time: claims.iat,
+        kid: key.kid_hex.clone(),
+        account: claims.iss.clone(),
+        agent: claims.sub.clone(),
+        cmd: claims.cmd.clone(),
+        audience: claims.aud.clone(),
+        batch_size: claims.devs.map(|d| d.size as usize),
+        batch_root: claims.devs.map(|d| hex(&d.root)),
+        cti: Some(hex(&claims.cti)),
+        backend: by.backend.clone(),
+        fallback: by.fallback,
+        skipped: by.skipped.iter().map(|k| k.kid.clone()).collect(),
+    };
+    s.audit
+        .append(&entry)
+        .map_err(|e| ApiError::Internal(format!("audit log: {e}")))?;
+    if s.policy.notify {
+        // In a task of its own: never delays or fails the signature.
+        crate::notify::signed(&entry, key.label());
+    }
+    Ok(entry)
+}
+
+/// Refuses a batch larger than the policy's `max_batch`.
+pub(super) fn check_batch_size(s: &Shared, n: usize) -> Result<(), ApiError> {
+    if n > s.policy.max_batch {
+        return Err(ApiError::PolicyDenied(format!(
+            "a batch of more than {} devices (the policy's max_batch): split the fleet",
+            s.policy.max_batch
+        )));
+    }
+    Ok(())
+}
+
 /// `POST /v1/sign`
 pub async fn sign(
     State(s): State<Shared>,
-    Json(req): Json<SignRequest>,
+    Json(mut req): Json<SignRequest>,
 ) -> Result<Response, ApiError> {
-    let bad = |m: &str| ApiError::BadRequest(m.to_owned());
-    let (candidates, by_agent) = match (&req.key, &req.agent) {
-        (Some(key), None) => {
-            if req.account.is_some() {
-                return Err(bad(
-                    "account goes with agent: a key names its account itself",
-                ));
-            }
-            (vec![s.keys.resolve(key)?], None)
-        }
-        (None, Some(agent)) => {
-            check_name("agent", agent)?;
-            if let Some(account) = &req.account {
-                check_name("account", account)?;
-            }
-            let keys = s
-                .keys
-                .of_agent(req.account.as_deref(), agent, &s.policy.fallback_order)?;
-            (keys, Some(agent.clone()))
-        }
-        _ => return Err(bad("give exactly one of key and agent")),
-    };
-    let first = candidates
-        .first()
-        .cloned()
-        .ok_or_else(|| ApiError::Internal("no key to sign with".into()))?;
-    if !is_valid_command(&req.command) {
-        return Err(ApiError::BadRequest(format!(
-            "unknown command {:?}: one of {} or x-…",
-            req.command,
-            keybridge_protocol::command::KNOWN_COMMANDS.join(", ")
-        )));
-    }
-    let ttl = req.ttl.unwrap_or(DEFAULT_TTL);
-    if ttl <= 0 || ttl > MAX_VALIDITY {
-        return Err(bad("ttl is 1 s to 24 h"));
-    }
-    if ttl > s.policy.max_ttl {
-        return Err(ApiError::PolicyDenied(format!(
-            "ttl {ttl} s is over the policy's maximum of {} s",
-            s.policy.max_ttl
-        )));
-    }
-    for id in req.device.iter().chain(req.devices.iter().flatten()) {
+    let (device, devices) = (req.device.take(), req.devices.take());
+    let asked = Asked::check(&s, req)?;
+    for id in device.iter().chain(devices.iter().flatten()) {
         check_device_id(id).map_err(|e| ApiError::BadRequest(format!("device id {id:?}: {e}")))?;
     }
-    let body = match &req.body_sha256 {
-        None => None,
-        Some(h) => Some(
-            unhex(h)
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .ok_or_else(|| bad("body_sha256 is 64 hex characters"))?,
-        ),
-    };
-    let batch = match (req.device, req.devices) {
+    let batch = match (device, devices) {
         (Some(d), None) if !d.is_empty() => Err(d),
         (None, Some(ids)) if !ids.is_empty() => {
+            check_batch_size(&s, ids.len())?;
             Ok(tokio::task::spawn_blocking(move || Batch::new(ids))
                 .await
                 .map_err(|e| ApiError::Internal(e.to_string()))?
                 .map_err(|e| ApiError::BadRequest(e.to_string()))?)
         }
-        _ => return Err(bad("give exactly one of device and devices (non-empty)")),
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give exactly one of device and devices (non-empty)".into(),
+            ));
+        }
     };
-    let now = s.clock.now();
-    let exp = now
-        .checked_add(ttl)
-        .ok_or_else(|| bad("the clock is past the end of time"))?;
-    let mut cti = [0u8; 16];
-    getrandom::fill(&mut cti).map_err(|e| ApiError::Internal(e.to_string()))?;
-    // Every candidate speaks for the same account and agent.
-    let claims = Claims {
-        iss: first.stored.account.clone(),
-        sub: first.stored.agent.clone(),
-        aud: batch.as_ref().err().cloned(),
-        exp,
-        nbf: now,
-        iat: now,
-        cti,
-        cmd: req.command,
-        args: req.args.0,
-        body,
-        devs: batch.as_ref().ok().map(Batch::signed_root),
-    };
-    let batch_size = batch.as_ref().ok().map(Batch::len);
+    let claims = asked.claims(
+        &s,
+        batch.as_ref().err().cloned(),
+        batch.as_ref().ok().map(Batch::signed_root),
+    )?;
+    let chosen = asked.sign(&s, &claims).await?;
+    let by = chosen.signed_by();
     let Chosen {
         entry,
         unsigned,
         signature,
-        skipped,
-    } = match &by_agent {
-        None => {
-            if first.unlocked(s.clock.boot()).is_none() {
-                ask_secret(&s, &first, &claims, batch_size).await?;
-            }
-            let unsigned = UnsignedCommand::new(&claims, &first.public)
-                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-            let signature = first
-                .sign(unsigned.to_be_signed().to_vec(), s.clock.boot())
-                .await?;
-            Chosen {
-                entry: first,
-                unsigned,
-                signature,
-                skipped: vec![],
-            }
-        }
-        Some(agent) => first_at_hand(&s, &claims, agent, candidates, batch_size).await?,
-    };
+        ..
+    } = chosen;
     let kid = entry.kid_hex.clone();
-    let by = SignedBy {
-        backend: Some(entry.backend().name().to_owned()),
-        label: entry.label().map(str::to_owned),
-        fallback: !skipped.is_empty(),
-        skipped: skipped
-            .iter()
-            .map(|(e, why)| SkippedKey {
-                kid: e.kid_hex.clone(),
-                backend: e.backend().name().to_owned(),
-                label: e.label().map(str::to_owned),
-                why: why.clone(),
-            })
-            .collect(),
-    };
-    if by.fallback {
-        tracing::info!(
-            %kid,
-            skipped = ?by.skipped.iter().map(|k| &k.kid).collect::<Vec<_>>(),
-            "signed by agent with a later key: the keys before it were not there"
-        );
-    }
-    let audit_entry = audit::Entry {
-        time: now,
-        kid: kid.clone(),
-        account: claims.iss.clone(),
-        agent: claims.sub.clone(),
-        cmd: claims.cmd.clone(),
-        audience: claims.aud.clone(),
-        batch_size,
-        cti: Some(hex(&cti)),
-        backend: by.backend.clone(),
-        fallback: by.fallback,
-        skipped: by.skipped.iter().map(|k| k.kid.clone()).collect(),
-    };
     let response = match batch {
         Err(_) => {
             let env = unsigned
@@ -208,7 +309,7 @@ pub async fn sign(
             Answer::Single(Signed::Single {
                 kid,
                 envelope: B64.encode(env),
-                by,
+                by: by.clone(),
             })
         }
         Ok(batch) => {
@@ -222,7 +323,8 @@ pub async fn sign(
             let head = head.to_string();
             // 10,000 envelopes are ~10 MB of JSON: written straight into one
             // string (serde_json escapes each device id; base64 needs no
-            // escaping) instead of building 10,000 `Value`s first.
+            // escaping) instead of building 10,000 `Value`s first. Larger
+            // batches stream (`POST /v1/sign/batch`).
             let body = tokio::task::spawn_blocking(move || {
                 // ~1 KiB of base64 per device.
                 let mut out = String::with_capacity(batch.len() * 1100 + head.len() + 32);
@@ -248,15 +350,7 @@ pub async fn sign(
             Answer::Rendered(body)
         }
     };
-    // No audit line, no signature: a command that was not recorded never
-    // leaves the bridge.
-    s.audit
-        .append(&audit_entry)
-        .map_err(|e| ApiError::Internal(format!("audit log: {e}")))?;
-    if s.policy.notify {
-        // In a task of its own: never delays or fails the signature.
-        crate::notify::signed(&audit_entry, entry.label());
-    }
+    record(&s, &entry, &claims, &by)?;
     Ok(match response {
         Answer::Single(v) => Json(v).into_response(),
         Answer::Rendered(body) => {
@@ -293,10 +387,10 @@ async fn ask_secret(
 
 /// What signed: the key, the command it signed, the signature, and the
 /// keys passed over before it (with why).
-struct Chosen {
-    entry: Arc<KeyEntry>,
-    unsigned: UnsignedCommand,
-    signature: Vec<u8>,
+pub(super) struct Chosen {
+    pub(super) entry: Arc<KeyEntry>,
+    pub(super) unsigned: UnsignedCommand,
+    pub(super) signature: Vec<u8>,
     skipped: Vec<(Arc<KeyEntry>, String)>,
 }
 

@@ -1,6 +1,7 @@
 //! The loopback listener for web consoles (`keybridge serve --http
 //! 127.0.0.1:PORT --allow-origin https://console.example`): the same
-//! signing interface as the Unix socket — status, keys, unlock, sign — for
+//! signing interface as the Unix socket — status, keys, unlock, sign (one
+//! device, or a batch streamed) — for
 //! a page in a browser, behind four gates, in this order:
 //!
 //! 1. **Host**: `127.0.0.1:PORT`, `localhost:PORT` or `[::1]:PORT`, nothing
@@ -27,7 +28,7 @@
 //! key-log events, pairing itself and the audit stay on the Unix socket.
 
 use super::problem::ApiError;
-use super::{MAX_BODY, Shared, body_in_time, keys, sign, status};
+use super::{MAX_BODY, Shared, batch, body_in_time, keys, sign, status};
 use crate::pairing::{Pairings, Refusal};
 use axum::Router;
 use axum::extract::{Request, State};
@@ -54,6 +55,7 @@ pub fn router(state: Shared, web: Arc<Web>) -> Router {
         .route("/v1/keys", get(keys::list))
         .route("/v1/keys/{kid}/unlock", post(keys::unlock))
         .route("/v1/sign", post(sign::sign))
+        .route("/v1/sign/batch", post(batch::sign_batch))
         .fallback(|| async {
             ApiError::NotFound(
                 "not on the loopback listener (status, keys, unlock and sign are)".into(),

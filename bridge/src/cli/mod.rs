@@ -7,6 +7,7 @@
 
 mod account;
 mod attestation;
+mod batch;
 mod completions;
 mod doctor;
 mod history;

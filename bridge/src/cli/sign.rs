@@ -51,7 +51,10 @@ pub struct SignArgs {
     /// and the policy's maximum.
     #[arg(long, default_value = "300s")]
     ttl: String,
-    /// Output file (one device) or folder (batch: one ID.cose per device).
+    /// Output: a file (one device); for a batch a folder (one ID.cose per
+    /// device), a FILE.jsonl / FILE.ndjson (the stream: one
+    /// {"device","envelope"} line per device, then a "complete" line), or
+    /// - (that stream on standard output).
     #[arg(long)]
     out: PathBuf,
 }
@@ -89,15 +92,15 @@ fn parse_args(pairs: &[String]) -> anyhow::Result<SignArgsMap> {
     Ok(args)
 }
 
-/// Signs; meanwhile, if the key's token waits for a touch, says so once on
-/// standard error ("touch your YubiKey"). For a request by agent, any of
-/// the agent's keys waiting for a touch is the one signing.
-async fn sign_telling_about_touch(
+/// Waits for `signing`; meanwhile, if the key's token waits for a touch,
+/// says so once on standard error ("touch your YubiKey"). For a request by
+/// agent, any of the agent's keys waiting for a touch is the one signing.
+async fn telling_about_touch<T>(
     ctx: &Ctx,
     req: &SignRequest,
-) -> Result<Signed, crate::client::ClientError> {
+    signing: impl std::future::Future<Output = Result<T, crate::client::ClientError>>,
+) -> Result<T, crate::client::ClientError> {
     let client = ctx.client();
-    let signing = client.sign(req);
     tokio::pin!(signing);
     let mut told = false;
     loop {
@@ -166,77 +169,84 @@ pub(super) async fn run(ctx: &Ctx, a: &SignArgs) -> anyhow::Result<()> {
         let bytes = std::fs::read(file).with_context(|| file.display().to_string())?;
         req.body_sha256 = Some(hex(&sha2::Sha256::digest(&bytes)));
     }
-    match (&a.device, &a.devices) {
+    let device = match (&a.device, &a.devices) {
         (Some(d), _) => {
             check_device_id(d).with_context(|| format!("--device {d:?}"))?;
-            req.device = Some(d.clone());
+            d.clone()
         }
-        (None, Some(file)) => {
-            let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
-            req.devices =
-                Some(device_list(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?);
-        }
+        (None, Some(file)) => return run_batch(ctx, a, req, file).await,
         (None, None) => bail!("give --device ID or --devices FILE"),
-    }
-    let signed = sign_telling_about_touch(ctx, &req).await?;
-    let signer = key_name(
-        signed.kid(),
-        signed.by().backend.as_deref(),
-        signed.by().label.as_deref(),
+    };
+    req.device = Some(device.clone());
+    let signed = telling_about_touch(ctx, &req, ctx.client().sign(&req)).await?;
+    let Signed::Single { kid, envelope, by } = signed else {
+        bail!("the daemon answered a single-device request with a batch");
+    };
+    let signer = key_name(&kid, by.backend.as_deref(), by.label.as_deref());
+    let note = fallback_note(&by);
+    let bytes = B64
+        .decode(&envelope)
+        .context("the daemon sent bad base64")?;
+    paths::write_atomic(&a.out, &bytes).with_context(|| a.out.display().to_string())?;
+    let line = format!(
+        "signed {} for {device} with {signer} → {}{note}",
+        a.command,
+        a.out.display()
     );
-    let note = fallback_note(signed.by());
-    match signed {
-        Signed::Single { kid, envelope, by } => {
-            let bytes = B64
-                .decode(&envelope)
-                .context("the daemon sent bad base64")?;
-            paths::write_atomic(&a.out, &bytes).with_context(|| a.out.display().to_string())?;
-            let line = format!(
-                "signed {} for {} with {signer} → {}{note}",
-                a.command,
-                a.device.as_deref().unwrap_or(""),
-                a.out.display()
-            );
-            ctx.print(&Signed::Single { kid, envelope, by }, |_| line);
+    ctx.print(&Signed::Single { kid, envelope, by }, |_| line);
+    Ok(())
+}
+
+/// `sign --devices FILE`: the ids checked here (with the file's line
+/// numbers), streamed to the daemon, the envelopes streamed to `--out`
+/// ([`super::batch`]).
+async fn run_batch(
+    ctx: &Ctx,
+    a: &SignArgs,
+    req: SignRequest,
+    file: &std::path::Path,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
+    let ids = device_list(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let n = ids.len();
+    let mut body = String::with_capacity(text.len());
+    for id in ids {
+        body.push_str(id);
+        body.push('\n');
+    }
+    drop(text);
+    let sink = super::batch::Sink::open(&a.out)?;
+    let to_stdout = matches!(sink, super::batch::Sink::Stdout(_));
+    let answer = telling_about_touch(
+        ctx,
+        &req,
+        ctx.client().sign_batch(&req, body.into_bytes().into()),
+    )
+    .await?;
+    let t = super::batch::receive(answer, sink, n, !ctx.json).await?;
+    let signer = key_name(&t.kid, t.by.backend.as_deref(), t.by.label.as_deref());
+    let note = fallback_note(&t.by);
+    let summary = serde_json::json!({
+        "kid": t.kid, "root": t.root, "devices": t.size, "out": a.out,
+        "backend": t.by.backend, "label": t.by.label, "fallback": t.by.fallback,
+        "skipped": t.by.skipped, "audit": t.audit,
+    });
+    let line = format!(
+        "signed {} for {} devices with one signature of {signer} (root {}…) → {}{note}",
+        a.command,
+        t.size,
+        short(&t.root, 16),
+        a.out.display()
+    );
+    if to_stdout {
+        // Standard output carries the stream.
+        if ctx.json {
+            eprintln!("{summary}");
+        } else {
+            eprintln!("{line}");
         }
-        Signed::Batch {
-            kid,
-            root,
-            envelopes,
-            by,
-        } => {
-            std::fs::create_dir_all(&a.out).with_context(|| a.out.display().to_string())?;
-            let dir = std::fs::File::open(&a.out).with_context(|| a.out.display().to_string())?;
-            for (id, env) in &envelopes {
-                // The daemon's answer is checked like any input: an id
-                // becomes a file name.
-                check_device_id(id)
-                    .with_context(|| format!("the daemon returned device id {id:?}"))?;
-                let bytes = B64.decode(env).context("the daemon sent bad base64")?;
-                // Each file whole under its name (a temp file renamed), no
-                // sync per file: one sync of the file system below, before
-                // anything is reported as done.
-                let tmp = a.out.join(format!(".{id}.cose.tmp"));
-                std::fs::write(&tmp, &bytes)
-                    .and_then(|()| std::fs::rename(&tmp, a.out.join(format!("{id}.cose"))))
-                    .with_context(|| tmp.display().to_string())?;
-            }
-            rustix::fs::syncfs(&dir).with_context(|| format!("syncing {}", a.out.display()))?;
-            let summary = serde_json::json!({
-                "kid": kid, "root": root, "devices": envelopes.len(), "out": a.out,
-                "backend": by.backend, "label": by.label, "fallback": by.fallback,
-                "skipped": by.skipped,
-            });
-            ctx.print(&summary, |_| {
-                format!(
-                    "signed {} for {} devices with one signature of {signer} (root {}…) → {}/{note}",
-                    a.command,
-                    envelopes.len(),
-                    short(&root, 16),
-                    a.out.display()
-                )
-            });
-        }
+    } else {
+        ctx.print(&summary, |_| line);
     }
     Ok(())
 }
@@ -244,32 +254,48 @@ pub(super) async fn run(ctx: &Ctx, a: &SignArgs) -> anyhow::Result<()> {
 /// The device ids of a `--devices` file: one per line, blank lines and
 /// `#` comments skipped. Every bad id and every id given twice is refused
 /// with its line numbers (at most 20 named), before anything is signed.
-fn device_list(text: &str) -> Result<Vec<String>, String> {
+fn device_list(text: &str) -> Result<Vec<&str>, String> {
     const SHOWN: usize = 20;
     let mut problems = vec![];
-    let mut ids: Vec<(&str, usize)> = vec![];
-    for (n, line) in text.lines().enumerate() {
-        let id = line.trim();
-        if id.is_empty() || id.starts_with('#') {
-            continue;
-        }
+    let mut ids: Vec<&str> = vec![];
+    let lines = || {
+        text.lines()
+            .enumerate()
+            .map(|(n, line)| (n + 1, line.trim()))
+            .filter(|(_, id)| !id.is_empty() && !id.starts_with('#'))
+    };
+    for (n, id) in lines() {
         match check_device_id(id) {
-            Ok(()) => ids.push((id, n + 1)),
-            Err(e) => problems.push(format!("line {}: device id {id:?}: {e}", n + 1)),
+            Ok(()) => ids.push(id),
+            Err(e) => problems.push(format!("line {n}: device id {id:?}: {e}")),
         }
     }
     let mut sorted = ids.clone();
     sorted.sort_unstable();
-    for run in sorted.chunk_by(|a, b| a.0 == b.0).filter(|r| r.len() > 1) {
-        let lines: Vec<String> = run.iter().map(|(_, n)| n.to_string()).collect();
-        problems.push(format!(
-            "device id {:?} is on lines {} (each device once)",
-            run[0].0,
-            lines.join(", ")
-        ));
+    let repeated: std::collections::BTreeSet<&str> = sorted
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
+    drop(sorted);
+    if !repeated.is_empty() {
+        // Their lines, found in a second pass (the common case, no
+        // repeats, keeps no line numbers).
+        let mut on: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        for (n, id) in lines() {
+            if repeated.contains(id) {
+                on.entry(id).or_default().push(n.to_string());
+            }
+        }
+        for (id, lines) in on {
+            problems.push(format!(
+                "device id {id:?} is on lines {} (each device once)",
+                lines.join(", ")
+            ));
+        }
     }
     if problems.is_empty() {
-        return Ok(ids.into_iter().map(|(id, _)| id.to_owned()).collect());
+        return Ok(ids);
     }
     let more = problems.len().saturating_sub(SHOWN);
     let mut shown = problems
