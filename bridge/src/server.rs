@@ -47,6 +47,8 @@ pub struct Options {
     pub idle_exit: Option<Duration>,
     /// The loopback listener for web consoles ([`api::web`]).
     pub http: Option<HttpOptions>,
+    /// [`Limits::stream_stall`] instead of its default (tests).
+    pub stream_stall: Option<Duration>,
 }
 
 /// `serve --http ADDR --allow-origin ORIGIN…` (or `http` and
@@ -113,6 +115,9 @@ pub struct Limits {
     pub header_read: Duration,
     /// Longest wait for a request's body.
     pub body_read: Duration,
+    /// Longest a client may stop reading a streamed answer (a batch's
+    /// envelopes) before it is cut off.
+    pub stream_stall: Duration,
     /// Connections served at once.
     pub max_connections: usize,
     /// Longest wait for in-flight requests at shutdown.
@@ -126,6 +131,7 @@ impl Default for Limits {
         Limits {
             header_read: Duration::from_secs(10),
             body_read: Duration::from_secs(10),
+            stream_stall: Duration::from_secs(30),
             max_connections: 128,
             // Long enough for a signature that waits for a touch (a
             // YubiKey gives up after 15 s).
@@ -137,7 +143,10 @@ impl Default for Limits {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(paths: Paths, opts: Options) -> anyhow::Result<()> {
-    let limits = Limits::default();
+    let mut limits = Limits::default();
+    if let Some(stall) = opts.stream_stall {
+        limits.stream_stall = stall;
+    }
     let runtime_dir = opts
         .socket
         .parent()
@@ -260,6 +269,7 @@ pub async fn run(paths: Paths, opts: Options) -> anyhow::Result<()> {
         socket: opts.socket.clone(),
         started: opts.clock.now(),
         body_read: limits.body_read,
+        stream_stall: limits.stream_stall,
         pairings,
     });
     tracing::info!(

@@ -352,6 +352,65 @@ fn a_stream_cut_midway_leaves_nothing_claimed_complete_and_the_daemon_serving() 
     }
 }
 
+#[test]
+fn a_client_that_stops_reading_is_cut_off_and_others_are_served_meanwhile() {
+    let mut b = Bridge::start(NOW);
+    b.restart_with(&["--stream-stall", "2s"]);
+    b.passphrase_key("acme", "alice");
+    unlock(&b, "alice", "daily");
+    let ids = fleet(100_000);
+    let http = b.http();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut answer = rt.block_on(async {
+        let req = keybridge::wire::SignRequest {
+            key: Some("alice".into()),
+            command: "create-alert".into(),
+            ..Default::default()
+        };
+        let mut body = ids.join("\n");
+        body.push('\n');
+        let mut answer = http
+            .client()
+            .sign_batch(&req, body.into_bytes().into())
+            .await
+            .unwrap();
+        answer.chunk().await.unwrap().unwrap();
+        answer
+    });
+    // Not reading: the daemon gives up on this client after 2 s, and
+    // serves everyone else in the meantime.
+    let cut = poll_until(Duration::from_secs(20), || {
+        b.ok(&["status"], None);
+        b.daemon_log()
+            .contains("the client stopped reading the batch: cut off")
+    });
+    assert!(cut, "{}", b.daemon_log());
+    // Reading again: what was in flight, then the end without a trailer.
+    let (ended, trailer) = rt.block_on(async {
+        let mut last = Vec::new();
+        loop {
+            match answer.chunk().await {
+                Ok(Some(c)) => {
+                    last.extend_from_slice(&c);
+                    let keep = last.len().saturating_sub(4096);
+                    last.drain(..keep);
+                }
+                Ok(None) => return (false, String::from_utf8_lossy(&last).into_owned()),
+                Err(_) => return (true, String::from_utf8_lossy(&last).into_owned()),
+            }
+        }
+    });
+    assert!(ended, "the stream was not cut");
+    assert!(!trailer.contains("\"complete\""), "{trailer}");
+    // One audit line: the signature was made and recorded; the envelopes
+    // that did not go out are not claimed by anyone.
+    assert_eq!(audit(&b).len(), 1);
+    let out = b.home().join("after.jsonl");
+    let list = b.home().join("few.txt");
+    write_list(&list, &fleet(3));
+    b.ok(&sign_args(&list, out.to_str().unwrap()), None);
+}
+
 /// `POST /v1/sign/batch` with `body` as is: status and problem.
 fn post_batch(b: &Bridge, body: Vec<u8>) -> (u16, Value) {
     let http = b.http();
@@ -450,7 +509,10 @@ fn bad_lists_are_refused_by_line_number_and_nothing_is_signed() {
     // The unlock was not spent: a good batch signs.
     let list = b.home().join("list.txt");
     std::fs::write(&list, "a\nb\n").unwrap();
-    b.ok(&sign_args(&list, b.home().join("ab.jsonl").to_str().unwrap()), None);
+    b.ok(
+        &sign_args(&list, b.home().join("ab.jsonl").to_str().unwrap()),
+        None,
+    );
     assert_eq!(audit(&b).len(), 1);
     // The CLI reports its file's own line numbers for the same mistakes.
     std::fs::write(&list, "# fleet\na\n\nb\na\nx/y\n").unwrap();

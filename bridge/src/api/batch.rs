@@ -33,8 +33,8 @@
 //! The last line, and only it, has `"complete": true`: a stream without it
 //! was cut short and must not be taken as the batch. The envelopes are
 //! made as the client reads them, [`CHUNK`] bytes at a time with at most
-//! [`IN_FLIGHT`] chunks waiting: a client that stops reading for
-//! [`STALL`] is given up on (the connection is cut, no trailer), one that
+//! [`IN_FLIGHT`] chunks waiting: a client that stops reading for 30 s
+//! ([`crate::server::Limits::stream_stall`]) is given up on (the connection is cut, no trailer), one that
 //! disconnects stops the work at once; either way the daemon goes on
 //! serving. Every failure before the first envelope is an ordinary
 //! problem answer.
@@ -68,8 +68,6 @@ pub const SHOWN: usize = 20;
 pub const CHUNK: usize = 64 * 1024;
 /// Chunks made ahead of the client.
 pub const IN_FLIGHT: usize = 4;
-/// How long a client may stop reading the answer before it is cut off.
-pub const STALL: Duration = Duration::from_secs(30);
 /// The whole body must arrive within this many body deadlines.
 pub const BODY_DEADLINES: u32 = 10;
 
@@ -111,7 +109,7 @@ pub async fn sign_batch(State(s): State<Shared>, request: Request) -> Result<Res
     );
     Ok((
         [(header::CONTENT_TYPE, "application/x-ndjson")],
-        stream(envelopes, trailer),
+        stream(envelopes, trailer, s.stream_stall),
     )
         .into_response())
 }
@@ -320,10 +318,10 @@ fn sorted_batch(ids: &DeviceIds) -> Result<Batch, ApiError> {
 /// The answer's body: the envelopes as the client reads them, then the
 /// trailer; cut (an error, so the connection is closed without the last
 /// chunk) if the maker stops before the trailer.
-fn stream(envelopes: BatchEnvelopes<Batch>, trailer: BatchTrailer) -> Body {
+fn stream(envelopes: BatchEnvelopes<Batch>, trailer: BatchTrailer, stall: Duration) -> Body {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(IN_FLIGHT);
     let complete = Arc::new(AtomicBool::new(false));
-    tokio::spawn(make(envelopes, trailer, tx, Arc::clone(&complete)));
+    tokio::spawn(make(envelopes, trailer, tx, Arc::clone(&complete), stall));
     let chunks = futures_util::stream::unfold(Some(rx), move |rx| {
         let complete = Arc::clone(&complete);
         async move {
@@ -349,6 +347,7 @@ async fn make(
     trailer: BatchTrailer,
     tx: tokio::sync::mpsc::Sender<Bytes>,
     complete: Arc<AtomicBool>,
+    stall: Duration,
 ) {
     let total = envelopes.remaining();
     let mut env = Vec::with_capacity(2048);
@@ -375,7 +374,7 @@ async fn make(
         if last {
             complete.store(true, Ordering::Release);
         }
-        match tokio::time::timeout(STALL, tx.send(Bytes::from(chunk))).await {
+        match tokio::time::timeout(stall, tx.send(Bytes::from(chunk))).await {
             Ok(Ok(())) if last => return,
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
@@ -391,7 +390,7 @@ async fn make(
                 tracing::warn!(
                     sent = total - envelopes.remaining(),
                     total,
-                    stall = ?STALL,
+                    ?stall,
                     "the client stopped reading the batch: cut off"
                 );
                 return;

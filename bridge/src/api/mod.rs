@@ -57,6 +57,8 @@ pub struct AppState {
     pub started: i64,
     /// Longest wait for a request's body.
     pub body_read: std::time::Duration,
+    /// Longest a client may stop reading a streamed answer.
+    pub stream_stall: std::time::Duration,
     /// The web consoles paired with this daemon.
     pub pairings: Arc<crate::pairing::Pairings>,
 }

@@ -41,6 +41,11 @@ pub struct ServeArgs {
     #[cfg(feature = "test-hooks")]
     #[arg(long, hide = true)]
     clock_file: Option<PathBuf>,
+    /// Test hook: cut off a client that stops reading a streamed batch
+    /// after this long (default 30 s).
+    #[cfg(feature = "test-hooks")]
+    #[arg(long, hide = true, value_parser = humantime::parse_duration)]
+    stream_stall: Option<Duration>,
 }
 
 impl ServeArgs {
@@ -86,6 +91,10 @@ pub(super) async fn run(ctx: &Ctx, args: &ServeArgs) -> anyhow::Result<()> {
     );
     #[cfg(not(feature = "test-hooks"))]
     let (clock, system_policy) = (Clock::System, PathBuf::from(SYSTEM_POLICY));
+    #[cfg(feature = "test-hooks")]
+    let stream_stall = args.stream_stall;
+    #[cfg(not(feature = "test-hooks"))]
+    let stream_stall = None;
     let inherited = args.inherited.lock().expect("not poisoned").take();
     server::run(
         ctx.paths.clone(),
@@ -97,6 +106,7 @@ pub(super) async fn run(ctx: &Ctx, args: &ServeArgs) -> anyhow::Result<()> {
             inherited,
             idle_exit: args.idle_exit,
             http,
+            stream_stall,
         },
     )
     .await
