@@ -411,6 +411,52 @@ fn a_client_that_stops_reading_is_cut_off_and_others_are_served_meanwhile() {
     b.ok(&sign_args(&list, out.to_str().unwrap()), None);
 }
 
+/// `keybridge sign …` on a pseudo-terminal (util-linux `script`): what
+/// the terminal showed.
+fn on_a_terminal(b: &Bridge, args: &[&str]) -> String {
+    let mut line = format!("'{}'", bin("keybridge").display());
+    for a in args {
+        line.push_str(&format!(" '{a}'"));
+    }
+    let o = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("KEYBRIDGE_HOME", b.home())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn a_terminal_sees_progress_for_a_long_batch_only() {
+    let b = Bridge::start(NOW);
+    b.passphrase_key("acme", "alice");
+    unlock(&b, "alice", "daily");
+    let long = b.home().join("long.txt");
+    write_list(&long, &fleet(150_000));
+    let screen = on_a_terminal(
+        &b,
+        &sign_args(&long, b.home().join("l.jsonl").to_str().unwrap()),
+    );
+    assert!(screen.contains("/150,000 devices"), "{screen}");
+    assert!(
+        screen.contains("signed run-script for 150000 devices"),
+        "{screen}"
+    );
+    let short = b.home().join("short.txt");
+    write_list(&short, &fleet(10));
+    let screen = on_a_terminal(
+        &b,
+        &sign_args(&short, b.home().join("s.jsonl").to_str().unwrap()),
+    );
+    assert!(!screen.contains("devices,"), "{screen}");
+    assert!(
+        screen.contains("signed run-script for 10 devices"),
+        "{screen}"
+    );
+}
+
 /// `POST /v1/sign/batch` with `body` as is: status and problem.
 fn post_batch(b: &Bridge, body: Vec<u8>) -> (u16, Value) {
     let http = b.http();

@@ -188,15 +188,17 @@ fn parent_and_name(path: &Path) -> anyhow::Result<(&Path, String)> {
 }
 
 /// Reads the daemon's answer into `sink`; the trailer once every line
-/// checked out and the sink is safely done.
+/// checked out and the sink is safely done. A progress bar shows when
+/// `progress` and more than a second has passed since `started`.
 pub async fn receive(
     mut answer: BatchAnswer,
     mut sink: Sink,
     expected: usize,
     progress: bool,
+    started: std::time::Instant,
 ) -> anyhow::Result<BatchTrailer> {
     let mut reader = Lines::default();
-    let bar = Progress::new(expected, progress);
+    let bar = Progress::new(expected, progress, started);
     let per_device = sink.per_device();
     while let Some(chunk) = answer.chunk().await? {
         match &mut sink {
@@ -314,10 +316,11 @@ impl Lines {
 /// second, when standard error is a terminal.
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
+    started: std::time::Instant,
 }
 
 impl Progress {
-    fn new(len: usize, wanted: bool) -> Self {
+    fn new(len: usize, wanted: bool, started: std::time::Instant) -> Self {
         let bar = (wanted && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::with_draw_target(
                 Some(len as u64),
@@ -334,12 +337,12 @@ impl Progress {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
             bar
         });
-        Progress { bar }
+        Progress { bar, started }
     }
 
     fn advance(&self, n: usize) {
         if let Some(bar) = &self.bar {
-            if bar.is_hidden() && bar.elapsed() >= std::time::Duration::from_secs(1) {
+            if bar.is_hidden() && self.started.elapsed() >= std::time::Duration::from_secs(1) {
                 bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
             }
             bar.inc(n as u64);

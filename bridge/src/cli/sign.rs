@@ -206,6 +206,7 @@ async fn run_batch(
     req: SignRequest,
     file: &std::path::Path,
 ) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
     let ids = device_list(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let n = ids.len();
@@ -223,7 +224,7 @@ async fn run_batch(
         ctx.client().sign_batch(&req, body.into_bytes().into()),
     )
     .await?;
-    let t = super::batch::receive(answer, sink, n, !ctx.json).await?;
+    let t = super::batch::receive(answer, sink, n, !ctx.json, started).await?;
     let signer = key_name(&t.kid, t.by.backend.as_deref(), t.by.label.as_deref());
     let note = fallback_note(&t.by);
     let summary = serde_json::json!({
