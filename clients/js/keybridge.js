@@ -119,6 +119,16 @@ export const CODES = Object.freeze([
 const LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]"];
 
 /** The typed error for a problem answer. */
+/** The answer's body as JSON, or null (empty, or not JSON). */
+async function readJson(response) {
+  const text = await response.text();
+  try {
+    return text ? JSON.parse(text) : null;
+  } catch {
+    return null;
+  }
+}
+
 function problemError(status, problem) {
   const code = typeof problem?.code === "string" ? problem.code : "bad_response";
   const detail =
@@ -212,7 +222,77 @@ export class KeybridgeClient {
     return this.#call("POST", "/v1/sign", request);
   }
 
+  /** `POST /v1/sign/batch`: one command for a fleet, one signature.
+   * `request`: as for `sign`, without `device`/`devices`; `devices`: the
+   * ids (strings, each once); `onEnvelope(device, envelope)` gets every
+   * envelope (base64 COSE) as the answer streams in, sorted by id.
+   * Resolves to the answer's last line, `{complete: true, size, root, kid,
+   * audit: {time, cti}, backend, label, fallback}`. A stream that ends
+   * without it (or with a line that is not an envelope, or too few) is a
+   * `KeybridgeError` with code `cut_short`: the envelopes seen are not the
+   * batch. */
+  async signBatch(request, devices, onEnvelope) {
+    const body = `${JSON.stringify(request)}\n${devices.map(String).join("\n")}\n`;
+    const response = await this.#fetch("POST", "/v1/sign/batch", body, "application/x-ndjson");
+    if (!response.ok) throw problemError(response.status, await readJson(response));
+    const cut = (why) =>
+      new KeybridgeError("cut_short", response.status, `the batch answer ${why}: it is not the batch`);
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let partial = "";
+    let trailer = null;
+    let count = 0;
+    for (;;) {
+      let chunk;
+      try {
+        chunk = await reader.read();
+      } catch {
+        throw cut("was cut short");
+      }
+      if (chunk.done) break;
+      const lines = (partial + chunk.value).split("\n");
+      partial = lines.pop();
+      for (const line of lines) {
+        if (trailer) throw cut("goes on after its last line");
+        let v;
+        try {
+          v = JSON.parse(line);
+        } catch {
+          throw cut("has a line that is not JSON");
+        }
+        if (v?.complete === true) {
+          trailer = v;
+        } else if (typeof v?.device === "string" && typeof v?.envelope === "string") {
+          count += 1;
+          onEnvelope?.(v.device, v.envelope);
+        } else {
+          throw cut("has a line that is neither an envelope nor the end");
+        }
+      }
+    }
+    if (partial !== "") throw cut("ends in the middle of a line");
+    if (trailer === null) throw cut("ended without its last line");
+    if (trailer.size !== count) throw cut(`has ${count} envelopes for a batch of ${trailer.size}`);
+    return trailer;
+  }
+
   async #call(method, path, body) {
+    const response = await this.#fetch(
+      method,
+      path,
+      body === undefined ? undefined : JSON.stringify(body),
+      "application/json",
+    );
+    const answer = await readJson(response);
+    if (!response.ok) throw problemError(response.status, answer);
+    if (answer === null) {
+      throw new KeybridgeError("bad_response", response.status, "the bridge's answer is not JSON");
+    }
+    return answer;
+  }
+
+  /** One request to the bridge: the answer whatever its status, or the
+   * diagnosed reason there is none. */
+  async #fetch(method, path, body, contentType) {
     const headers = { accept: "application/json" };
     if (this.#token) headers.authorization = `Bearer ${this.#token}`;
     const init = {
@@ -228,29 +308,16 @@ export class KeybridgeClient {
       targetAddressSpace: "loopback",
     };
     if (body !== undefined) {
-      headers["content-type"] = "application/json";
-      init.body = JSON.stringify(body);
+      headers["content-type"] = contentType;
+      init.body = body;
     }
-    let response;
     try {
-      response = await fetch(this.#url + path, init);
+      return await fetch(this.#url + path, init);
     } catch (e) {
       // Deliberately not chaining `e`: nothing of the request (its body
       // carries the secret on unlock) travels with the error.
       throw await this.#diagnose(e);
     }
-    let answer = null;
-    const text = await response.text();
-    try {
-      answer = text ? JSON.parse(text) : null;
-    } catch {
-      // not JSON
-    }
-    if (!response.ok) throw problemError(response.status, answer);
-    if (answer === null) {
-      throw new KeybridgeError("bad_response", response.status, "the bridge's answer is not JSON");
-    }
-    return answer;
   }
 
   /** Why a fetch failed without an answer the page may read (a TypeError:

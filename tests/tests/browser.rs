@@ -175,6 +175,60 @@ fn a_paired_console_signs_and_everyone_else_gets_a_typed_refusal() {
             let dev = b.home().join("device");
             trust_device(&dev, &log, "dev-1");
             verify_in_page(&mut chrome, &page, &dev, &b, "http-console");
+            // A batch from the page: the stream read as it comes
+            // (`signBatch`), every envelope for its device, one signature.
+            b.ok(
+                &["unlock", "alice", "--remember", "daily", "--secret-stdin"],
+                Some(PASSPHRASE),
+            );
+            let batch = chrome
+                .eval(
+                    &page,
+                    &format!(
+                        r#"(async () => {{
+                          const {{ KeybridgeClient }} = await import("../keybridge.js");
+                          const c = new KeybridgeClient({{ url: {}, token: {} }});
+                          const ids = Array.from({{ length: 500 }}, (_, i) => `web-${{i}}`);
+                          const got = {{}};
+                          const t = await c.signBatch({{ key: "alice", command: "create-alert" }}, ids,
+                            (d, e) => {{ got[d] = e; }});
+                          let refused = null;
+                          try {{
+                            await c.signBatch({{ key: "alice", command: "create-alert" }}, ["a", "a"]);
+                          }} catch (e) {{ refused = {{ code: e.code, detail: e.detail }}; }}
+                          return {{ trailer: t, n: Object.keys(got).length, env: got["web-7"], refused }};
+                        }})()"#,
+                        json!(bridge),
+                        json!(token)
+                    ),
+                )
+                .unwrap();
+            assert_eq!(batch["n"], 500, "{batch}");
+            assert_eq!(batch["trailer"]["complete"], true, "{batch}");
+            assert_eq!(batch["trailer"]["size"], 500, "{batch}");
+            assert_eq!(batch["refused"]["code"], "bad_request", "{batch}");
+            assert!(
+                batch["refused"]["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("lines 2, 3")),
+                "{batch}"
+            );
+            let web7 = b.home().join("device-web-7");
+            trust_device(&web7, &log, "web-7");
+            use base64::Engine as _;
+            let file = b.home().join("web-7.cose");
+            std::fs::write(
+                &file,
+                base64::engine::general_purpose::STANDARD
+                    .decode(batch["env"].as_str().unwrap())
+                    .unwrap(),
+            )
+            .unwrap();
+            let v = device(
+                &web7,
+                &["verify", path_str(&file), "--now", &NOW.to_string()],
+            );
+            assert!(v.status.success(), "{}", output_text(&v));
             let shot = chromium::artifacts().join("browser-demo-console.png");
             chrome.screenshot(&page, &shot);
             eprintln!("screenshot: {}", shot.display());
