@@ -252,6 +252,29 @@ fn a_folder_and_standard_output_get_the_same_envelopes() {
     assert_eq!(audit(&b).len(), 2);
 }
 
+/// A batch of `ids` by alice through keybridge's client, and the first
+/// piece of its answer.
+async fn start_batch(
+    b: &Bridge,
+    ids: &[String],
+) -> (keybridge::client::BatchAnswer, hyper::body::Bytes) {
+    let req = keybridge::wire::SignRequest {
+        key: Some("alice".into()),
+        command: "create-alert".into(),
+        ..Default::default()
+    };
+    let mut body = ids.join("\n");
+    body.push('\n');
+    let mut answer = b
+        .http()
+        .client()
+        .sign_batch(&req, body.into_bytes().into())
+        .await
+        .unwrap();
+    let first = answer.chunk().await.unwrap().unwrap();
+    (answer, first)
+}
+
 /// `keybridge sign --devices` with `out`, killed once its staging shows
 /// envelopes arriving.
 fn kill_midway(b: &Bridge, list: &Path, out: &Path, staging_in: &Path) {
@@ -298,25 +321,10 @@ fn a_stream_cut_midway_leaves_nothing_claimed_complete_and_the_daemon_serving() 
 
     // A reader that stops after the first chunk: the daemon stops making
     // envelopes and serves on.
-    let http = b.http();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let req = keybridge::wire::SignRequest {
-            key: Some("alice".into()),
-            command: "create-alert".into(),
-            ..Default::default()
-        };
-        let mut body = ids.join("\n");
-        body.push('\n');
-        let mut answer = http
-            .client()
-            .sign_batch(&req, body.into_bytes().into())
-            .await
-            .unwrap();
-        let first = answer.chunk().await.unwrap().unwrap();
-        assert!(first.starts_with(br#"{"device":"host-000000","envelope":""#));
-        drop(answer);
-    });
+    let (answer, first) = rt.block_on(start_batch(&b, &ids));
+    assert!(first.starts_with(br#"{"device":"host-000000","envelope":""#));
+    drop(answer);
     assert!(
         poll_until(Duration::from_secs(20), || b
             .daemon_log()
@@ -359,24 +367,8 @@ fn a_client_that_stops_reading_is_cut_off_and_others_are_served_meanwhile() {
     b.passphrase_key("acme", "alice");
     unlock(&b, "alice", "daily");
     let ids = fleet(100_000);
-    let http = b.http();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut answer = rt.block_on(async {
-        let req = keybridge::wire::SignRequest {
-            key: Some("alice".into()),
-            command: "create-alert".into(),
-            ..Default::default()
-        };
-        let mut body = ids.join("\n");
-        body.push('\n');
-        let mut answer = http
-            .client()
-            .sign_batch(&req, body.into_bytes().into())
-            .await
-            .unwrap();
-        answer.chunk().await.unwrap().unwrap();
-        answer
-    });
+    let (mut answer, _) = rt.block_on(start_batch(&b, &ids));
     // Not reading: the daemon gives up on this client after 2 s, and
     // serves everyone else in the meantime.
     let cut = poll_until(Duration::from_secs(20), || {
