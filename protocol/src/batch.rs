@@ -208,8 +208,10 @@ impl DeviceIds {
     }
 
     /// The ids sorted (bytewise), each once; and each id that was given
-    /// more than once, with its positions, in sorted order.
-    pub fn sort_dedup(&self) -> (DeviceIds, Vec<Repeated>) {
+    /// more than once, with its positions, in sorted order. The list as
+    /// given is dropped as soon as the sorted one is made (a million ids:
+    /// the two lists are never both alive with the tree).
+    pub fn sort_dedup(self) -> (DeviceIds, Vec<Repeated>) {
         let id = |i: u32| self.get(i as usize).expect("an index below len");
         let mut order: Vec<u32> = (0..self.ends.len() as u32).collect();
         // Ties by position, so a repeated id's positions come ascending.
@@ -302,14 +304,13 @@ impl Batch {
         }
         let mut levels: Vec<Vec<Hash>> = vec![];
         if ids.len() > 1 {
-            let leaves = ids.iter().collect::<Vec<&str>>();
+            let leaf = |i: usize| ids.get(i).map(leaf_hash);
             levels.push(
-                leaves
-                    .chunks(2)
-                    .map(|pair| match pair {
-                        [l, r] => node_hash(&leaf_hash(l), &leaf_hash(r)),
-                        [odd] => leaf_hash(odd),
-                        _ => unreachable!("chunks of two"),
+                (0..ids.len().div_ceil(2))
+                    .map(|p| match (leaf(2 * p), leaf(2 * p + 1)) {
+                        (Some(l), Some(r)) => node_hash(&l, &r),
+                        (Some(odd), None) => odd,
+                        _ => unreachable!("a pair starts below len"),
                     })
                     .collect(),
             );
@@ -624,7 +625,7 @@ mod tests {
         assert_eq!(ids.len(), 7);
         assert_eq!(ids.get(1), Some("a"));
         assert_eq!(ids.get(7), None);
-        let (sorted, repeated) = ids.sort_dedup();
+        let (sorted, repeated) = ids.clone().sort_dedup();
         assert_eq!(sorted.iter().collect::<Vec<_>>(), ["a", "b", "c", "d"]);
         assert_eq!(
             repeated,

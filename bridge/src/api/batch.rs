@@ -76,7 +76,7 @@ pub async fn sign_batch(State(s): State<Shared>, request: Request) -> Result<Res
     let (asked, ids) = read_request(&s, request.into_body()).await?;
     // Sorting a million ids and building the tree: ~1 s of CPU, off the
     // runtime's threads.
-    let batch = tokio::task::spawn_blocking(move || sorted_batch(&ids))
+    let batch = tokio::task::spawn_blocking(move || sorted_batch(ids))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     let claims = asked.claims(&s, None, Some(batch.signed_root()))?;
@@ -293,7 +293,7 @@ fn refusal(problems: Vec<String>, all: usize) -> ApiError {
 }
 
 /// The batch over `ids`, or the ids given twice with their lines.
-fn sorted_batch(ids: &DeviceIds) -> Result<Batch, ApiError> {
+fn sorted_batch(ids: DeviceIds) -> Result<Batch, ApiError> {
     let (sorted, repeated) = ids.sort_dedup();
     if !repeated.is_empty() {
         let all = repeated.len();
