@@ -260,6 +260,18 @@ impl Parsed {
         })
     }
 
+    /// As [`Parsed::verify_signature`], and an ES256 signature must be in
+    /// its low-S form (the form the builder makes). For objects chained or
+    /// compared by their bytes — key-log events, key requests — where the
+    /// high-S twin of a signature would be a second valid object that
+    /// anyone could make without the key (a relay could fork a device's log).
+    pub(crate) fn verify_canonical_signature(&self, key: &PublicKey) -> Result<(), BadSignature> {
+        if normalize_signature(self.alg, &self.signature)? != self.signature {
+            return Err(BadSignature);
+        }
+        self.verify_signature(key)
+    }
+
     /// Verifies the signature with `key` (whose algorithm must match).
     pub(crate) fn verify_signature(&self, key: &PublicKey) -> Result<(), BadSignature> {
         let tbs = to_be_signed(&self.protected, &self.payload);

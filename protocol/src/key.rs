@@ -142,6 +142,14 @@ impl PublicKey {
     /// An Ed25519 public key from its 32 bytes. Small-order points are
     /// refused: no signature made with them proves anything.
     pub fn ed25519(bytes: &[u8; 32]) -> Result<Self, KeyError> {
+        // RFC 8032 §5.1.3: y ≥ p is not an encoding. ed25519-dalek reduces
+        // y mod p instead, which would give one point a second encoding —
+        // and a second kid. y ≥ p = 2^255 − 19 means bits 8..255 all set
+        // and the lowest byte at least 0xed.
+        let y_high_bits_set = bytes[1..31].iter().all(|&b| b == 0xff) && bytes[31] & 0x7f == 0x7f;
+        if y_high_bits_set && bytes[0] >= 0xed {
+            return Err(KeyError::InvalidPoint(Algorithm::Ed25519));
+        }
         let vk = ed25519_dalek::VerifyingKey::from_bytes(bytes)
             .map_err(|_| KeyError::InvalidPoint(Algorithm::Ed25519))?;
         if vk.is_weak() {
@@ -337,7 +345,10 @@ impl PublicKey {
     /// ES256 signature and vice versa (no algorithm confusion). Ed25519 uses
     /// strict verification (no small-order R, canonical S) with
     /// `ed25519-dalek`. ES256 hashes `msg` with SHA-256 and accepts both low
-    /// and high S, as RFC 9053 does; it is verified with `ring`.
+    /// and high S, as RFC 9053 does (commands: their replay key is (kid,
+    /// cti), not their bytes); it is verified with `ring`. Key-log events
+    /// and key requests, which are chained and compared by their bytes,
+    /// require low S on top of this.
     pub fn verify(&self, alg: Algorithm, msg: &[u8], sig: &[u8]) -> Result<(), BadSignature> {
         if alg != self.algorithm() {
             return Err(BadSignature);

@@ -1120,7 +1120,8 @@ mod props {
     /// in every event of a 12-event log. (An edit inside the protected
     /// header or the payload changes the signed bytes whatever its value;
     /// the sweep above flips each of those once.) ECDSA's one malleability,
-    /// s to n − s, is among the signature edits tried.
+    /// s to n − s, is not a single-byte edit: `adversarial.rs`
+    /// (`es256_high_s_twins_of_key_log_events_are_refused`) tries it.
     ///
     /// An edit in event k is checked with `prefix.verify_extension`, where
     /// `prefix` is the log of the k events before it: that runs the same

@@ -121,7 +121,7 @@ impl KeyLog {
             });
         }
         parsed
-            .verify_signature(&key)
+            .verify_canonical_signature(&key)
             .map_err(|_| LogError::BadSignature { seq: 0 })?;
         let digest: [u8; 32] = Sha256::digest(event).into();
         let first = ActiveKey {

@@ -149,7 +149,7 @@ impl KeyRequest {
             return Err(bad("not signed by the requested key"));
         }
         parsed
-            .verify_signature(&key)
+            .verify_canonical_signature(&key)
             .map_err(|_| bad("self-signature does not verify"))?;
         Ok(KeyRequest {
             bytes: bytes.to_vec(),

@@ -144,7 +144,7 @@ impl Trust {
         // only then change anything: on error `self` is untouched.
         let signer_key = op.authorized_signer(&self.keys, &parsed.kid, seq)?;
         parsed
-            .verify_signature(signer_key)
+            .verify_canonical_signature(signer_key)
             .map_err(|_| LogError::BadSignature { seq })?;
         op.check(&self.keys, &self.account, seq)?;
         op.apply(&mut self.keys, &parsed.kid, seq);
