@@ -53,8 +53,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     // getent (the udev test looks up the tss user and group).
     "libc-bin",
-    // script(1): the recovery-passphrase test types into a real terminal.
+    // script(1): the recovery-passphrase and batch-progress tests type
+    // into (read) a real terminal.
     "bsdutils",
+    // /usr/bin/time: fleet_bench reads the CLI's peak RSS (ru_maxrss).
+    "time",
     // The workstation tests: systemd-socket-activate and systemd-analyze
     // (socket activation, the user units), systemctl (install --user) and
     // timedatectl (doctor's clock check), python3 (the stand-in for

@@ -120,6 +120,12 @@ pub fn bench(args: &[String]) -> Result<()> {
 /// - `device_bench` (key lifecycle): `keybridge-device verify` and `trust
 ///   update` as whole processes with a 10,000-event key log against a
 ///   1-event one; writes `target/bench/device.json`.
+/// - `fleet_bench` (fleet-scale batches): `keybridge sign --devices` for
+///   10,000 to 1,000,000 devices into one `.jsonl` file and into a folder
+///   (on the disk and on tmpfs), against `dd`, a plain file-writing loop
+///   and the Merkle tree alone, with both processes' peak RSS; checks every
+///   envelope's proof; writes `target/bench/fleet.json` (about 6 minutes,
+///   most of it creating and deleting a few million files).
 fn extra_benchmarks(python: &Path) -> Result<()> {
     // Too slow for every `xtask test` (225,000 parses, ~20 s in release):
     // the exhaustive single-byte-edit sweep of a key log runs here.
@@ -163,6 +169,12 @@ fn extra_benchmarks(python: &Path) -> Result<()> {
         build_release(&["keybridge-tests"])?;
         run(&mut std::process::Command::new(
             target_dir().join("release").join("device_bench"),
+        ))
+    })?;
+    step("fleet bench", || {
+        build_release(&["keybridge-tests"])?;
+        run(&mut std::process::Command::new(
+            target_dir().join("release").join("fleet_bench"),
         ))
     })
 }
