@@ -58,6 +58,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bsdutils",
     // /usr/bin/time: fleet_bench reads the CLI's peak RSS (ru_maxrss).
     "time",
+    // `cargo xtask fuzz`: libfuzzer-sys builds libFuzzer from its C++
+    // sources.
+    "g++",
     // The workstation tests: systemd-socket-activate and systemd-analyze
     // (socket activation, the user units), systemctl (install --user) and
     // timedatectl (doctor's clock check), python3 (the stand-in for

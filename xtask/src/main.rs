@@ -1,16 +1,18 @@
-//! Project automation for keybridge: `cargo xtask deps | test | bench | demo | man`.
+//! Project automation for keybridge: `cargo xtask deps | test | bench | demo | man | fuzz`.
 //!
 //! * `deps`  installs the Debian packages and the Python venv the tests need.
 //! * `test`  runs deps, rustfmt, clippy and the whole test suite, failing fast.
 //! * `bench` runs the benchmarks.
 //! * `demo`  builds the release binaries and runs the demo.
 //! * `man`   writes the man pages of both binaries (`target/man`).
+//! * `fuzz`  runs every libFuzzer target of `fuzz/` for a while.
 //!
 //! Everything is driven through [`std::process::Command`]; each command is
 //! echoed before it runs.
 
 mod demo;
 mod deps;
+mod fuzz;
 mod man;
 mod tasks;
 mod util;
@@ -59,6 +61,13 @@ enum Task {
         #[arg(long, value_name = "DIR")]
         out: Option<std::path::PathBuf>,
     },
+    /// Run every fuzz target of fuzz/ (cargo-fuzz on stable, `-s none`)
+    /// for N seconds each; a crash fails it.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
 }
 
 fn main() {
@@ -69,6 +78,7 @@ fn main() {
         Task::Bench { args } => tasks::bench(&args),
         Task::Demo => tasks::demo(),
         Task::Man { out } => man::man(out),
+        Task::Fuzz { seconds } => fuzz::fuzz(seconds),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

@@ -28,7 +28,11 @@ pub fn test(args: &[String]) -> Result<()> {
     let start = Instant::now();
     let python = step("deps", deps)?;
     step("fmt", || {
-        run(cargo().args(["fmt", "--all", "--", "--check"]))
+        run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+        run(cargo()
+            .args(["fmt", "--manifest-path"])
+            .arg(crate::util::workspace_root().join("fuzz/Cargo.toml"))
+            .args(["--", "--check"]))
     })?;
     step("clippy", || {
         // Both ways: the shipped code without the hooks, and with them.
@@ -75,6 +79,15 @@ pub fn test(args: &[String]) -> Result<()> {
                 .env(PYTHON_ENV, &python))
         })?;
     }
+    // Every seed and every saved crash of the fuzz targets (fuzz/), through
+    // the same functions libFuzzer calls, as an ordinary test; built in
+    // the workspace's target folder, which already has their dependencies.
+    step("fuzz corpus and regressions", || {
+        run(cargo()
+            .args(["test", "--manifest-path"])
+            .arg(crate::util::workspace_root().join("fuzz/Cargo.toml"))
+            .env("CARGO_TARGET_DIR", crate::util::target_dir()))
+    })?;
     println!(
         "xtask test: all steps passed ({:.1}s)",
         start.elapsed().as_secs_f64()

@@ -66,12 +66,22 @@ pub enum UriError {
 /// replaced by `…`, so that no error ever carries a secret or a path from a
 /// URI. Names of attributes are kept: they say what was given.
 pub fn redact_uri(uri: &str) -> String {
+    // The name as it would read once control characters are dropped (the
+    // output drops them) and percent-escapes decoded: `pi\x01n-value` or
+    // `pin%2Dvalue` is still the PIN's attribute.
+    let is_pin_value = |name: &str| {
+        let visible: String = name.chars().filter(|c| !c.is_control()).collect();
+        percent_decode_str(&visible)
+            .decode_utf8_lossy()
+            .chars()
+            .filter(|c| !c.is_control() && !c.is_whitespace())
+            .collect::<String>()
+            .eq_ignore_ascii_case("pin-value")
+    };
     let redact_attrs = |part: &str, sep: char, all: bool| -> String {
         part.split(sep)
             .map(|attr| match attr.split_once('=') {
-                Some((name, _)) if all || name.eq_ignore_ascii_case("pin-value") => {
-                    format!("{name}=…")
-                }
+                Some((name, _)) if all || is_pin_value(name) => format!("{name}=…"),
                 _ => attr.to_owned(),
             })
             .collect::<Vec<_>>()
@@ -229,6 +239,17 @@ mod tests {
             redact_uri("yubikey:serial=1;slot=9c"),
             "yubikey:serial=1;slot=9c"
         );
+        // Found by fuzzing: a name that reads `pin-value` only once its
+        // control characters are dropped, or its escapes decoded.
+        for name in [
+            "pi\u{1}n-value",
+            "PIN-\u{7f}VALUE",
+            "pin%2Dvalue",
+            "pin%2dvalue\t",
+        ] {
+            let r = redact_uri(&format!("pkcs11:token=t;{name}=123456"));
+            assert!(!r.contains("123456"), "{name:?}: {r}");
+        }
     }
 
     fn pp(account: &str, agent: &str) -> KeyUri {
