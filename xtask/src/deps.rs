@@ -56,8 +56,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // script(1): the recovery-passphrase and batch-progress tests type
     // into (read) a real terminal.
     "bsdutils",
-    // /usr/bin/time: fleet_bench reads the CLI's peak RSS (ru_maxrss).
+    // /usr/bin/time: fleet_bench reads the CLI's peak RSS (ru_maxrss);
+    // df and sync (coreutils, always there; named for a minimal image):
+    // its tmpfs check and the syncs between runs.
     "time",
+    "coreutils",
     // `cargo xtask fuzz`: libfuzzer-sys builds libFuzzer from its C++
     // sources.
     "g++",
