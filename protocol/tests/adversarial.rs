@@ -1457,44 +1457,6 @@ fn batch_proofs() {
 // Key logs
 // ============================================================================================
 
-/// `signer` signs the next event of `log`, doing `op`.
-fn event(log: &KeyLog, signer: &Signer, op: &Op) -> Vec<u8> {
-    signer.finish(log.next_event(NOW - 500, op, &signer.public()))
-}
-
-/// `new`'s self-signed request to join `account` as `agent`.
-fn request(account: &str, new: &Signer, agent: &str, role: Role) -> Vec<u8> {
-    new.finish(KeyRequest::unsigned(
-        account,
-        agent,
-        role,
-        &new.public(),
-        NOW - 900,
-    ))
-}
-
-fn add(new: &Signer, agent: &str, role: Role, req: Vec<u8>) -> Op {
-    Op::Add {
-        key: new.public(),
-        agent: agent.into(),
-        role,
-        req,
-        replaces: None,
-    }
-}
-
-fn revoke(s: &Signer) -> Op {
-    Op::Revoke { kid: kid(s) }
-}
-
-fn reset(new: &Signer, agent: &str, recovery: &Signer) -> Op {
-    Op::Reset {
-        key: new.public(),
-        agent: agent.into(),
-        recovery: recovery.public(),
-    }
-}
-
 /// The keys of [`story`], the same in every account.
 struct Cast {
     alice: Signer,

@@ -13,46 +13,6 @@ use keybridge_protocol::{
 };
 use sha2::{Digest, Sha256};
 
-/// `signer` signs the next event of `log`, doing `op`.
-fn event(log: &KeyLog, signer: &Signer, op: &Op) -> Vec<u8> {
-    signer.finish(log.next_event(NOW - 500, op, &signer.public()))
-}
-
-/// `new`'s self-signed request to join `account` as `agent` with `role`.
-fn request(account: &str, new: &Signer, agent: &str, role: Role) -> Vec<u8> {
-    new.finish(KeyRequest::unsigned(
-        account,
-        agent,
-        role,
-        &new.public(),
-        NOW - 900,
-    ))
-}
-
-fn add(new: &Signer, agent: &str, role: Role, req: Vec<u8>) -> Op {
-    Op::Add {
-        key: new.public(),
-        agent: agent.into(),
-        role,
-        req,
-        replaces: None,
-    }
-}
-
-fn revoke(s: &Signer) -> Op {
-    Op::Revoke {
-        kid: s.public().kid(),
-    }
-}
-
-fn reset(new: &Signer, agent: &str, recovery: &Signer) -> Op {
-    Op::Reset {
-        key: new.public(),
-        agent: agent.into(),
-        recovery: recovery.public(),
-    }
-}
-
 /// Appends `ev`, and checks that reading the whole log from bytes agrees.
 fn accept(log: &mut KeyLog, ev: &[u8]) {
     log.append(ev).unwrap();

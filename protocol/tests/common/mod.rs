@@ -187,3 +187,45 @@ pub fn raw_envelope(
 pub fn claims_value(c: &Claims) -> Value {
     cbor::decode_deterministic(&c.to_payload()).unwrap()
 }
+
+// Key-log builders shared by the log, threshold and adversarial tests.
+
+/// `signer` signs the next event of `log`, doing `op`.
+pub fn event(log: &KeyLog, signer: &Signer, op: &Op) -> Vec<u8> {
+    signer.finish(log.next_event(NOW - 500, op, &signer.public()))
+}
+
+/// `new`'s self-signed request to join `account` as `agent` with `role`.
+pub fn request(account: &str, new: &Signer, agent: &str, role: Role) -> Vec<u8> {
+    new.finish(KeyRequest::unsigned(
+        account,
+        agent,
+        role,
+        &new.public(),
+        NOW - 900,
+    ))
+}
+
+pub fn add(new: &Signer, agent: &str, role: Role, req: Vec<u8>) -> Op {
+    Op::Add {
+        key: new.public(),
+        agent: agent.into(),
+        role,
+        req,
+        replaces: None,
+    }
+}
+
+pub fn revoke(s: &Signer) -> Op {
+    Op::Revoke {
+        kid: s.public().kid(),
+    }
+}
+
+pub fn reset(new: &Signer, agent: &str, recovery: &Signer) -> Op {
+    Op::Reset {
+        key: new.public(),
+        agent: agent.into(),
+        recovery: recovery.public(),
+    }
+}
