@@ -47,6 +47,11 @@ pub enum BackendError {
     /// short, a PIN file others can read, a token whose PIN expired.
     #[error("unacceptable secret: {0}")]
     InvalidSecret(String),
+    /// Argon2id costs asked for a new passphrase key that keybridge does
+    /// not allow (`bad_request`): the text names the cost and the allowed
+    /// range. Nothing was derived or created.
+    #[error("{0}")]
+    KdfCosts(String),
     /// The backend or operation is not available in this build, or not for
     /// this kind of key (a passphrase key is always Ed25519), or the token
     /// cannot keep a key the way keybridge requires (sensitive, never
@@ -86,6 +91,20 @@ pub enum BackendError {
         path: String,
         /// The allowlist's patterns.
         allowed: String,
+    },
+    /// The token did not answer within the key's deadline
+    /// (`token_not_answering`): a card, module or TPM that hangs. Nothing
+    /// was signed; the request was given up, the token's other requests
+    /// are refused at once until it answers again, and other keys are
+    /// served meanwhile.
+    #[error(
+        "the token of key {key} did not answer within {waited_secs} s: nothing was done. Is it stuck? Check the token and its service (pcscd, the TPM, the PKCS#11 module); the key works again once the token answers"
+    )]
+    NotAnswering {
+        /// The key's name (its label or the start of its kid).
+        key: String,
+        /// How long the request waited, seconds.
+        waited_secs: u64,
     },
     /// A bug or a library failure: a broken record, an unexpected answer
     /// from a token, a worker that stopped.

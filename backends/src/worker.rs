@@ -5,6 +5,15 @@
 //!
 //! Requests run one at a time, in the order they were sent. A request whose
 //! caller stops waiting still runs (a `sign_then_lock` still locks).
+//!
+//! A hardware key's worker has a deadline ([`Worker::spawn_with_deadline`]):
+//! a token that hangs (a card that never answers, a PKCS#11 module or a TPM
+//! that blocks) costs its callers at most that long. A request not answered
+//! in time gets [`BackendError::NotAnswering`]; while the thread has been
+//! stuck in one job longer than the deadline, new requests are refused at
+//! once instead of queueing behind it (no queue grows without bound), an
+//! unlock that was given up is undone by a lock queued right behind it, and
+//! other keys, on their own threads, are not affected.
 
 use crate::{BackendError, Signer};
 use keybridge_protocol::PublicKey;
@@ -13,6 +22,7 @@ use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// A cheap, cloneable handle to the thread that owns one key's signer.
@@ -40,6 +50,11 @@ struct Shared {
     /// used directly by callers that find it free.
     signer: Mutex<Option<Box<dyn Signer>>>,
     in_place: bool,
+    /// How long a caller waits for an answer; `None`: as long as it takes
+    /// (software keys: a costly key derivation is not a hang).
+    deadline: Option<Duration>,
+    /// Since when the thread runs its current job.
+    busy_since: Mutex<Option<Instant>>,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, BackendError>>;
@@ -76,6 +91,16 @@ impl Worker {
     /// Starts the thread that owns `signer`. `name` names the thread and
     /// appears in errors (e.g. the key's label or kid).
     pub fn spawn(name: String, signer: Box<dyn Signer>) -> Worker {
+        Worker::spawn_with_deadline(name, signer, None)
+    }
+
+    /// [`Worker::spawn`], with callers waiting at most `deadline` for each
+    /// answer (see the module's documentation).
+    pub fn spawn_with_deadline(
+        name: String,
+        signer: Box<dyn Signer>,
+        deadline: Option<Duration>,
+    ) -> Worker {
         let shared = Arc::new(Shared {
             public: signer.public_key().clone(),
             touch: signer.touch_indicator(),
@@ -85,6 +110,8 @@ impl Worker {
             in_place: signer.signs_in_place(),
             signer: Mutex::new(Some(signer)),
             name,
+            deadline,
+            busy_since: Mutex::new(None),
         });
         let (jobs, queue) = mpsc::channel();
         let thread_shared = Arc::clone(&shared);
@@ -149,15 +176,27 @@ impl Worker {
             spend_last_attempt,
             reply,
         })?;
-        answer.await.map_err(|_| self.stopped())?
+        let result = self.wait(answer).await;
+        if let Err(BackendError::NotAnswering { .. }) = result {
+            // Given up: if the token answers later, the unlock it then
+            // does must not stay without a grant. The lock queued behind
+            // it undoes it.
+            let (reply, _) = oneshot::channel();
+            let _ = self.jobs.send(Job::Lock { reply });
+        }
+        result?
     }
 
     /// [`Signer::lock`] on the worker thread; returns once the key is locked.
+    ///
+    /// A stuck token is not waited for past the deadline: the lock stays
+    /// queued and runs when the token answers.
     pub async fn lock(&self) {
         let (reply, answer) = oneshot::channel();
-        if self.send(Job::Lock { reply }).is_ok() {
+        // Queued even behind a stuck job: the lock must happen eventually.
+        if self.jobs.send(Job::Lock { reply }).is_ok() {
             // An error means the thread is gone, and with it the key.
-            let _ = answer.await;
+            let _ = self.wait(answer).await;
         }
     }
 
@@ -167,7 +206,7 @@ impl Worker {
         if self.send(Job::IsUnlocked { reply }).is_err() {
             return false;
         }
-        answer.await.unwrap_or(false)
+        self.wait(answer).await.unwrap_or(false)
     }
 
     /// [`Signer::sign`] on the worker thread.
@@ -192,7 +231,7 @@ impl Worker {
             then_lock,
             reply,
         })?;
-        answer.await.map_err(|_| self.stopped())?
+        self.wait(answer).await?
     }
 
     /// A software signer that is free right now signs on the caller's
@@ -214,9 +253,42 @@ impl Worker {
         }
     }
 
+    /// Queues `job`, unless the thread is stuck in another one past the
+    /// deadline: then the job (and any secret in it) is dropped here and
+    /// the caller told at once.
     fn send(&self, job: Job) -> Result<(), BackendError> {
+        if let Some(deadline) = self.shared.deadline {
+            let since = *self
+                .shared
+                .busy_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(since) = since
+                && since.elapsed() >= deadline
+            {
+                return Err(self.not_answering(since.elapsed()));
+            }
+        }
         // On failure the job (and any secret in it) is dropped right here.
         self.jobs.send(job).map_err(|_| self.stopped())
+    }
+
+    /// The answer to a queued job, waited for at most the deadline.
+    async fn wait<T>(&self, answer: oneshot::Receiver<T>) -> Result<T, BackendError> {
+        match self.shared.deadline {
+            None => answer.await.map_err(|_| self.stopped()),
+            Some(deadline) => match tokio::time::timeout(deadline, answer).await {
+                Ok(answer) => answer.map_err(|_| self.stopped()),
+                Err(_) => Err(self.not_answering(deadline)),
+            },
+        }
+    }
+
+    fn not_answering(&self, waited: Duration) -> BackendError {
+        BackendError::NotAnswering {
+            key: self.shared.name.clone(),
+            waited_secs: waited.as_secs().max(1),
+        }
     }
 
     fn stopped(&self) -> BackendError {
@@ -246,7 +318,10 @@ fn serve(queue: mpsc::Receiver<Job>, shared: &Shared) {
             // dropped, and its caller answers `Failed`.
             break;
         };
-        if run(signer.as_mut(), job, shared).is_err() {
+        set_busy(shared, Some(Instant::now()));
+        let outcome = run(signer.as_mut(), job, shared);
+        set_busy(shared, None);
+        if outcome.is_err() {
             break;
         }
     }
@@ -256,6 +331,10 @@ fn serve(queue: mpsc::Receiver<Job>, shared: &Shared) {
     shared.stopped.store(true, Ordering::Release);
     drop(queue);
     stop(shared);
+}
+
+fn set_busy(shared: &Shared, since: Option<Instant>) {
+    *shared.busy_since.lock().unwrap_or_else(|p| p.into_inner()) = since;
 }
 
 /// Marks the worker stopped and locks and drops the signer: whatever
@@ -569,6 +648,103 @@ mod tests {
         assert!(other.is_unlocked().await, "one handle keeps it alive");
         drop(other);
         soon(wait_for(&dropped)).await;
+    }
+
+    /// A token that hangs in every call until `release` is sent; counts
+    /// the calls that reached it.
+    struct HangingSigner {
+        inner: TestSigner,
+        gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+        calls: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl HangingSigner {
+        fn hang(&self) {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let (open, cv) = &*self.gate;
+            let mut open = open.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+        }
+    }
+
+    impl Signer for HangingSigner {
+        fn public_key(&self) -> &PublicKey {
+            self.inner.public_key()
+        }
+        fn unlock(&mut self, secret: &SecretString, last: bool) -> Result<(), BackendError> {
+            self.hang();
+            self.inner.unlock(secret, last)
+        }
+        fn lock(&mut self) {
+            self.inner.lock();
+        }
+        fn is_unlocked(&self) -> bool {
+            self.inner.is_unlocked()
+        }
+        fn sign(&mut self, tbs: &[u8]) -> Result<Vec<u8>, BackendError> {
+            self.hang();
+            self.inner.sign(tbs)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_that_hangs_costs_its_callers_the_deadline_and_no_more() {
+        let deadline = Duration::from_millis(300);
+        let gate = Arc::new((Mutex::new(true), std::sync::Condvar::new()));
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let signer = HangingSigner {
+            inner: TestSigner::new(false).0,
+            gate: Arc::clone(&gate),
+            calls: Arc::clone(&calls),
+        };
+        let worker = Worker::spawn_with_deadline("stuck".into(), Box::new(signer), Some(deadline));
+        soon(worker.unlock(pin(), false)).await.unwrap();
+        let close = |open: bool| {
+            *gate.0.lock().unwrap() = open;
+            gate.1.notify_all();
+        };
+
+        close(false);
+        let err = soon(worker.sign(b"one".to_vec())).await.unwrap_err();
+        assert!(
+            matches!(err, BackendError::NotAnswering { ref key, waited_secs: 1 } if key == "stuck"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("did not answer"), "{err}");
+        // (The job started a moment after it was sent.)
+        tokio::time::sleep(deadline / 4).await;
+        // Stuck past the deadline: refused at once, never queued.
+        for _ in 0..50 {
+            let err = worker.sign(b"more".to_vec()).await.unwrap_err();
+            assert!(matches!(err, BackendError::NotAnswering { .. }), "{err:?}");
+        }
+        let err = worker.unlock(pin(), false).await.unwrap_err();
+        assert!(matches!(err, BackendError::NotAnswering { .. }), "{err:?}");
+        // A lock does not wait past the deadline, and is queued.
+        soon(worker.lock()).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "unlock and the first sign");
+
+        // The token answers again: the stuck signature's answer goes
+        // nowhere, the queued lock runs, and the key works after an unlock.
+        close(true);
+        assert!(!soon(worker.is_unlocked()).await);
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "nothing else was queued");
+        soon(worker.unlock(pin(), false)).await.unwrap();
+        soon(worker.sign(b"two".to_vec())).await.unwrap();
+
+        // An unlock given up on is undone when the token comes back.
+        soon(worker.lock()).await;
+        close(false);
+        let err = soon(worker.unlock(pin(), false)).await.unwrap_err();
+        assert!(matches!(err, BackendError::NotAnswering { .. }), "{err:?}");
+        close(true);
+        assert!(
+            !soon(worker.is_unlocked()).await,
+            "the late unlock was undone"
+        );
+        assert!(!worker.is_stopped());
     }
 
     async fn wait_for(flag: &AtomicBool) {

@@ -63,9 +63,17 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Opens (creating, owner-only) the log at `path`.
+    /// Opens (creating, owner-only) the log at `path`. A last line without
+    /// its newline (a crash mid-append: that signature was never handed
+    /// out) is ended here, kept as the unreadable line it is, so that the
+    /// next entry starts a line of its own.
     pub fn open(path: &Path) -> io::Result<Self> {
-        let file = crate::paths::open_private(path, crate::paths::Open::Append)?;
+        let mut file = crate::paths::open_private(path, crate::paths::Open::Append)?;
+        if ends_torn(path)? {
+            file.write_all(b"\n")?;
+            file.sync_all()?;
+            tracing::warn!(path = %path.display(), "the audit log's last line was cut short by a crash; ended it");
+        }
         Ok(AuditLog {
             path: path.to_owned(),
             file: Mutex::new(file),
@@ -73,18 +81,45 @@ impl AuditLog {
     }
 
     /// Appends one entry. A signature whose entry cannot be written is not
-    /// handed out: the caller fails the request.
+    /// handed out: the caller fails the request. A write that fails part
+    /// way (the disk full) is cut back off, so the log stays whole lines.
     pub fn append(&self, entry: &Entry) -> io::Result<()> {
+        use keybridge_protocol::crash;
         let mut line = serde_json::to_vec(entry).map_err(io::Error::other)?;
         line.push(b'\n');
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        f.write_all(&line)
+        let before = f.metadata()?.len();
+        if crash::armed("audit:half", &self.path) {
+            let _ = f.write_all(&line[..line.len() / 2]);
+            crash::abort("audit:half", &self.path);
+        }
+        if let Err(e) = f.write_all(&line) {
+            if f.metadata().is_ok_and(|m| m.len() > before) && f.set_len(before).is_err() {
+                tracing::error!(path = %self.path.display(), "a failed audit write could not be cut back");
+            }
+            return Err(e);
+        }
+        crash::point("audit:written", &self.path);
+        Ok(())
     }
 
     /// Where the log is.
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Whether the file at `path` is non-empty and does not end with a newline.
+fn ends_torn(path: &Path) -> io::Result<bool> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut f = crate::paths::open_private(path, crate::paths::Open::Read)?;
+    if f.metadata()?.len() == 0 {
+        return Ok(false);
+    }
+    f.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8];
+    f.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
 }
 
 /// Reads every complete entry; the count of unreadable lines comes second.
@@ -112,6 +147,39 @@ pub fn read(path: &Path) -> io::Result<(Vec<Entry>, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_cut_short_by_a_crash_is_ended_at_open_and_the_next_one_reads() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("audit.jsonl");
+        let entry = |cti: &str| Entry {
+            time: 1,
+            kid: "ab".into(),
+            cti: Some(cti.into()),
+            ..Entry::default()
+        };
+        AuditLog::open(&path).unwrap().append(&entry("01")).unwrap();
+        // A crash half way through the second line.
+        let second = serde_json::to_vec(&entry("02")).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(&second[..second.len() / 2]).unwrap();
+        drop(f);
+
+        let log = AuditLog::open(&path).unwrap();
+        log.append(&entry("03")).unwrap();
+        let (entries, bad) = read(&path).unwrap();
+        let ctis: Vec<_> = entries.iter().map(|e| e.cti.clone().unwrap()).collect();
+        assert_eq!(ctis, ["01", "03"]);
+        assert_eq!(bad, 1, "the cut line stays, as an unreadable line");
+        // Opening again changes nothing more.
+        drop(log);
+        let before = std::fs::read(&path).unwrap();
+        AuditLog::open(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
 
     #[test]
     fn fallback_lines_say_which_key_and_old_lines_still_read() {

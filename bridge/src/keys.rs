@@ -293,6 +293,9 @@ pub struct Keys {
     /// Held from the label check to the insert, so that two creations
     /// cannot both take one label.
     adding: Mutex<()>,
+    /// How long a hardware key's requests wait for its token
+    /// ([`Worker::spawn_with_deadline`]; [`crate::server::Limits::token_answer`]).
+    token_answer: std::time::Duration,
 }
 
 /// A key file that could not be used at start-up.
@@ -304,12 +307,14 @@ pub struct LoadError {
 }
 
 impl Keys {
-    /// Loads every key in the state folder and starts its worker.
-    pub fn load(paths: &Paths) -> Result<Self, LoadError> {
+    /// Loads every key in the state folder and starts its worker; a
+    /// hardware key's requests wait at most `token_answer` for its token.
+    pub fn load(paths: &Paths, token_answer: std::time::Duration) -> Result<Self, LoadError> {
         let keys = Keys {
             paths: paths.clone(),
             entries: RwLock::new(BTreeMap::new()),
             adding: Mutex::new(()),
+            token_answer,
         };
         let dir = paths.keys_dir();
         let err = |path: &std::path::Path, what: String| LoadError {
@@ -361,7 +366,15 @@ impl Keys {
             ));
         }
         let kid_hex = public.kid().to_hex();
-        let worker = Worker::spawn(kid_hex[..12].to_owned(), signer);
+        // A passphrase key's unlock is a costly derivation, not a token
+        // that may hang: no deadline.
+        let deadline =
+            (stored.record.backend != BackendKind::Passphrase).then_some(self.token_answer);
+        let name = match &stored.record.label {
+            Some(label) => format!("{label:?} ({}…)", &kid_hex[..12]),
+            None => kid_hex[..12].to_owned(),
+        };
+        let worker = Worker::spawn_with_deadline(name, signer, deadline);
         let entry = Arc::new(KeyEntry {
             stored,
             public,
@@ -546,22 +559,39 @@ impl Keys {
                     return Presence::Present;
                 }
                 let e = Arc::clone(entry);
-                tokio::task::spawn_blocking(move || probe_yubikey(&e.stored.record))
+                self.bounded_probe(entry, move || probe_yubikey(&e.stored.record))
                     .await
-                    .unwrap_or(Presence::Present)
             }
             #[cfg(feature = "pkcs11")]
             BackendKind::Pkcs11 => {
                 let e = Arc::clone(entry);
-                tokio::task::spawn_blocking(move || probe_pkcs11(&e.stored.record, &e.kid_hex))
+                self.bounded_probe(entry, move || probe_pkcs11(&e.stored.record, &e.kid_hex))
                     .await
-                    .unwrap_or(Presence::Present)
             }
             #[allow(unreachable_patterns)]
             _ => {
                 let _ = boot;
                 Presence::Present
             }
+        }
+    }
+
+    /// A blocking presence check of `entry`'s token, given up after the
+    /// token deadline: a token that hangs is not there for this request
+    /// (an agent's next key is tried).
+    #[allow(dead_code)] // without hardware backends built in
+    async fn bounded_probe(
+        &self,
+        entry: &KeyEntry,
+        probe: impl FnOnce() -> Presence + Send + 'static,
+    ) -> Presence {
+        match tokio::time::timeout(self.token_answer, tokio::task::spawn_blocking(probe)).await {
+            Ok(presence) => presence.unwrap_or(Presence::Present),
+            Err(_) => Presence::Absent(format!(
+                "{} did not answer within {} s",
+                entry.token_name(),
+                self.token_answer.as_secs()
+            )),
         }
     }
 
@@ -584,27 +614,36 @@ impl Keys {
     /// Locks the keys whose grant lapsed, or whose token went (boot-clock
     /// time `boot`).
     pub async fn expire_all(&self, boot: i64) {
-        for e in self.all() {
-            if e.expire(boot).await {
-                tracing::info!(kid = %e.kid(), "unlock expired; key locked");
+        // Every key at once, each for at most a step: a key whose token
+        // hangs (its transition held by a request waiting for the token)
+        // is tried again at the next sweep, and delays no other key.
+        const STEP: std::time::Duration = std::time::Duration::from_millis(900);
+        let sweeps = self.all().into_iter().map(|e| async move {
+            let _ = tokio::time::timeout(STEP, Self::sweep(&e, boot)).await;
+        });
+        futures_util::future::join_all(sweeps).await;
+    }
+
+    async fn sweep(e: &KeyEntry, boot: i64) {
+        if e.expire(boot).await {
+            tracing::info!(kid = %e.kid(), "unlock expired; key locked");
+        }
+        let kid = e.kid();
+        let limit = keybridge_backends::UNSEEN_LIMIT_SECS;
+        match e.check_presence(boot).await {
+            Some(PresenceEvent::Removed) => {
+                tracing::info!(%kid, "token pulled out: PIN forgotten, key locked");
             }
-            let kid = e.kid();
-            let limit = keybridge_backends::UNSEEN_LIMIT_SECS;
-            match e.check_presence(boot).await {
-                Some(PresenceEvent::Removed) => {
-                    tracing::info!(%kid, "token pulled out: PIN forgotten, key locked");
-                }
-                Some(PresenceEvent::Unseen) => tracing::info!(
-                    %kid,
-                    "token not seen (pcscd away?); the PIN is forgotten if it stays away {limit} s"
-                ),
-                Some(PresenceEvent::Back) => tracing::info!(%kid, "token seen again"),
-                Some(PresenceEvent::UnseenTooLong) => tracing::info!(
-                    %kid,
-                    "token not seen for {limit} s: PIN forgotten, key locked"
-                ),
-                None => {}
-            }
+            Some(PresenceEvent::Unseen) => tracing::info!(
+                %kid,
+                "token not seen (pcscd away?); the PIN is forgotten if it stays away {limit} s"
+            ),
+            Some(PresenceEvent::Back) => tracing::info!(%kid, "token seen again"),
+            Some(PresenceEvent::UnseenTooLong) => tracing::info!(
+                %kid,
+                "token not seen for {limit} s: PIN forgotten, key locked"
+            ),
+            None => {}
         }
     }
 }

@@ -172,14 +172,48 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    use keybridge_protocol::crash;
     let mut tmp = tempfile::Builder::new()
-        .prefix(".keybridge-")
-        .suffix(".tmp")
+        .prefix(TEMP_PREFIX)
+        .suffix(TEMP_SUFFIX)
         .tempfile_in(dir)?;
+    crash::point("write:created", path);
+    if crash::armed("write:half", path) {
+        tmp.write_all(&bytes[..bytes.len() / 2])?;
+        crash::abort("write:half", path);
+    }
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
+    crash::point("write:synced", path);
     tmp.persist(path).map_err(|e| e.error)?;
+    crash::point("write:renamed", path);
     fs::File::open(dir)?.sync_all()
+}
+
+/// [`write_atomic`]'s temp files: `.keybridge-RANDOM.tmp`.
+const TEMP_PREFIX: &str = ".keybridge-";
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// Removes the temp files a crash in [`write_atomic`] left in `dir` (only
+/// regular files of that exact shape; a symbolic link is not followed);
+/// returns how many. Run at start-up, when no write of ours is under way
+/// (the daemon holds its state lock).
+pub fn remove_leftover_temps(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let shaped = name.len() > TEMP_PREFIX.len() + TEMP_SUFFIX.len()
+            && name.starts_with(TEMP_PREFIX)
+            && name.ends_with(TEMP_SUFFIX);
+        if shaped && e.file_type().is_ok_and(|t| t.is_file()) && fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 #[cfg(test)]

@@ -49,6 +49,8 @@ pub struct Options {
     pub http: Option<HttpOptions>,
     /// [`Limits::stream_stall`] instead of its default (tests).
     pub stream_stall: Option<Duration>,
+    /// [`Limits::token_answer`] instead of its default (tests).
+    pub token_answer: Option<Duration>,
 }
 
 /// `serve --http ADDR --allow-origin ORIGIN…` (or `http` and
@@ -124,6 +126,10 @@ pub struct Limits {
     pub shutdown_grace: Duration,
     /// Longest wait for the backends to lock at shutdown.
     pub lock_deadline: Duration,
+    /// Longest a request waits for a hardware key's token (a card, module
+    /// or TPM that hangs): then `token_not_answering`, and the key's next
+    /// requests are refused at once until the token answers.
+    pub token_answer: Duration,
 }
 
 impl Default for Limits {
@@ -137,6 +143,9 @@ impl Default for Limits {
             // YubiKey gives up after 15 s).
             shutdown_grace: Duration::from_secs(20),
             lock_deadline: Duration::from_secs(5),
+            // Well past a touch (15 s) and a TPM's or token's slowest
+            // operation (key generation, a few seconds).
+            token_answer: Duration::from_secs(60),
         }
     }
 }
@@ -146,6 +155,9 @@ pub async fn run(paths: Paths, opts: Options) -> anyhow::Result<()> {
     let mut limits = Limits::default();
     if let Some(stall) = opts.stream_stall {
         limits.stream_stall = stall;
+    }
+    if let Some(answer) = opts.token_answer {
+        limits.token_answer = answer;
     }
     let runtime_dir = opts
         .socket
@@ -172,6 +184,14 @@ pub async fn run(paths: Paths, opts: Options) -> anyhow::Result<()> {
             opts.socket.display()
         )
     })?;
+    // We hold the lock: temp files of ours here were left by a crash
+    // mid-write (the file they were to replace is whole, old or new).
+    for dir in [&paths.state, &paths.keys_dir()] {
+        let removed = paths::remove_leftover_temps(dir);
+        if removed > 0 {
+            tracing::info!(dir = %dir.display(), removed, "removed temp files a crash left");
+        }
+    }
     // We hold the lock, so a socket file left here is stale (a crash) —
     // unless systemd made it and passed it to us.
     if opts.inherited.is_none() {
@@ -188,7 +208,7 @@ pub async fn run(paths: Paths, opts: Options) -> anyhow::Result<()> {
         &paths.config_file(),
     )?;
     keybridge_backends::set_module_allowlist(policy.pkcs11_modules.clone());
-    let keys = Keys::load(&paths)?;
+    let keys = Keys::load(&paths, limits.token_answer)?;
     let audit = AuditLog::open(&paths.audit_log())
         .with_context(|| paths.audit_log().display().to_string())?;
     let activated = opts.inherited.is_some();

@@ -322,8 +322,10 @@ impl Unlocker {
     /// a signature finds, and the user is asked again.
     async fn timed_sign(&self, worker: &Worker, tbs: Vec<u8>) -> Result<Vec<u8>, KeyError> {
         let result = worker.sign(tbs).await;
-        // Only a failed signature asks the worker (no cost on the hot path).
-        if result.is_err() && !worker.is_unlocked().await {
+        // Only a failed signature asks the worker (no cost on the hot path);
+        // a token that hangs cannot say, and its grant stays as it is.
+        let hangs = matches!(result, Err(BackendError::NotAnswering { .. }));
+        if result.is_err() && !hangs && !worker.is_unlocked().await {
             let _transition = self.transition.lock().await;
             if !worker.is_unlocked().await {
                 self.grant().take();

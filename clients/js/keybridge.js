@@ -101,6 +101,7 @@ export const CODES = Object.freeze([
   "pin_blocked",
   "token_absent",
   "touch_timeout",
+  "token_not_answering",
   "policy_denied",
   "unknown_key",
   "ambiguous",

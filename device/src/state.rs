@@ -884,10 +884,17 @@ impl Account {
 
 /// Appends `bytes` to the state file `path` and syncs it.
 fn append(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    use keybridge_protocol::crash;
     let mut file = open_nofollow(path, OpenOptions::new().append(true)).map_err(io_err(path))?;
+    if crash::armed("append:half", path) {
+        let _ = file.write_all(&bytes[..bytes.len() / 2]);
+        crash::abort("append:half", path);
+    }
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
-        .map_err(io_err(path))
+        .map_err(io_err(path))?;
+    crash::point("append:written", path);
+    Ok(())
 }
 
 /// Writes `bytes` to `path` atomically: a reader sees the old file or the
@@ -897,6 +904,7 @@ fn append(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
 /// removed. The rename replaces a symbolic link at `path` itself, never
 /// writing through it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    use keybridge_protocol::crash;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -910,9 +918,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
             .tempfile_in(dir)?;
         tmp.as_file()
             .set_permissions(Permissions::from_mode(FILE_MODE))?;
+        crash::point("write:created", path);
+        if crash::armed("write:half", path) {
+            tmp.write_all(&bytes[..bytes.len() / 2])?;
+            crash::abort("write:half", path);
+        }
         tmp.write_all(bytes)?;
         tmp.as_file().sync_all()?;
+        crash::point("write:synced", path);
         tmp.persist(path).map_err(|e| e.error)?;
+        crash::point("write:renamed", path);
         File::open(dir)?.sync_all()
     };
     write().map_err(io_err(path))

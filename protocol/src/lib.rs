@@ -55,6 +55,7 @@ pub use coset;
 pub mod batch;
 pub mod cbor;
 pub mod command;
+pub mod crash;
 pub mod device_id;
 mod envelope;
 pub mod key;

@@ -105,6 +105,10 @@ pub enum ApiError {
         "this pairing token was issued to another origin; pair this console (keybridge pair --origin {0})"
     )]
     TokenOtherOrigin(String),
+    /// A hardware token did not answer in time (it hangs); nothing was
+    /// done with it.
+    #[error("{0}")]
+    NotAnswering(String),
     /// Something failed on our side; details are in the daemon's log.
     #[error("internal error: {0}")]
     Internal(String),
@@ -136,6 +140,7 @@ impl ApiError {
             ApiError::OriginNotAllowed(_) => "origin_not_allowed",
             ApiError::NotPaired(_) => "not_paired",
             ApiError::TokenOtherOrigin(_) => "token_other_origin",
+            ApiError::NotAnswering(_) => "token_not_answering",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -164,6 +169,7 @@ impl ApiError {
             ApiError::LogRefused(_) => StatusCode::FORBIDDEN,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotAnswering(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -179,7 +185,9 @@ impl From<BackendError> for ApiError {
             BackendError::LockedOut(why) => ApiError::LockedOut(why),
             BackendError::TokenAbsent(what) => ApiError::TokenAbsent(what),
             BackendError::TouchTimeout => ApiError::TouchTimeout,
-            BackendError::InvalidSecret(why) => ApiError::BadRequest(why),
+            BackendError::InvalidSecret(why) | BackendError::KdfCosts(why) => {
+                ApiError::BadRequest(why)
+            }
             BackendError::Unsupported(why)
             | BackendError::UnsupportedMechanism(why)
             | BackendError::InvalidUri(why) => ApiError::BadRequest(why),
@@ -187,6 +195,7 @@ impl From<BackendError> for ApiError {
             BackendError::AlreadyExists(what) => ApiError::AlreadyExists(what),
             BackendError::Ambiguous(what) => ApiError::Ambiguous(what),
             e @ BackendError::ModuleNotAllowed { .. } => ApiError::PolicyDenied(e.to_string()),
+            e @ BackendError::NotAnswering { .. } => ApiError::NotAnswering(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -175,6 +175,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
             "unknown_key" => 10,
             "forbidden" => 11,
             "too_many_attempts" => 12,
+            "token_not_answering" => 13,
             _ => 1,
         },
         _ => 1,

@@ -46,6 +46,11 @@ pub struct ServeArgs {
     #[cfg(feature = "test-hooks")]
     #[arg(long, hide = true, value_parser = humantime::parse_duration)]
     stream_stall: Option<Duration>,
+    /// Test hook: give up on a hardware token that does not answer after
+    /// this long (default 60 s).
+    #[cfg(feature = "test-hooks")]
+    #[arg(long, hide = true, value_parser = humantime::parse_duration)]
+    token_deadline: Option<Duration>,
 }
 
 impl ServeArgs {
@@ -92,9 +97,9 @@ pub(super) async fn run(ctx: &Ctx, args: &ServeArgs) -> anyhow::Result<()> {
     #[cfg(not(feature = "test-hooks"))]
     let (clock, system_policy) = (Clock::System, PathBuf::from(SYSTEM_POLICY));
     #[cfg(feature = "test-hooks")]
-    let stream_stall = args.stream_stall;
+    let (stream_stall, token_answer) = (args.stream_stall, args.token_deadline);
     #[cfg(not(feature = "test-hooks"))]
-    let stream_stall = None;
+    let (stream_stall, token_answer) = (None, None);
     let inherited = args.inherited.lock().expect("not poisoned").take();
     server::run(
         ctx.paths.clone(),
@@ -107,6 +112,7 @@ pub(super) async fn run(ctx: &Ctx, args: &ServeArgs) -> anyhow::Result<()> {
             idle_exit: args.idle_exit,
             http,
             stream_stall,
+            token_answer,
         },
     )
     .await
