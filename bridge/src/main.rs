@@ -17,9 +17,49 @@ use std::process::ExitCode;
 static ALLOC: zeroizing_alloc::ZeroAlloc<std::alloc::System> =
     zeroizing_alloc::ZeroAlloc(std::alloc::System);
 
+/// glibc settings for the daemon: no per-thread cache of freed chunks
+/// (`tcache_count=0`, whose frees skip the next setting) and every freed
+/// chunk overwritten (`perturb`). The C libraries under the backends —
+/// tss2-esys, pcsc-lite, PKCS#11 modules — copy a PIN into memory they
+/// `free` without wiping (tss2-esys keeps the auth value in its session
+/// objects): the global allocator above cannot reach those.
+/// `tests/tests/secrets.rs` found a wrong TPM PIN there after `lock`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const SCRUB_TUNABLES: &str = "glibc.malloc.tcache_count=0:glibc.malloc.perturb=165";
+
+/// Runs the daemon again, the same program with the same arguments (and
+/// process id, open descriptors: a socket systemd passed stays valid),
+/// with [`SCRUB_TUNABLES`], which glibc reads only at start. Returns if it
+/// cannot (the daemon then runs without them, and says so).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn scrub_c_heap() {
+    use std::os::unix::process::CommandExt as _;
+    let current = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    if current.contains("glibc.malloc.perturb") {
+        return;
+    }
+    let tunables = if current.is_empty() {
+        SCRUB_TUNABLES.to_owned()
+    } else {
+        format!("{current}:{SCRUB_TUNABLES}")
+    };
+    let mut argv = std::env::args_os();
+    let argv0 = argv.next().unwrap_or_else(|| "keybridge".into());
+    let err = std::process::Command::new("/proc/self/exe")
+        .arg0(argv0)
+        .args(argv)
+        .env("GLIBC_TUNABLES", tunables)
+        .exec();
+    eprintln!("keybridge: warning: freed C memory will not be wiped (re-exec failed: {err})");
+}
+
 fn main() -> ExitCode {
     let mut args = cli::Cli::parse();
     let serving = matches!(args.command, cli::Command::Serve(_));
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if serving {
+        scrub_c_heap();
+    }
     // Socket activation: the inherited socket is taken while the process
     // has one thread (the environment is changed).
     if let cli::Command::Serve(serve) = &mut args.command
