@@ -721,3 +721,41 @@ fn a_full_disk_under_the_state_folder_fails_clearly_and_loses_nothing() {
     let listed = b.ok(&["--json", "pair", "list"], None);
     assert!(listed.contains(&id), "{listed}");
 }
+
+#[test]
+fn a_crash_while_pairing_a_console_keeps_the_pairings_whole() {
+    let origin = "https://c.example";
+    let console = ["--http", "127.0.0.1:0", "--allow-origin", origin];
+    let mut b = Bridge::start(NOW);
+    b.restart_with(&console);
+    let mut ids = BTreeSet::new();
+    for step in WRITE_STEPS {
+        let (id, _) = b.pair(origin);
+        ids.insert(id);
+        let mut daemon = crashing_daemon(&mut b, step, 1, "pairings.json", &console);
+        let o = b.cli(&["--json", "pair", "--origin", origin], None);
+        assert!(!o.status.success(), "{step}");
+        aborted(&mut daemon, step);
+        let text = std::fs::read_to_string(b.home().join("state/pairings.json")).unwrap();
+        let on_disk: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{step}: torn pairings: {e}: {text}"));
+        b.restart_with(&console);
+        assert!(temps(&b.home().join("state")).is_empty(), "{step}");
+        let listed: Value = serde_json::from_str(&b.ok(&["--json", "pair", "list"], None)).unwrap();
+        let now: BTreeSet<String> = listed
+            .as_array()
+            .unwrap_or_else(|| panic!("{listed:#}"))
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_owned())
+            .collect();
+        // Old or new: every earlier pairing, and the crashed one only once
+        // renamed into place.
+        assert!(ids.is_subset(&now), "{step}: {ids:?} {now:?} {on_disk}");
+        assert_eq!(
+            now.len() - ids.len(),
+            usize::from(step == "write:renamed"),
+            "{step}: {now:?}"
+        );
+        ids = now;
+    }
+}
