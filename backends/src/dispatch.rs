@@ -69,6 +69,9 @@ pub struct CreateOptions {
     pub spend_last_attempt: bool,
     /// Also make the new key persistent at the URI's handle (TPM).
     pub persistent: bool,
+    /// Argon2id costs of a passphrase key (`None`: the defaults,
+    /// [`passphrase::KdfCosts::DEFAULT`]); the other backends refuse them.
+    pub kdf: Option<passphrase::KdfCosts>,
 }
 
 /// Generates (or derives, or opens with `existing`) the key `spec` describes;
@@ -81,9 +84,17 @@ pub struct CreateOptions {
 /// [`BackendError::InvalidSecret`] when a needed secret is missing or
 /// unacceptable, [`BackendError::Unsupported`] for what the backend cannot
 /// do (a passphrase key is always a derived Ed25519 key, never `existing`;
-/// YubiKey and TPM are not built yet), and each backend's own errors (see
+/// only a passphrase key takes Argon2id costs; YubiKey and TPM are not
+/// built yet), [`BackendError::KdfCosts`] for Argon2id costs out of range,
+/// and each backend's own errors (see
 /// `pkcs11::create`, `pkcs11::open_uri`).
 pub fn create(spec: CreateSpec) -> Result<(Box<dyn Signer>, KeyRecord), BackendError> {
+    if spec.options.kdf.is_some() && spec.backend != BackendKind::Passphrase {
+        return Err(BackendError::Unsupported(format!(
+            "Argon2id costs are for passphrase keys; a {} key is not derived from a passphrase",
+            spec.backend
+        )));
+    }
     let (mut signer, record): (Box<dyn Signer>, KeyRecord) = match spec.backend {
         BackendKind::Passphrase => {
             let (signer, record) = passphrase::create_from_spec(spec)?;
@@ -384,6 +395,21 @@ mod tests {
         assert_eq!(record.uri, "passphrase:account=ACME;agent=alice");
         assert_eq!(record.alg, Algorithm::Ed25519);
         assert!(needs_secret(BackendKind::Passphrase, None));
+    }
+
+    #[test]
+    fn only_a_passphrase_key_takes_argon2id_costs() {
+        let mut s = spec(BackendKind::Pkcs11, Some("pkcs11:token=t;object=k"));
+        s.options.kdf = Some(passphrase::KdfCosts::DEFAULT);
+        let err = refusal(s);
+        assert!(matches!(err, BackendError::Unsupported(_)), "{err:?}");
+        assert!(err.to_string().contains("for passphrase keys"), "{err}");
+        let mut s = spec(BackendKind::Passphrase, None);
+        s.options.kdf = Some(passphrase::KdfCosts {
+            t: 2,
+            ..passphrase::KdfCosts::DEFAULT
+        });
+        assert!(matches!(refusal(s), BackendError::KdfCosts(_)));
     }
 
     #[test]

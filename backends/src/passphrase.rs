@@ -3,13 +3,19 @@
 //!
 //! ```text
 //! salt = SHA-256("keybridge/passphrase/v1" ‖ account ‖ 0x00 ‖ agent)
-//! seed = Argon2id v0x13 (passphrase, salt, m = 64 MiB, t = 3, p = 1, 32 bytes)
+//! seed = Argon2id v0x13 (passphrase, salt, m, t, p, 32 bytes)
 //! key  = Ed25519 signing key with secret seed `seed`
 //! ```
 //!
-//! The costs and the salt context are written into the key record's
-//! `params`, so a later version can raise the costs for new keys and still
-//! open old ones. The derived key lives only while unlocked: in a
+//! The costs `m`, `t`, `p` are 64 MiB, 3 passes, 1 lane unless the user
+//! raises them ([`KdfCosts`]): they are part of the derivation, so the same
+//! passphrase, account, agent **and costs** give the same key again, and
+//! other costs give another key. The costs and the salt context are written
+//! into the key record's `params` (public: the key is recreated elsewhere
+//! only with the same costs, so the user notes them with the passphrase).
+//! A record is opened only with costs within [`KdfCosts::DEFAULT`] ..=
+//! [`KdfCosts::MAX`]: an edited record can make a key neither weaker than
+//! new ones nor ask for gigabytes at unlock. The derived key lives only while unlocked: in a
 //! `SigningKey` that wipes itself when dropped, which [`Signer::lock`] and
 //! dropping the signer do. Argon2's 64 MiB working memory is ours and is
 //! wiped after each derivation too (it holds enough to recompute the seed).
@@ -36,15 +42,107 @@ pub const T_COST: u32 = 3;
 /// Argon2id lanes for new keys.
 pub const P_COST: u32 = 1;
 
+/// The most Argon2id memory a key may ask for, KiB (1 GiB): the daemon
+/// holds it for the time of an unlock.
+pub const MAX_M_COST_KIB: u32 = 1024 * 1024;
+/// The most Argon2id passes a key may ask for.
+pub const MAX_T_COST: u32 = 64;
+/// The most Argon2id lanes a key may ask for.
+pub const MAX_P_COST: u32 = 16;
+
 /// The record's `kdf` name.
 const KDF: &str = "argon2id";
 /// Argon2 version 1.3 (RFC 9106).
 const ARGON2_VERSION: u32 = 0x13;
-// A record is a local file; these bounds keep an edited record from making
-// keys weaker than new ones or from asking for gigabytes at unlock.
-const MAX_M_COST_KIB: u32 = 1024 * 1024;
-const MAX_T_COST: u32 = 64;
-const MAX_P_COST: u32 = 16;
+
+/// The Argon2id costs of a passphrase key: memory (KiB), passes, lanes.
+///
+/// They are an input of the derivation like the passphrase: the same
+/// passphrase, account, agent and costs give the same key (kid) on any
+/// machine, other costs another key. Raising them makes every offline
+/// guess at the passphrase (the public key is in the account's key log)
+/// cost that much more, and every unlock too. Lanes do not make a guess
+/// dearer (keybridge runs them one after the other); they exist so that a
+/// key made elsewhere with several lanes can be recreated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KdfCosts {
+    /// Memory cost, KiB.
+    pub m_kib: u32,
+    /// Passes (time cost).
+    pub t: u32,
+    /// Lanes (parallelism).
+    pub p: u32,
+}
+
+impl KdfCosts {
+    /// What new keys get unless the user asks for more: 64 MiB, 3 passes,
+    /// 1 lane. Also the least a key may have.
+    pub const DEFAULT: KdfCosts = KdfCosts {
+        m_kib: M_COST_KIB,
+        t: T_COST,
+        p: P_COST,
+    };
+    /// The most a key may ask for: 1 GiB, 64 passes, 16 lanes.
+    pub const MAX: KdfCosts = KdfCosts {
+        m_kib: MAX_M_COST_KIB,
+        t: MAX_T_COST,
+        p: MAX_P_COST,
+    };
+
+    /// Whether every cost is within [`KdfCosts::DEFAULT`] ..=
+    /// [`KdfCosts::MAX`]; else what is out of range and the allowed range,
+    /// for a person.
+    pub fn check(&self) -> Result<(), String> {
+        let (min, max) = (Self::DEFAULT, Self::MAX);
+        if !(min.m_kib..=max.m_kib).contains(&self.m_kib) {
+            return Err(format!(
+                "Argon2id memory {} is out of range: allowed {} to {}",
+                memory_text(self.m_kib),
+                memory_text(min.m_kib),
+                memory_text(max.m_kib)
+            ));
+        }
+        if !(min.t..=max.t).contains(&self.t) {
+            return Err(format!(
+                "Argon2id passes {} is out of range: allowed {} to {}",
+                self.t, min.t, max.t
+            ));
+        }
+        if !(min.p..=max.p).contains(&self.p) {
+            return Err(format!(
+                "Argon2id lanes {} is out of range: allowed {} to {}",
+                self.p, min.p, max.p
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for KdfCosts {
+    /// `256 MiB, 4 passes, 1 lane`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}, {} pass{}, {} lane{}",
+            memory_text(self.m_kib),
+            self.t,
+            if self.t == 1 { "" } else { "es" },
+            self.p,
+            if self.p == 1 { "" } else { "s" }
+        )
+    }
+}
+
+/// A memory size in KiB for a person: `1 GiB`, `256 MiB`, `65537 KiB`.
+pub fn memory_text(kib: u32) -> String {
+    if kib != 0 && kib.is_multiple_of(1024 * 1024) {
+        format!("{} GiB", kib / (1024 * 1024))
+    } else if kib != 0 && kib.is_multiple_of(1024) {
+        format!("{} MiB", kib / 1024)
+    } else {
+        format!("{kib} KiB")
+    }
+}
 
 // The derived key must wipe itself when dropped: that needs ed25519-dalek's
 // `zeroize` feature. Fail the build, not the promise, if it is ever off.
@@ -76,17 +174,32 @@ pub struct PassphraseParams {
 }
 
 impl PassphraseParams {
-    /// The parameters new keys get.
+    /// The parameters new keys get by default ([`KdfCosts::DEFAULT`]).
     pub fn new(account: &str, agent: &str) -> Self {
+        Self::with_costs(account, agent, KdfCosts::DEFAULT)
+    }
+
+    /// The parameters of a key with `costs` (not checked here: see
+    /// [`KdfCosts::check`]).
+    pub fn with_costs(account: &str, agent: &str, costs: KdfCosts) -> Self {
         PassphraseParams {
             kdf: KDF.to_owned(),
             version: ARGON2_VERSION,
-            m_kib: M_COST_KIB,
-            t: T_COST,
-            p: P_COST,
+            m_kib: costs.m_kib,
+            t: costs.t,
+            p: costs.p,
             salt: SALT_DOMAIN.to_owned(),
             account: account.to_owned(),
             agent: agent.to_owned(),
+        }
+    }
+
+    /// The Argon2id costs.
+    pub fn costs(&self) -> KdfCosts {
+        KdfCosts {
+            m_kib: self.m_kib,
+            t: self.t,
+            p: self.p,
         }
     }
 
@@ -104,11 +217,11 @@ impl PassphraseParams {
         if self.salt != SALT_DOMAIN {
             return bad("unknown salt scheme");
         }
-        if !(M_COST_KIB..=MAX_M_COST_KIB).contains(&self.m_kib)
-            || !(T_COST..=MAX_T_COST).contains(&self.t)
-            || !(P_COST..=MAX_P_COST).contains(&self.p)
-        {
-            return bad("Argon2 costs out of bounds");
+        if let Err(why) = self.costs().check() {
+            // No version of keybridge writes such a record: it was edited.
+            return bad(&format!(
+                "{why} (keybridge never writes such a record: it was edited; the key is not served)"
+            ));
         }
         Ok(())
     }
@@ -155,13 +268,8 @@ fn derive_key(
     Ok(Box::new(SigningKey::from_bytes(&seed)))
 }
 
-/// Creates the passphrase key of `agent` in `account`.
-///
-/// The passphrase needs at least [`MIN_PASSPHRASE_CHARS`] characters
-/// ([`BackendError::InvalidSecret`] otherwise); account and agent must be
-/// non-empty and free of NUL. Returns the signer **unlocked** (the key was
-/// just derived; lock it if the unlock policy says so) and the record to
-/// store, which holds no secret.
+/// Creates the passphrase key of `agent` in `account` with the default
+/// costs: [`create_with_costs`] with [`KdfCosts::DEFAULT`].
 pub fn create(
     account: &str,
     agent: &str,
@@ -169,6 +277,28 @@ pub fn create(
     label: Option<String>,
     now: i64,
 ) -> Result<(PassphraseSigner, KeyRecord), BackendError> {
+    create_with_costs(account, agent, passphrase, KdfCosts::DEFAULT, label, now)
+}
+
+/// Creates the passphrase key of `agent` in `account` with Argon2id
+/// `costs`.
+///
+/// The costs must be within [`KdfCosts::DEFAULT`] ..= [`KdfCosts::MAX`]
+/// ([`BackendError::KdfCosts`] otherwise, before anything is derived). The
+/// passphrase needs at least [`MIN_PASSPHRASE_CHARS`] characters
+/// ([`BackendError::InvalidSecret`] otherwise); account and agent must be
+/// non-empty and free of NUL. Returns the signer **unlocked** (the key was
+/// just derived; lock it if the unlock policy says so) and the record to
+/// store, which holds no secret.
+pub fn create_with_costs(
+    account: &str,
+    agent: &str,
+    passphrase: &SecretString,
+    costs: KdfCosts,
+    label: Option<String>,
+    now: i64,
+) -> Result<(PassphraseSigner, KeyRecord), BackendError> {
+    costs.check().map_err(BackendError::KdfCosts)?;
     if passphrase.expose_secret().chars().count() < MIN_PASSPHRASE_CHARS {
         return Err(BackendError::InvalidSecret(format!(
             "a passphrase needs at least {MIN_PASSPHRASE_CHARS} characters"
@@ -176,7 +306,7 @@ pub fn create(
     }
     let uri = KeyUri::passphrase(account, agent)
         .map_err(|e| BackendError::InvalidUri(format!("cannot name the key: {e}")))?;
-    let params = PassphraseParams::new(account, agent);
+    let params = PassphraseParams::with_costs(account, agent, costs);
     let key = derive_key(passphrase, &params)?;
     let public = PublicKey::ed25519(key.verifying_key().as_bytes())
         .map_err(|e| BackendError::Failed(e.to_string()))?;
@@ -198,7 +328,8 @@ pub fn create(
 
 /// What [`crate::create`] does for a passphrase key: the checks on `spec`
 /// (the URI, if given, is the key's own; Ed25519 only, never `existing`; a
-/// passphrase is needed), then [`create`].
+/// passphrase is needed), then [`create_with_costs`] with the costs of
+/// `spec.options.kdf` (default [`KdfCosts::DEFAULT`]).
 pub(crate) fn create_from_spec(
     spec: CreateSpec,
 ) -> Result<(PassphraseSigner, KeyRecord), BackendError> {
@@ -219,7 +350,15 @@ pub(crate) fn create_from_spec(
     let secret = spec.secret.ok_or_else(|| {
         BackendError::InvalidSecret("a passphrase key needs its passphrase".into())
     })?;
-    create(&spec.account, &spec.agent, &secret, spec.label, spec.now)
+    let costs = spec.options.kdf.unwrap_or(KdfCosts::DEFAULT);
+    create_with_costs(
+        &spec.account,
+        &spec.agent,
+        &secret,
+        costs,
+        spec.label,
+        spec.now,
+    )
 }
 
 /// The memorized Ed25519 key of one agent.
@@ -269,7 +408,8 @@ impl Signer for PassphraseSigner {
         &self.public
     }
 
-    /// Derives the key (≈ 0.1–0.3 s, 64 MiB) and keeps it only if its public
+    /// Derives the key (≈ 0.1–0.3 s at the default 64 MiB, 3 passes; in
+    /// proportion to memory × passes above) and keeps it only if its public
     /// key is the recorded one. There is no attempt counter, so
     /// `spend_last_attempt` has no effect.
     fn unlock(
@@ -553,6 +693,145 @@ mod tests {
         assert!(!shown.contains(PASSPHRASE));
         assert!(shown.contains(&record.kid().unwrap().to_hex()));
         assert!(shown.contains("unlocked: true"));
+    }
+
+    // Non-default costs, computed the same independent way (OpenSSL's
+    // Argon2id through Python's `cryptography`, and its Ed25519).
+    const ALICE_4_PASSES_2_LANES_SEED: &str =
+        "84361e282e64de5f4a047a7214c526e8f84c2b3c108b2bf8813e0de7b1d8d815";
+    const ALICE_4_PASSES_2_LANES_PUBLIC: &str =
+        "0f77ad8ec30c7dbcfd11be412d7add5a1877b2dcf51ebc902ac3b7354270c785";
+    const ALICE_96_MIB_SEED: &str =
+        "74974b503f4c0bc511d56e926a96f25f51172ac20c25ab59894bcc017cf81dab";
+    const ALICE_96_MIB_PUBLIC: &str =
+        "d3aa375484cefc1e17f94c52adad2cc5bb519efca6186b785604fb37b627aeb8";
+
+    fn costs(m_kib: u32, t: u32, p: u32) -> KdfCosts {
+        KdfCosts { m_kib, t, p }
+    }
+
+    #[test]
+    fn raised_costs_match_independent_argon2id_known_answers_and_give_other_keys() {
+        for (c, seed_hex, public_hex) in [
+            (
+                costs(65536, 4, 2),
+                ALICE_4_PASSES_2_LANES_SEED,
+                ALICE_4_PASSES_2_LANES_PUBLIC,
+            ),
+            (
+                costs(96 * 1024, 3, 1),
+                ALICE_96_MIB_SEED,
+                ALICE_96_MIB_PUBLIC,
+            ),
+        ] {
+            let params = PassphraseParams::with_costs("ACME", "alice", c);
+            let seed = derive_seed(PASSPHRASE.as_bytes(), &params).unwrap();
+            assert_eq!(hex::encode(*seed), seed_hex, "{c}");
+
+            // The argon2 crate's plain entry point, salt built by hand.
+            let salt: [u8; 32] = Sha256::digest(b"keybridge/passphrase/v1ACME\0alice").into();
+            let mut direct = [0u8; 32];
+            argon2::Argon2::new(
+                argon2::Algorithm::Argon2id,
+                argon2::Version::V0x13,
+                argon2::Params::new(c.m_kib, c.t, c.p, Some(32)).unwrap(),
+            )
+            .hash_password_into(PASSPHRASE.as_bytes(), &salt, &mut direct)
+            .unwrap();
+            assert_eq!(direct, *seed, "{c}");
+
+            let (signer, record) =
+                create_with_costs("ACME", "alice", &secret(PASSPHRASE), c, None, 0).unwrap();
+            assert_eq!(hex::encode(signer.public_key().raw_bytes()), public_hex);
+            // Another key than the default costs give, for the same
+            // passphrase, account and agent.
+            assert_ne!(public_hex, ALICE_PUBLIC);
+            assert_eq!(record.params["m_kib"], c.m_kib);
+            assert_eq!(record.params["t"], c.t);
+            assert_eq!(record.params["p"], c.p);
+
+            // The record opens with its costs, and the passphrase unlocks it.
+            let mut opened = PassphraseSigner::from_record(&record).unwrap();
+            assert_eq!(opened.params().costs(), c);
+            opened.unlock(&secret(PASSPHRASE), false).unwrap();
+            assert_eq!(opened.public_key(), signer.public_key());
+        }
+    }
+
+    #[test]
+    fn costs_below_the_defaults_or_above_the_bounds_are_refused_naming_the_range() {
+        assert_eq!(KdfCosts::DEFAULT, costs(64 * 1024, 3, 1));
+        assert_eq!(KdfCosts::MAX, costs(1024 * 1024, 64, 16));
+        assert!(KdfCosts::DEFAULT.check().is_ok());
+        assert!(KdfCosts::MAX.check().is_ok());
+        for (bad, says) in [
+            (
+                costs(32 * 1024, 3, 1),
+                "Argon2id memory 32 MiB is out of range: allowed 64 MiB to 1 GiB",
+            ),
+            (
+                costs(64 * 1024 - 1, 3, 1),
+                "Argon2id memory 65535 KiB is out of range: allowed 64 MiB to 1 GiB",
+            ),
+            (
+                costs(2 * 1024 * 1024, 3, 1),
+                "Argon2id memory 2 GiB is out of range: allowed 64 MiB to 1 GiB",
+            ),
+            (
+                costs(65536, 2, 1),
+                "Argon2id passes 2 is out of range: allowed 3 to 64",
+            ),
+            (
+                costs(65536, 65, 1),
+                "Argon2id passes 65 is out of range: allowed 3 to 64",
+            ),
+            (
+                costs(65536, 3, 0),
+                "Argon2id lanes 0 is out of range: allowed 1 to 16",
+            ),
+            (
+                costs(65536, 3, 17),
+                "Argon2id lanes 17 is out of range: allowed 1 to 16",
+            ),
+        ] {
+            assert_eq!(bad.check().unwrap_err(), says);
+            // Refused before deriving: the out-of-range 2 GiB is never
+            // allocated, and the passphrase is not even looked at.
+            let err = create_with_costs("ACME", "alice", &secret("short"), bad, None, 0)
+                .expect_err("refused");
+            assert!(
+                matches!(&err, BackendError::KdfCosts(m) if m == says),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn costs_read_as_a_person_writes_them_down() {
+        assert_eq!(KdfCosts::DEFAULT.to_string(), "64 MiB, 3 passes, 1 lane");
+        assert_eq!(
+            costs(1024 * 1024, 1, 4).to_string(),
+            "1 GiB, 1 pass, 4 lanes"
+        );
+        assert_eq!(memory_text(65537), "65537 KiB");
+    }
+
+    #[test]
+    fn a_record_edited_to_tiny_costs_is_refused_with_the_reason() {
+        let (_, record) = alice();
+        for (field, value, says) in [
+            ("m_kib", 8, "Argon2id memory 8 KiB is out of range"),
+            ("t", 1, "Argon2id passes 1 is out of range"),
+            ("p", 0, "Argon2id lanes 0 is out of range"),
+        ] {
+            let mut edited = record.clone();
+            edited.params[field] = value.into();
+            let err = PassphraseSigner::from_record(&edited).expect_err("refused");
+            let text = err.to_string();
+            assert!(matches!(err, BackendError::Failed(_)), "{text}");
+            assert!(text.contains(says), "{text}");
+            assert!(text.contains("it was edited"), "{text}");
+        }
     }
 
     #[test]

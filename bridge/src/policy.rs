@@ -17,6 +17,8 @@
 //! max_batch = 100000      # devices in one batch (default 1,000,000)
 //! pkcs11_modules = ["/usr/lib/x86_64-linux-gnu/*"]   # globs; * matches any characters
 //! no_fallback = ["deploy-unattended"]   # command kinds `sign --agent` never falls back for
+//! min_kdf_memory_mib = 256   # new passphrase keys: Argon2id memory at least this
+//! min_kdf_passes = 4         # and at least this many passes
 //! ```
 //!
 //! Signing as an agent (`sign --agent`, API `"agent"`) picks the agent's
@@ -27,6 +29,15 @@
 //! system policy); each backend at most once, and the keys of a backend
 //! left out are never picked by agent (`--key` still names them).
 //!
+//! `min_kdf_memory_mib` and `min_kdf_passes` are a floor for the Argon2id
+//! costs of new passphrase keys (defaults: 64 MiB, 3 passes, the costs new
+//! keys get unless the user raises them; at most 1024 MiB, 64 passes).
+//! Each file can only raise the floor. A new key below it is refused
+//! (`policy_denied`, naming the file); a key made before is not: it still
+//! signs, and `status` and `doctor` warn that it should be replaced (its
+//! public key is out already, so refusing to sign would lock its agent out
+//! without making an offline guess any dearer).
+//!
 //! `no_fallback` lists command kinds (`deploy-unattended`, `x-…`) for which
 //! `sign --agent` must sign with the agent's first key in that order: when
 //! that key's token is not there, the answer is `policy_denied`, never a
@@ -35,11 +46,12 @@
 //! key by agent; a request that names its key (`--key`) is not a fallback.
 
 use crate::unlock::Remember;
+use keybridge_backends::passphrase::{KdfCosts, memory_text};
 use keybridge_backends::{BackendKind, ModuleAllowlist};
 use keybridge_protocol::command::is_valid_command;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Default policy file.
 pub const SYSTEM_POLICY: &str = "/etc/keybridge/policy.toml";
@@ -54,6 +66,8 @@ struct PolicyFile {
     pkcs11_modules: Option<Vec<String>>,
     fallback_order: Option<Vec<BackendKind>>,
     no_fallback: Option<Vec<String>>,
+    min_kdf_memory_mib: Option<u32>,
+    min_kdf_passes: Option<u32>,
     notify: Option<bool>,
     pinentry: Option<String>,
     http: Option<String>,
@@ -96,6 +110,9 @@ pub struct Policy {
     /// Command kinds for which `sign --agent` never signs with a key after
     /// one that is not there (joined from every file).
     pub no_fallback: BTreeSet<String>,
+    /// The least Argon2id costs a new passphrase key may have (every file
+    /// can only raise them).
+    pub kdf_floor: KdfFloor,
     /// A desktop notification for each signature (the user's choice, else
     /// a policy file's; off by default).
     pub notify: bool,
@@ -121,11 +138,71 @@ impl Default for Policy {
             pkcs11_modules: ModuleAllowlist::default(),
             fallback_order: DEFAULT_FALLBACK_ORDER.to_vec(),
             no_fallback: BTreeSet::new(),
+            kdf_floor: KdfFloor::default(),
             notify: false,
             pinentry: None,
             http: None,
             allow_origins: vec![],
         }
+    }
+}
+
+/// The floor of the Argon2id costs of new passphrase keys, and the file
+/// that set each part of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KdfFloor {
+    /// Least memory, MiB (`min_kdf_memory_mib`; default 64, the default
+    /// cost).
+    pub min_kdf_memory_mib: u32,
+    /// The file that set it (`None`: the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_kdf_memory_mib_from: Option<PathBuf>,
+    /// Least passes (`min_kdf_passes`; default 3).
+    pub min_kdf_passes: u32,
+    /// The file that set it (`None`: the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_kdf_passes_from: Option<PathBuf>,
+}
+
+impl Default for KdfFloor {
+    fn default() -> Self {
+        KdfFloor {
+            min_kdf_memory_mib: KdfCosts::DEFAULT.m_kib / 1024,
+            min_kdf_memory_mib_from: None,
+            min_kdf_passes: KdfCosts::DEFAULT.t,
+            min_kdf_passes_from: None,
+        }
+    }
+}
+
+impl KdfFloor {
+    /// What of `costs` falls short of the floor, one phrase per cost,
+    /// naming the setting and its file (`Argon2id memory 64 MiB is below
+    /// min_kdf_memory_mib = 256 of /etc/keybridge/policy.toml`); empty when
+    /// the costs meet it.
+    pub fn shortfalls(&self, costs: KdfCosts) -> Vec<String> {
+        let from = |f: &Option<PathBuf>| {
+            f.as_ref()
+                .map_or_else(|| "the defaults".to_owned(), |p| p.display().to_string())
+        };
+        let mut out = vec![];
+        if u64::from(costs.m_kib) < u64::from(self.min_kdf_memory_mib) * 1024 {
+            out.push(format!(
+                "Argon2id memory {} is below min_kdf_memory_mib = {} of {}",
+                memory_text(costs.m_kib),
+                self.min_kdf_memory_mib,
+                from(&self.min_kdf_memory_mib_from)
+            ));
+        }
+        if costs.t < self.min_kdf_passes {
+            out.push(format!(
+                "Argon2id passes {} is below min_kdf_passes = {} of {}",
+                costs.t,
+                self.min_kdf_passes,
+                from(&self.min_kdf_passes_from)
+            ));
+        }
+        out
     }
 }
 
@@ -188,6 +265,26 @@ fn read(path: &Path, may_be_missing: bool) -> Result<PolicyFile, PolicyError> {
             keybridge_protocol::command::KNOWN_COMMANDS.join(", ")
         )));
     }
+    // A floor outside what a key may have would either mean nothing or
+    // refuse every new passphrase key: both are mistakes worth saying.
+    let (min, max) = (KdfCosts::DEFAULT, KdfCosts::MAX);
+    if let Some(mib) = file.min_kdf_memory_mib
+        && !(min.m_kib / 1024..=max.m_kib / 1024).contains(&mib)
+    {
+        return Err(err(format!(
+            "min_kdf_memory_mib = {mib}: allowed {} to {} (MiB of Argon2id memory)",
+            min.m_kib / 1024,
+            max.m_kib / 1024
+        )));
+    }
+    if let Some(t) = file.min_kdf_passes
+        && !(min.t..=max.t).contains(&t)
+    {
+        return Err(err(format!(
+            "min_kdf_passes = {t}: allowed {} to {} (Argon2id passes)",
+            min.t, max.t
+        )));
+    }
     Ok(file)
 }
 
@@ -197,10 +294,13 @@ impl Policy {
     /// config. A broken file is an error (never silently "allow all").
     pub fn load(system: &Path, extra: Option<&Path>, user: &Path) -> Result<Self, PolicyError> {
         let mut files = vec![read(system, true)?];
+        let mut named = vec![system.to_owned()];
         if let Some(extra) = extra {
             files.push(read(extra, false)?);
+            named.push(extra.to_owned());
         }
         let usr = read(user, true)?;
+        named.push(user.to_owned());
         let default_remember = usr
             .default_remember
             .or_else(|| files.iter().find_map(|f| f.default_remember));
@@ -230,7 +330,19 @@ impl Policy {
         if !module_lists.is_empty() {
             p.pkcs11_modules = ModuleAllowlist::new(module_lists);
         }
-        for f in &files {
+        for (f, path) in files.iter().zip(named) {
+            if let Some(mib) = f.min_kdf_memory_mib
+                && mib > p.kdf_floor.min_kdf_memory_mib
+            {
+                p.kdf_floor.min_kdf_memory_mib = mib;
+                p.kdf_floor.min_kdf_memory_mib_from = Some(path.clone());
+            }
+            if let Some(t) = f.min_kdf_passes
+                && t > p.kdf_floor.min_kdf_passes
+            {
+                p.kdf_floor.min_kdf_passes = t;
+                p.kdf_floor.min_kdf_passes_from = Some(path);
+            }
             if let Some(allowed) = &f.allowed_remember {
                 let narrowed: BTreeSet<Remember> = allowed.iter().copied().collect();
                 p.allowed_remember = p
@@ -395,6 +507,101 @@ mod tests {
             assert!(err.contains(says), "{text}: {err}");
             let err = Policy::load(&none, None, &f).unwrap_err().to_string();
             assert!(err.contains(says), "{text} (user config): {err}");
+        }
+    }
+
+    #[test]
+    fn the_kdf_floor_is_raised_by_any_file_never_lowered_and_names_its_file() {
+        let d = tempfile::tempdir().unwrap();
+        let none = d.path().join("none.toml");
+        let floor = Policy::load(&none, None, &none).unwrap().kdf_floor;
+        assert_eq!(floor, KdfFloor::default());
+        assert_eq!((floor.min_kdf_memory_mib, floor.min_kdf_passes), (64, 3));
+        assert!(floor.shortfalls(KdfCosts::DEFAULT).is_empty());
+
+        let sys = write(
+            d.path(),
+            "policy.toml",
+            "min_kdf_memory_mib = 256
+",
+        );
+        let extra = write(
+            d.path(),
+            "extra.toml",
+            "min_kdf_memory_mib = 128
+min_kdf_passes = 4
+",
+        );
+        let usr = write(
+            d.path(),
+            "config.toml",
+            "min_kdf_passes = 3
+",
+        );
+        let floor = Policy::load(&sys, Some(&extra), &usr).unwrap().kdf_floor;
+        // The system file's 256 stands against the extra file's 128; the
+        // extra file's 4 passes against the user's 3.
+        assert_eq!(floor.min_kdf_memory_mib, 256);
+        assert_eq!(floor.min_kdf_memory_mib_from.as_deref(), Some(&*sys));
+        assert_eq!(floor.min_kdf_passes, 4);
+        assert_eq!(floor.min_kdf_passes_from.as_deref(), Some(&*extra));
+        assert_eq!(
+            floor.shortfalls(KdfCosts::DEFAULT),
+            [
+                format!(
+                    "Argon2id memory 64 MiB is below min_kdf_memory_mib = 256 of {}",
+                    sys.display()
+                ),
+                format!(
+                    "Argon2id passes 3 is below min_kdf_passes = 4 of {}",
+                    extra.display()
+                ),
+            ]
+        );
+        let enough = KdfCosts {
+            m_kib: 256 * 1024,
+            t: 4,
+            p: 1,
+        };
+        assert!(floor.shortfalls(enough).is_empty());
+        // The user's own config may raise it too.
+        let usr = write(
+            d.path(),
+            "config.toml",
+            "min_kdf_memory_mib = 512
+",
+        );
+        let floor = Policy::load(&sys, None, &usr).unwrap().kdf_floor;
+        assert_eq!(floor.min_kdf_memory_mib, 512);
+        assert_eq!(floor.min_kdf_memory_mib_from.as_deref(), Some(&*usr));
+    }
+
+    #[test]
+    fn a_kdf_floor_outside_what_a_key_may_have_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let none = d.path().join("none.toml");
+        for (text, says) in [
+            (
+                "min_kdf_memory_mib = 32\n",
+                "min_kdf_memory_mib = 32: allowed 64 to 1024",
+            ),
+            (
+                "min_kdf_memory_mib = 2048\n",
+                "min_kdf_memory_mib = 2048: allowed 64 to 1024",
+            ),
+            (
+                "min_kdf_passes = 2\n",
+                "min_kdf_passes = 2: allowed 3 to 64",
+            ),
+            (
+                "min_kdf_passes = 100\n",
+                "min_kdf_passes = 100: allowed 3 to 64",
+            ),
+            ("min_kdf_memory_mib = \"256MiB\"\n", "expected u32"),
+        ] {
+            let f = write(d.path(), "bad.toml", text);
+            let err = Policy::load(&f, None, &none).unwrap_err().to_string();
+            assert!(err.contains(says), "{text}: {err}");
         }
     }
 

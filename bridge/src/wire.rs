@@ -48,6 +48,10 @@ pub struct KeyView {
     /// known yet (a key opened without its PIN).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub login_each_signature: Option<bool>,
+    /// A passphrase key's Argon2id costs: with the passphrase, account and
+    /// agent, what makes the same key again (`None` for other backends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kdf: Option<KdfView>,
     /// The public key in every export format (`GET /v1/keys/{kid}` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<PublicKeyExport>,
@@ -58,6 +62,22 @@ pub struct KeyView {
     /// (`GET /v1/keys/{kid}` only, when there is any).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<EvidenceView>,
+}
+
+/// A passphrase key's Argon2id costs, as its record holds them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdfView {
+    /// Memory, KiB (`m`).
+    pub memory_kib: u32,
+    /// Passes (`t`).
+    pub passes: u32,
+    /// Lanes (`p`).
+    pub lanes: u32,
+    /// Set when the costs are below the policy's floor for new keys
+    /// (`min_kdf_memory_mib`, `min_kdf_passes`): what falls short, naming
+    /// the policy file. The key still signs; `status` and `doctor` warn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below_policy: Option<String>,
 }
 
 /// Hardware residency evidence: what kind, and the certificates (DER,
@@ -166,6 +186,16 @@ pub struct CreateKey {
     /// Also make the new key persistent at the URI's handle (TPM).
     #[serde(default)]
     pub persistent: bool,
+    /// A passphrase key's Argon2id memory, KiB (default 65536, 64 MiB;
+    /// at most 1 GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kdf_memory_kib: Option<u32>,
+    /// A passphrase key's Argon2id passes (default 3; at most 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kdf_passes: Option<u32>,
+    /// A passphrase key's Argon2id lanes (default 1; at most 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kdf_lanes: Option<u32>,
 }
 
 /// The answer to `POST /v1/keys`.

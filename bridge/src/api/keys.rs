@@ -5,13 +5,15 @@ use super::problem::ApiError;
 use super::{Json, Shared};
 use crate::clock::Clock;
 use crate::keys::{KeyEntry, StoredKey};
+use crate::policy::Policy;
 use crate::wire::{
-    CreateKey, CreatedKey, EvidenceView, KeyView, LockState, PublicKeyExport, Unlock,
+    CreateKey, CreatedKey, EvidenceView, KdfView, KeyView, LockState, PublicKeyExport, Unlock,
 };
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use base64::Engine as _;
+use keybridge_backends::passphrase::{KdfCosts, PassphraseParams};
 use keybridge_backends::{
     BackendError, BackendKind, CreateOptions, CreateSpec, KeyUri, TokenListing,
 };
@@ -19,8 +21,9 @@ use keybridge_protocol::Algorithm;
 use keybridge_protocol::key::hex;
 use serde::Deserialize;
 
-/// How a key is shown.
-pub fn key_view(e: &KeyEntry, clock: &Clock) -> KeyView {
+/// How a key is shown; a passphrase key's costs are held against
+/// `policy`'s floor.
+pub fn key_view(e: &KeyEntry, clock: &Clock, policy: &Policy) -> KeyView {
     let r = &e.stored.record;
     let unlocked = e.unlocked(clock.boot());
     KeyView {
@@ -41,15 +44,55 @@ pub fn key_view(e: &KeyEntry, clock: &Clock) -> KeyView {
             .params
             .get("always_authenticate")
             .and_then(|v| v.as_bool()),
+        kdf: kdf_view(e, policy),
         public_key: None,
         params: None,
         evidence: None,
     }
 }
 
+/// A passphrase key's Argon2id costs, and what of them is below the
+/// policy's floor.
+fn kdf_view(e: &KeyEntry, policy: &Policy) -> Option<KdfView> {
+    let r = &e.stored.record;
+    if r.backend != BackendKind::Passphrase {
+        return None;
+    }
+    let costs = serde_json::from_value::<PassphraseParams>(r.params.clone())
+        .ok()?
+        .costs();
+    let short = policy.kdf_floor.shortfalls(costs);
+    Some(KdfView {
+        memory_kib: costs.m_kib,
+        passes: costs.t,
+        lanes: costs.p,
+        below_policy: (!short.is_empty()).then(|| short.join("; ")),
+    })
+}
+
+/// The Argon2id costs a create request asks for: `None` when it names
+/// none, else each one given or its default.
+fn requested_kdf(req: &CreateKey) -> Option<KdfCosts> {
+    if req.kdf_memory_kib.is_none() && req.kdf_passes.is_none() && req.kdf_lanes.is_none() {
+        return None;
+    }
+    let d = KdfCosts::DEFAULT;
+    Some(KdfCosts {
+        m_kib: req.kdf_memory_kib.unwrap_or(d.m_kib),
+        t: req.kdf_passes.unwrap_or(d.t),
+        p: req.kdf_lanes.unwrap_or(d.p),
+    })
+}
+
 /// `GET /v1/keys`
 pub async fn list(State(s): State<Shared>) -> Json<Vec<KeyView>> {
-    Json(s.keys.all().iter().map(|e| key_view(e, &s.clock)).collect())
+    Json(
+        s.keys
+            .all()
+            .iter()
+            .map(|e| key_view(e, &s.clock, &s.policy))
+            .collect(),
+    )
 }
 
 /// `GET /v1/keys/{kid}`: with the public key in every export format.
@@ -58,7 +101,7 @@ pub async fn show(
     Path(sel): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
     let e = s.keys.resolve(&sel)?;
-    let mut v = key_view(&e, &s.clock);
+    let mut v = key_view(&e, &s.clock, &s.policy);
     let comment = format!("{}@{}", e.stored.agent, e.stored.account);
     v.public_key = Some(PublicKeyExport {
         cose: hex(&e.public.to_cose_key_bytes()),
@@ -86,7 +129,7 @@ pub async fn create(
     // secret back.
     let req: CreateKey = serde_json::from_slice(&body)
         .map_err(|_| ApiError::BadRequest(
-            "expected {\"backend\", \"account\", \"agent\", \"secret\", optional \"uri\", \"label\", \"remember\", \"alg\", \"existing\", \"pin_policy\", \"touch_policy\", \"overwrite\", \"management_key\", \"default_management_key\", \"spend_last_attempt\", \"persistent\"}".into(),
+            "expected {\"backend\", \"account\", \"agent\", \"secret\", optional \"uri\", \"label\", \"remember\", \"alg\", \"existing\", \"pin_policy\", \"touch_policy\", \"overwrite\", \"management_key\", \"default_management_key\", \"spend_last_attempt\", \"persistent\", \"kdf_memory_kib\", \"kdf_passes\", \"kdf_lanes\"} (costs: whole numbers)".into(),
         ))?;
     if req.account.is_empty() || req.agent.is_empty() {
         return Err(ApiError::BadRequest(
@@ -133,6 +176,25 @@ pub async fn create(
             )));
         }
     };
+    // A passphrase key's costs: within what keybridge allows, then at least
+    // the policy's floor; checked before anything is derived.
+    let kdf = requested_kdf(&req);
+    if backend == BackendKind::Passphrase {
+        let costs = kdf.unwrap_or(KdfCosts::DEFAULT);
+        costs.check().map_err(ApiError::BadRequest)?;
+        let short = s.policy.kdf_floor.shortfalls(costs);
+        if !short.is_empty() {
+            let floor = &s.policy.kdf_floor;
+            return Err(ApiError::PolicyDenied(format!(
+                "{}: a new passphrase key needs at least {} MiB and {} passes (CLI: --kdf-memory {}MiB --kdf-passes {})",
+                short.join("; "),
+                floor.min_kdf_memory_mib,
+                floor.min_kdf_passes,
+                floor.min_kdf_memory_mib.max(costs.m_kib.div_ceil(1024)),
+                floor.min_kdf_passes.max(costs.t)
+            )));
+        }
+    }
     let now = s.clock.now();
     let spec = CreateSpec {
         uri,
@@ -152,6 +214,7 @@ pub async fn create(
             default_management_key: req.default_management_key,
             spend_last_attempt: req.spend_last_attempt,
             persistent: req.persistent,
+            kdf,
         },
         state_dir: s.keys.keys_dir(),
     };
@@ -173,7 +236,7 @@ pub async fn create(
         Json(CreatedKey {
             factory_credentials: entry.stored.record.params["factory_management_key"]
                 == serde_json::Value::Bool(true),
-            key: key_view(&entry, &s.clock),
+            key: key_view(&entry, &s.clock, &s.policy),
             new,
         }),
     ))

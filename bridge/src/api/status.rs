@@ -20,7 +20,7 @@ pub async fn status(State(s): State<Shared>) -> Json<Status> {
             .keys
             .all()
             .iter()
-            .map(|e| super::keys::key_view(e, &s.clock))
+            .map(|e| super::keys::key_view(e, &s.clock, &s.policy))
             .collect(),
     })
 }

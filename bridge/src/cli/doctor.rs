@@ -2,8 +2,8 @@
 //! line per check with the fix — the daemon and its socket, pcscd and the
 //! YubiKeys it sees (and a card another program holds), the PKCS#11
 //! modules, the TPM (present, accessible, not locked out), the udev rules,
-//! the clock (devices refuse commands from a signer whose clock is off)
-//! and the policy. `--json` for scripts; the exit code is 1 when a check
+//! the clock (devices refuse commands from a signer whose clock is off),
+//! the policy, and passphrase keys made below the policy's Argon2id floor. `--json` for scripts; the exit code is 1 when a check
 //! failed (a warning does not fail).
 //!
 //! Read-only: no PIN is sent, no token is changed, nothing is written.
@@ -100,6 +100,7 @@ pub(super) async fn run(ctx: &Ctx, args: &DoctorArgs) -> anyhow::Result<()> {
             "fix the file (or remove it): the daemon does not start with a policy it cannot read, and never falls back to \"allow all\"",
         ),
     });
+    checks.extend(kdf_floor(status.as_ref().ok()));
     let modules = modules(policy.as_ref().ok(), status.as_ref().ok());
     checks.extend(tokio::task::spawn_blocking(move || check_modules(&modules)).await?);
     let device = args.tpm_device.clone();
@@ -325,7 +326,63 @@ fn describe_policy(p: &Policy, system: &Path) -> String {
             p.no_fallback.iter().cloned().collect::<Vec<_>>().join(", ")
         ));
     }
+    if p.kdf_floor != crate::policy::KdfFloor::default() {
+        s.push_str(&format!(
+            ", new passphrase keys at least {} MiB and {} Argon2id passes",
+            p.kdf_floor.min_kdf_memory_mib, p.kdf_floor.min_kdf_passes
+        ));
+    }
     s
+}
+
+/// The daemon's passphrase keys against its policy's Argon2id floor: a key
+/// below it still signs (a warning, not a failure), but should be replaced.
+fn kdf_floor(status: Option<&crate::wire::Status>) -> Vec<Check> {
+    let Some(status) = status else {
+        return vec![];
+    };
+    let keys: Vec<_> = status
+        .keys
+        .iter()
+        .filter_map(|k| Some((k, k.kdf.as_ref()?)))
+        .collect();
+    if keys.is_empty() {
+        return vec![check("kdf", Outcome::Skip, "no passphrase key")];
+    }
+    let below: Vec<Check> = keys
+        .iter()
+        .filter_map(|(k, kdf)| {
+            let why = kdf.below_policy.as_ref()?;
+            let name = k.label.as_deref().unwrap_or(&k.kid);
+            Some(
+                check(
+                    "kdf",
+                    Outcome::Warn,
+                    format!(
+                        "passphrase key {name} (Argon2id {}): {why}; it still signs",
+                        super::keys::costs_text(kdf)
+                    ),
+                )
+                .fix(format!(
+                    "replace it: keys create --backend passphrase --account {} --agent {} with costs at the floor or above (--kdf-memory, --kdf-passes), keys request --replaces {name}, have it approved, then revoke the old key",
+                    k.account, k.agent
+                )),
+            )
+        })
+        .collect();
+    if below.is_empty() {
+        vec![check(
+            "kdf",
+            Outcome::Ok,
+            format!(
+                "{} passphrase key{} at or above the policy's Argon2id floor",
+                keys.len(),
+                if keys.len() == 1 { "" } else { "s" }
+            ),
+        )]
+    } else {
+        below
+    }
 }
 
 /// The PKCS#11 modules to check: those of the daemon's keys, and

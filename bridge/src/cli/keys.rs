@@ -2,8 +2,9 @@
 
 use super::{Ctx, key_line, read_secret};
 use crate::unlock::Remember;
-use crate::wire::{CreateKey, CreatedKey, KeyView};
+use crate::wire::{CreateKey, CreatedKey, KdfView, KeyView};
 use clap::{Subcommand, ValueEnum};
+use keybridge_backends::passphrase::{KdfCosts, memory_text};
 use keybridge_backends::{BackendKind, TokenListing};
 use std::path::PathBuf;
 
@@ -71,6 +72,19 @@ pub enum KeysCommand {
         /// --uri tpm:handle=0x81000100; a taken handle is refused).
         #[arg(long)]
         persistent: bool,
+        /// Argon2id memory of a passphrase key: 64MiB (the default) to
+        /// 1GiB. Part of the key: write it down with the passphrase, the
+        /// same key is made again only with the same costs.
+        #[arg(long, value_name = "SIZE", value_parser = parse_kdf_memory)]
+        kdf_memory: Option<u32>,
+        /// Argon2id passes of a passphrase key: 3 (the default) to 64.
+        #[arg(long, value_name = "N", value_parser = parse_kdf_passes)]
+        kdf_passes: Option<u32>,
+        /// Argon2id lanes of a passphrase key: 1 (the default) to 16 (they
+        /// run one after another: no faster, no dearer to guess; for
+        /// recreating a key made with several).
+        #[arg(long, value_name = "N", value_parser = parse_kdf_lanes)]
+        kdf_lanes: Option<u32>,
     },
     /// List the daemon's keys, or (with --backend, e.g. pkcs11 --module M)
     /// the tokens and usable keys a backend shows, like pkcs11-tool -L -O.
@@ -239,8 +253,17 @@ pub(super) async fn run(ctx: &Ctx, cmd: &KeysCommand) -> anyhow::Result<()> {
             default_management_key,
             spend_last_attempt,
             persistent,
+            kdf_memory,
+            kdf_passes,
+            kdf_lanes,
         } => {
             let passphrase = backend == BackendKind::Passphrase.name();
+            if !passphrase && (kdf_memory.is_some() || kdf_passes.is_some() || kdf_lanes.is_some())
+            {
+                anyhow::bail!(
+                    "--kdf-memory, --kdf-passes and --kdf-lanes are for --backend passphrase: a {backend} key is not derived from a passphrase"
+                );
+            }
             // A PKCS#11 URI may name a pin-source file the daemon reads;
             // the daemon says whether a secret is needed.
             let needs_secret = match (backend.parse::<BackendKind>(), uri) {
@@ -286,11 +309,24 @@ pub(super) async fn run(ctx: &Ctx, cmd: &KeysCommand) -> anyhow::Result<()> {
                 default_management_key: *default_management_key,
                 spend_last_attempt: *spend_last_attempt,
                 persistent: *persistent,
+                kdf_memory_kib: *kdf_memory,
+                kdf_passes: *kdf_passes,
+                kdf_lanes: *kdf_lanes,
             };
             let created = ctx.client().create_key(&req).await?;
             ctx.print(&created, |c: &CreatedKey| {
                 let verb = if c.new { "created" } else { "already present" };
-                format!("{verb}: {}", key_line(&c.key))
+                let mut out = format!("{verb}: {}", key_line(&c.key));
+                if let Some(kdf) = c.key.kdf.as_ref().filter(|k| !is_default(k)) {
+                    out.push_str(&format!(
+                        "\nArgon2id {}: write these costs down with your passphrase. The same key is made again (on another machine too) only with\n  keybridge keys create --backend passphrase --account {} --agent {} {}",
+                        costs_text(kdf),
+                        c.key.account,
+                        c.key.agent,
+                        kdf_flags(kdf)
+                    ));
+                }
+                out
             });
             if created.factory_credentials {
                 eprintln!(
@@ -320,8 +356,19 @@ pub(super) async fn run(ctx: &Ctx, cmd: &KeysCommand) -> anyhow::Result<()> {
             let k = ctx.client().key(key).await?;
             ctx.print(&k, |k| {
                 let export = k.public_key.as_ref();
+                let kdf = k.kdf.as_ref().map_or_else(String::new, |kdf| {
+                    let mut line = format!(
+                        "kdf: Argon2id {} (write these down with your passphrase; recreate with: {})\n",
+                        costs_text(kdf),
+                        kdf_flags(kdf)
+                    );
+                    if let Some(why) = &kdf.below_policy {
+                        line.push_str(&format!("WARNING: {}\n", below_policy_text(why)));
+                    }
+                    line
+                });
                 format!(
-                    "{}\nuri: {}\n{}{}",
+                    "{}\nuri: {}\n{kdf}{}{}",
                     key_line(k),
                     k.uri,
                     export.map_or("", |e| e.pem.as_str()),
@@ -381,6 +428,90 @@ pub(super) async fn run(ctx: &Ctx, cmd: &KeysCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--kdf-memory`: a size with its unit, `256MiB`, `1GiB` (or `KiB`), in
+/// KiB, within what a key may have.
+fn parse_kdf_memory(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{s:?} has no unit: give one, e.g. 256MiB or 1GiB"))?;
+    let (number, unit) = t.split_at(split);
+    let kib_per_unit: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "kib" => 1,
+        "mib" => 1024,
+        "gib" => 1024 * 1024,
+        _ => return Err(format!("{s:?}: the unit is KiB, MiB or GiB, e.g. 256MiB")),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size, e.g. 256MiB"))?;
+    let (min, max) = (KdfCosts::DEFAULT.m_kib, KdfCosts::MAX.m_kib);
+    number
+        .checked_mul(kib_per_unit)
+        .and_then(|kib| u32::try_from(kib).ok())
+        .filter(|kib| (min..=max).contains(kib))
+        .ok_or_else(|| {
+            format!(
+                "{s} is out of range: allowed {} to {}",
+                memory_text(min),
+                memory_text(max)
+            )
+        })
+}
+
+/// `--kdf-passes`, within what a key may have.
+fn parse_kdf_passes(s: &str) -> Result<u32, String> {
+    parse_in(s, KdfCosts::DEFAULT.t, KdfCosts::MAX.t)
+}
+
+/// `--kdf-lanes`, within what a key may have.
+fn parse_kdf_lanes(s: &str) -> Result<u32, String> {
+    parse_in(s, KdfCosts::DEFAULT.p, KdfCosts::MAX.p)
+}
+
+fn parse_in(s: &str, min: u32, max: u32) -> Result<u32, String> {
+    s.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| format!("{s} is out of range: allowed {min} to {max}"))
+}
+
+fn costs_of(kdf: &KdfView) -> KdfCosts {
+    KdfCosts {
+        m_kib: kdf.memory_kib,
+        t: kdf.passes,
+        p: kdf.lanes,
+    }
+}
+
+fn is_default(kdf: &KdfView) -> bool {
+    costs_of(kdf) == KdfCosts::DEFAULT
+}
+
+/// `256 MiB, 4 passes, 1 lane`.
+pub(super) fn costs_text(kdf: &KdfView) -> String {
+    costs_of(kdf).to_string()
+}
+
+/// The `keys create` flags that make a key with these costs.
+pub(super) fn kdf_flags(kdf: &KdfView) -> String {
+    format!(
+        "--kdf-memory {} --kdf-passes {} --kdf-lanes {}",
+        memory_text(kdf.memory_kib).replace(' ', ""),
+        kdf.passes,
+        kdf.lanes
+    )
+}
+
+/// What `status`, `keys show` and `doctor` say of a key below the policy's
+/// floor.
+pub(super) fn below_policy_text(why: &str) -> String {
+    format!(
+        "{why}. The key still signs (its public key is out already: refusing it would not make a guess dearer); replace it with a key of at least those costs (keys create --kdf-memory …, keys request --replaces, approve, revoke the old one)"
+    )
+}
+
 fn render_tokens(tokens: &[TokenListing]) -> String {
     let mut out = String::new();
     for t in tokens {
@@ -414,5 +545,59 @@ fn render_tokens(tokens: &[TokenListing]) -> String {
         "no tokens".into()
     } else {
         out.trim_end().to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kdf_memory_takes_a_size_with_its_unit_within_the_bounds() {
+        assert_eq!(parse_kdf_memory("64MiB"), Ok(65536));
+        assert_eq!(parse_kdf_memory("256 MiB"), Ok(262144));
+        assert_eq!(parse_kdf_memory("256mib"), Ok(262144));
+        assert_eq!(parse_kdf_memory("1GiB"), Ok(1048576));
+        assert_eq!(parse_kdf_memory("70000KiB"), Ok(70000));
+        for (bad, says) in [
+            ("256", "no unit"),
+            ("256MB", "KiB, MiB or GiB"),
+            ("256M", "KiB, MiB or GiB"),
+            ("1.5GiB", "KiB, MiB or GiB"),
+            ("MiB", "not a size"),
+            ("63MiB", "allowed 64 MiB to 1 GiB"),
+            ("2GiB", "allowed 64 MiB to 1 GiB"),
+            ("99999999999GiB", "allowed 64 MiB to 1 GiB"),
+        ] {
+            let err = parse_kdf_memory(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        assert_eq!(parse_kdf_passes("4"), Ok(4));
+        assert!(
+            parse_kdf_passes("2")
+                .unwrap_err()
+                .contains("allowed 3 to 64")
+        );
+        assert!(
+            parse_kdf_lanes("17")
+                .unwrap_err()
+                .contains("allowed 1 to 16")
+        );
+    }
+
+    #[test]
+    fn the_flags_shown_make_the_same_costs_again() {
+        for kib in [65536, 262144, 1048576, 70000] {
+            let kdf = KdfView {
+                memory_kib: kib,
+                passes: 4,
+                lanes: 2,
+                below_policy: None,
+            };
+            let flags = kdf_flags(&kdf);
+            let memory = flags.split_whitespace().nth(1).unwrap();
+            assert_eq!(parse_kdf_memory(memory), Ok(kib), "{flags}");
+            assert!(flags.ends_with("--kdf-passes 4 --kdf-lanes 2"), "{flags}");
+        }
     }
 }

@@ -18,6 +18,17 @@ pub(super) async fn status(ctx: &Ctx) -> anyhow::Result<()> {
             out.push_str(&key_line(k));
             out.push('\n');
         }
+        // Keys made before the policy raised its floor: they sign, but
+        // should be replaced.
+        for k in &s.keys {
+            if let Some(why) = k.kdf.as_ref().and_then(|d| d.below_policy.as_ref()) {
+                out.push_str(&format!(
+                    "WARNING: key {}: {}\n",
+                    k.label.as_deref().unwrap_or_else(|| short(&k.kid, 16)),
+                    super::keys::below_policy_text(why)
+                ));
+            }
+        }
         out.trim_end().to_owned()
     });
     Ok(())
