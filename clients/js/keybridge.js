@@ -113,6 +113,7 @@ export const CODES = Object.freeze([
   "log_refused",
   "request_timeout",
   "bad_request",
+  "method_not_allowed",
   "forbidden",
   "internal",
 ]);

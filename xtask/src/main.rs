@@ -1,4 +1,4 @@
-//! Project automation for keybridge: `cargo xtask deps | test | bench | demo | man | fuzz`.
+//! Project automation for keybridge: `cargo xtask deps | test | bench | demo | man | fuzz | soak`.
 //!
 //! * `deps`  installs the Debian packages and the Python venv the tests need.
 //! * `test`  runs deps, rustfmt, clippy and the whole test suite, failing fast.
@@ -6,6 +6,8 @@
 //! * `demo`  builds the release binaries and runs the demo.
 //! * `man`   writes the man pages of both binaries (`target/man`).
 //! * `fuzz`  runs every libFuzzer target of `fuzz/` for a while.
+//! * `soak`  drives the daemon with many clients for N minutes, then checks
+//!   signatures, the audit log, memory and descriptors.
 //!
 //! Everything is driven through [`std::process::Command`]; each command is
 //! echoed before it runs.
@@ -14,6 +16,7 @@ mod demo;
 mod deps;
 mod fuzz;
 mod man;
+mod soak;
 mod tasks;
 mod util;
 
@@ -68,6 +71,14 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// Drive the daemon (debug build, test hooks) with many clients at
+    /// once for N minutes, then check every signature, the audit log, its
+    /// memory and descriptors (`target/soak/report.json`).
+    Soak {
+        /// Minutes of load.
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+    },
 }
 
 fn main() {
@@ -79,6 +90,7 @@ fn main() {
         Task::Demo => tasks::demo(),
         Task::Man { out } => man::man(out),
         Task::Fuzz { seconds } => fuzz::fuzz(seconds),
+        Task::Soak { minutes } => soak::soak(minutes),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

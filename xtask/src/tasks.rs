@@ -14,15 +14,19 @@ const PYTHON_ENV: &str = "KEYBRIDGE_PYTHON";
 
 /// Hidden test hooks the end-to-end tests need in the binaries (see
 /// `keybridge_tests::TEST_HOOKS`); never in a release or demo build.
-const TEST_HOOKS: &str = "keybridge/test-hooks,keybridge-device/test-hooks";
+pub(crate) const TEST_HOOKS: &str = "keybridge/test-hooks,keybridge-device/test-hooks";
 
 /// True if `cargo nextest` is installed.
 fn nextest_available() -> bool {
     succeeds(cargo().args(["nextest", "--version"]))
 }
 
+/// Seconds each fuzz target runs in `cargo xtask test`.
+const FUZZ_SECONDS: u64 = 5;
+
 /// `cargo xtask test`: deps, rustfmt, clippy, then the tests (nextest plus
-/// doctests if nextest is installed, else `cargo test`). `args` go to the
+/// doctests if nextest is installed, else `cargo test`), a one-minute soak
+/// of the daemon and every fuzz target for a few seconds. `args` go to the
 /// test runner. Stops at the first failing step.
 pub fn test(args: &[String]) -> Result<()> {
     let start = Instant::now();
@@ -79,15 +83,14 @@ pub fn test(args: &[String]) -> Result<()> {
                 .env(PYTHON_ENV, &python))
         })?;
     }
-    // Every seed and every saved crash of the fuzz targets (fuzz/), through
-    // the same functions libFuzzer calls, as an ordinary test; built in
-    // the workspace's target folder, which already has their dependencies.
-    step("fuzz corpus and regressions", || {
-        run(cargo()
-            .args(["test", "--manifest-path"])
-            .arg(crate::util::workspace_root().join("fuzz/Cargo.toml"))
-            .env("CARGO_TARGET_DIR", crate::util::target_dir()))
-    })?;
+    // The daemon under many clients for a minute (`cargo xtask soak`), on
+    // the debug binaries built above: no build of its own.
+    crate::soak::run_soak(1.0)?;
+    // Every fuzz target (fuzz/), briefly: libFuzzer first runs every seed
+    // and every saved crash (a regression fails here), then fuzzes for a
+    // few seconds. The same functions also run as an ordinary test
+    // (`cargo test --manifest-path fuzz/Cargo.toml`, fuzz/tests/corpus.rs).
+    step("fuzz targets, briefly", || crate::fuzz::brief(FUZZ_SECONDS))?;
     println!(
         "xtask test: all steps passed ({:.1}s)",
         start.elapsed().as_secs_f64()

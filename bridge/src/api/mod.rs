@@ -141,6 +141,11 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/pairings", get(pair::list).post(pair::pair))
         .route("/v1/pairings/{which}", axum::routing::delete(pair::revoke))
         .fallback(|| async { ApiError::BadRequest("no such route".into()) })
+        // A route asked with another method: a problem too, not axum's
+        // empty 405.
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError::MethodNotAllowed(method.to_string())
+        })
         // `body_in_time` enforces each route's limit; axum's own 2 MB
         // default would cut the key-log routes short.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_LOG_BODY))

@@ -105,6 +105,9 @@ pub enum ApiError {
         "this pairing token was issued to another origin; pair this console (keybridge pair --origin {0})"
     )]
     TokenOtherOrigin(String),
+    /// A route asked with a method it does not have.
+    #[error("this route does not take {0} requests")]
+    MethodNotAllowed(String),
     /// A hardware token did not answer in time (it hangs); nothing was
     /// done with it.
     #[error("{0}")]
@@ -141,6 +144,7 @@ impl ApiError {
             ApiError::NotPaired(_) => "not_paired",
             ApiError::TokenOtherOrigin(_) => "token_other_origin",
             ApiError::NotAnswering(_) => "token_not_answering",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -170,6 +174,7 @@ impl ApiError {
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotAnswering(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
