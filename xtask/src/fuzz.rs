@@ -7,13 +7,16 @@
 //! `fuzz/regressions/TARGET/` and every later run replays it.
 //!
 //! [`brief`] is the bounded run `cargo xtask test` does: a dev build of
-//! the targets (still coverage-instrumented, with debug assertions; more
-//! codegen units than cargo-fuzz's one, which would double the cold
-//! build), each target started on every seed and saved crash — libFuzzer
-//! runs each of them first, so a regression fails here — and then fuzzing
-//! for a few seconds, new inputs into `target/fuzz-brief` (emptied first).
+//! the targets with the instrumentation cargo-fuzz gives `-s none`
+//! (SanitizerCoverage: inline 8-bit counters, PC table, compare tracing;
+//! `--cfg fuzzing`, debug assertions) by `cargo build` itself — no
+//! cargo-fuzz to install on a fresh machine, and more codegen units than
+//! cargo-fuzz's one, which would double the cold build —, each target
+//! started on every seed and saved crash (libFuzzer runs each of them
+//! first, so a regression fails here) and then fuzzing for a few seconds,
+//! new inputs into `target/fuzz-brief` (emptied first).
 
-use crate::util::{cargo, output, run, step, succeeds, workspace_root};
+use crate::util::{cargo, run, step, succeeds, workspace_root};
 use anyhow::{Context as _, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -48,9 +51,32 @@ pub fn brief(seconds: u64) -> Result<()> {
     Ok(())
 }
 
-/// Installs cargo-fuzz if needed and builds the targets; where they are.
+/// cargo-fuzz's instrumentation for `-s none` (cargo-fuzz 0.12/0.13,
+/// `BuildOptions` with no sanitizer), for the dev build.
+const COVERAGE_FLAGS: &str = "-Cpasses=sancov-module \
+    -Cllvm-args=-sanitizer-coverage-level=4 \
+    -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
+    -Cllvm-args=-sanitizer-coverage-pc-table \
+    -Cllvm-args=-sanitizer-coverage-trace-compares \
+    -Cllvm-args=-simplifycfg-branch-fold-threshold=0 \
+    -Cllvm-args=-sanitizer-coverage-stack-depth \
+    --cfg fuzzing -Cdebug-assertions -Ccodegen-units=16";
+
+/// Builds the targets (a dev build for [`brief`] with cargo, else a
+/// release build with cargo-fuzz, installed if needed); where they are.
 fn build(dev: bool) -> Result<PathBuf> {
     let root = workspace_root();
+    let triple = "x86_64-unknown-linux-gnu";
+    if dev {
+        step("build fuzz targets (dev, instrumented)", || {
+            let flags: Vec<&str> = COVERAGE_FLAGS.split_whitespace().collect();
+            run(cargo()
+                .current_dir(root.join("fuzz"))
+                .args(["build", "--bins", "--target", triple])
+                .env("RUSTFLAGS", flags.join(" ")))
+        })?;
+        return Ok(root.join("fuzz/target").join(triple).join("debug"));
+    }
     step("cargo-fuzz", || {
         if succeeds(cargo().args(["fuzz", "--version"])) {
             return Ok(());
@@ -58,19 +84,26 @@ fn build(dev: bool) -> Result<PathBuf> {
         run(cargo().args(["install", "--locked", "cargo-fuzz"]))
     })?;
     step("build fuzz targets", || {
-        let mut c = cargo();
-        c.current_dir(&root).args(["fuzz", "build", "-s", "none"]);
-        if dev {
-            // cargo-fuzz puts RUSTFLAGS after its own flags: this codegen
-            // unit count replaces its `-Ccodegen-units=1`.
-            c.arg("--dev").env("RUSTFLAGS", "-Ccodegen-units=16");
-        }
-        run(&mut c)
+        run(cargo()
+            .current_dir(&root)
+            .args(["fuzz", "build", "-s", "none"]))
     })?;
-    let profile = if dev { "debug" } else { "release" };
-    Ok(root
-        .join("fuzz/target/x86_64-unknown-linux-gnu")
-        .join(profile))
+    Ok(root.join("fuzz/target").join(triple).join("release"))
+}
+
+/// The targets: one file each in `fuzz/fuzz_targets`.
+fn targets() -> Result<Vec<String>> {
+    let dir = workspace_root().join("fuzz/fuzz_targets");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .with_context(|| dir.display().to_string())?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_suffix(".rs").map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 /// Runs each target in `bins` for `seconds`, from the committed seeds and
@@ -78,10 +111,9 @@ fn build(dev: bool) -> Result<PathBuf> {
 /// target. A crash fails, naming the file that holds its input.
 fn run_all(bins: &Path, seconds: u64, scratch: &Path) -> Result<Vec<(String, String)>> {
     let root = workspace_root();
-    let list =
-        output(cargo().current_dir(&root).args(["fuzz", "list"])).context("cargo fuzz list")?;
     let mut report = vec![];
-    for target in list.lines().map(str::trim).filter(|t| !t.is_empty()) {
+    for target in targets()? {
+        let target = target.as_str();
         let corpus = scratch.join(target);
         let artifacts = root.join("fuzz/artifacts").join(target);
         std::fs::create_dir_all(&corpus)?;
