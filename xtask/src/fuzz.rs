@@ -24,7 +24,7 @@ use std::process::Command;
 /// Runs every target for `seconds` (release build).
 pub fn fuzz(seconds: u64) -> Result<()> {
     let root = workspace_root();
-    let bins = build(false)?;
+    let bins = build()?;
     let scratch = root.join("fuzz/target/corpus");
     let report = run_all(&bins, seconds, &scratch)?;
     for (target, execs) in &report {
@@ -34,25 +34,108 @@ pub fn fuzz(seconds: u64) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask test`'s run: every target for `seconds` from a dev build.
-pub fn brief(seconds: u64) -> Result<()> {
-    let bins = build(true)?;
-    let scratch = workspace_root().join("target/fuzz-brief");
-    let _ = std::fs::remove_dir_all(&scratch);
-    let report = run_all(&bins, seconds, &scratch)?;
-    let summary: Vec<String> = report
-        .iter()
-        .map(|(t, execs)| format!("{t} {execs}"))
-        .collect();
-    println!(
-        "fuzz, {seconds} s per target, executions: {}",
-        summary.join(", ")
-    );
-    Ok(())
+/// The dev build of the targets for [`brief`], started in the background
+/// at the lowest CPU priority (`nice -n 19`) so that it takes only what
+/// the tests leave idle (they wait on daemons, simulators and deadlines
+/// much of the time); its output goes to `target/fuzz-build.log`.
+/// Dropped unwaited (a step before failed), it stops the build.
+pub struct BackgroundBuild {
+    child: Option<std::process::Child>,
+    log: PathBuf,
+    started: std::time::Instant,
 }
 
+impl Drop for BackgroundBuild {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts [`BackgroundBuild`].
+pub fn start_dev_build() -> Result<BackgroundBuild> {
+    let root = workspace_root();
+    let log = root.join("target/fuzz-build.log");
+    std::fs::create_dir_all(root.join("target"))?;
+    let out = std::fs::File::create(&log)?;
+    let flags: Vec<&str> = COVERAGE_FLAGS.split_whitespace().collect();
+    let cargo_path = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = if succeeds(Command::new("nice").arg("true")) {
+        let mut c = Command::new("nice");
+        c.args(["-n", "19"]).arg(cargo_path);
+        c
+    } else {
+        Command::new(cargo_path)
+    };
+    let child = cmd
+        .current_dir(root.join("fuzz"))
+        .args(["build", "--bins", "--target", TRIPLE])
+        .env("RUSTFLAGS", flags.join(" "))
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .context("starting the fuzz targets' build")?;
+    println!(
+        "==> build fuzz targets (dev, instrumented): in the background, log in {}",
+        log.display()
+    );
+    Ok(BackgroundBuild {
+        child: Some(child),
+        log,
+        started: std::time::Instant::now(),
+    })
+}
+
+/// `cargo xtask test`'s run: waits for `build`, then every target for
+/// `seconds`.
+pub fn brief(mut build: BackgroundBuild, seconds: u64) -> Result<()> {
+    let (log, started) = (build.log.clone(), build.started);
+    step("build fuzz targets (dev, instrumented): wait", || {
+        let mut child = build.child.take().context("waited for already")?;
+        let status = child.wait()?;
+        println!(
+            "    built in the background in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        if !status.success() {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            bail!(
+                "building the fuzz targets failed ({status}); see {}",
+                log.display()
+            );
+        }
+        Ok(())
+    })?;
+    let bins = workspace_root()
+        .join("fuzz/target")
+        .join(TRIPLE)
+        .join("debug");
+    let scratch = workspace_root().join("target/fuzz-brief");
+    let _ = std::fs::remove_dir_all(&scratch);
+    step("fuzz targets, briefly", || {
+        let report = run_all(&bins, seconds, &scratch)?;
+        let summary: Vec<String> = report
+            .iter()
+            .map(|(t, execs)| format!("{t} {execs}"))
+            .collect();
+        println!(
+            "    {seconds} s per target, executions: {}",
+            summary.join(", ")
+        );
+        Ok(())
+    })
+}
+
+/// The target triple the fuzz targets are built for (as cargo-fuzz).
+const TRIPLE: &str = "x86_64-unknown-linux-gnu";
+
 /// cargo-fuzz's instrumentation for `-s none` (cargo-fuzz 0.12/0.13,
-/// `BuildOptions` with no sanitizer), for the dev build.
+/// `BuildOptions` with no sanitizer), for the dev build; 16 codegen
+/// units instead of its one.
 const COVERAGE_FLAGS: &str = "-Cpasses=sancov-module \
     -Cllvm-args=-sanitizer-coverage-level=4 \
     -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
@@ -62,21 +145,10 @@ const COVERAGE_FLAGS: &str = "-Cpasses=sancov-module \
     -Cllvm-args=-sanitizer-coverage-stack-depth \
     --cfg fuzzing -Cdebug-assertions -Ccodegen-units=16";
 
-/// Builds the targets (a dev build for [`brief`] with cargo, else a
-/// release build with cargo-fuzz, installed if needed); where they are.
-fn build(dev: bool) -> Result<PathBuf> {
+/// Builds the targets for a long run (release, with cargo-fuzz,
+/// installed if needed); where they are.
+fn build() -> Result<PathBuf> {
     let root = workspace_root();
-    let triple = "x86_64-unknown-linux-gnu";
-    if dev {
-        step("build fuzz targets (dev, instrumented)", || {
-            let flags: Vec<&str> = COVERAGE_FLAGS.split_whitespace().collect();
-            run(cargo()
-                .current_dir(root.join("fuzz"))
-                .args(["build", "--bins", "--target", triple])
-                .env("RUSTFLAGS", flags.join(" ")))
-        })?;
-        return Ok(root.join("fuzz/target").join(triple).join("debug"));
-    }
     step("cargo-fuzz", || {
         if succeeds(cargo().args(["fuzz", "--version"])) {
             return Ok(());
@@ -88,7 +160,7 @@ fn build(dev: bool) -> Result<PathBuf> {
             .current_dir(&root)
             .args(["fuzz", "build", "-s", "none"]))
     })?;
-    Ok(root.join("fuzz/target").join(triple).join("release"))
+    Ok(root.join("fuzz/target").join(TRIPLE).join("release"))
 }
 
 /// The targets: one file each in `fuzz/fuzz_targets`.

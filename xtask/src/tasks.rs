@@ -62,6 +62,9 @@ pub fn test(args: &[String]) -> Result<()> {
     step("build binaries", || {
         run(cargo().args(["build", "--workspace", "--bins", "--features", TEST_HOOKS]))
     })?;
+    // The fuzz targets' instrumented build (a dependency tree of its own,
+    // minutes cold) runs while the tests wait on daemons and simulators.
+    let fuzz_build = crate::fuzz::start_dev_build()?;
     if nextest_available() {
         step("tests (nextest)", || {
             run(cargo()
@@ -90,7 +93,7 @@ pub fn test(args: &[String]) -> Result<()> {
     // and every saved crash (a regression fails here), then fuzzes for a
     // few seconds. The same functions also run as an ordinary test
     // (`cargo test --manifest-path fuzz/Cargo.toml`, fuzz/tests/corpus.rs).
-    step("fuzz targets, briefly", || crate::fuzz::brief(FUZZ_SECONDS))?;
+    crate::fuzz::brief(fuzz_build, FUZZ_SECONDS)?;
     println!(
         "xtask test: all steps passed ({:.1}s)",
         start.elapsed().as_secs_f64()
