@@ -157,6 +157,16 @@ impl Worker {
         &self.shared.name
     }
 
+    /// How long the thread has been in its current job; `None` when idle.
+    pub fn busy_for(&self) -> Option<Duration> {
+        let since = *self
+            .shared
+            .busy_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        since.map(|s| s.elapsed())
+    }
+
     /// Whether the thread has stopped (after a panic in the signer); a
     /// stopped worker answers every request with [`BackendError::Failed`].
     pub fn is_stopped(&self) -> bool {
@@ -689,6 +699,17 @@ mod tests {
         }
     }
 
+    /// Until the worker's thread is out of the stuck job and has run what
+    /// was queued behind it.
+    async fn idle(worker: &Worker) {
+        while worker.busy_for().is_some() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        worker.jobs.send(Job::IsUnlocked { reply }).unwrap();
+        answer.await.unwrap();
+    }
+
     #[tokio::test]
     async fn a_token_that_hangs_costs_its_callers_the_deadline_and_no_more() {
         let deadline = Duration::from_millis(300);
@@ -729,6 +750,7 @@ mod tests {
         // The token answers again: the stuck signature's answer goes
         // nowhere, the queued lock runs, and the key works after an unlock.
         close(true);
+        soon(idle(&worker)).await;
         assert!(!soon(worker.is_unlocked()).await);
         assert_eq!(calls.load(Ordering::SeqCst), 2, "nothing else was queued");
         soon(worker.unlock(pin(), false)).await.unwrap();
@@ -740,6 +762,7 @@ mod tests {
         let err = soon(worker.unlock(pin(), false)).await.unwrap_err();
         assert!(matches!(err, BackendError::NotAnswering { .. }), "{err:?}");
         close(true);
+        soon(idle(&worker)).await;
         assert!(
             !soon(worker.is_unlocked()).await,
             "the late unlock was undone"

@@ -231,3 +231,51 @@ fn a_hanging_tpm_and_pkcs11_module_give_up_in_time_while_other_keys_flow() {
         "a PIN attempt was spent: {listing}"
     );
 }
+
+#[test]
+fn a_card_that_stops_answering_is_given_up_on_while_the_passphrase_key_signs() {
+    use keybridge_tests::vyubikey::CardConfig;
+    let Some(card) = CardConfig::new(98_000_002).insert() else {
+        return;
+    };
+    let mut b = Bridge::start(NOW);
+    b.passphrase_key("acme", "alice");
+    let uri = format!("yubikey:serial={};slot=9c", card.serial());
+    let o = b.create_yubikey_key("yuki", &uri, &["--default-management-key"], "123456");
+    assert!(o.status.success(), "{}", stderr(&o));
+    b.restart_with(&["--token-deadline", &format!("{DEADLINE_SECS}s")]);
+    for (key, secret) in [("alice", PASSPHRASE), ("yuki", "123456")] {
+        b.ok(
+            &["unlock", key, "--remember", "daily", "--secret-stdin"],
+            Some(secret),
+        );
+    }
+    let o = b.sign_for("yuki", "dev-1");
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // The card now takes far longer than the deadline to sign.
+    card.set_sign_time(Duration::from_secs(4 * DEADLINE_SECS));
+    let (stuck, signed) = std::thread::scope(|s| {
+        let t = s.spawn(|| b.sign_for("yuki", "dev-2"));
+        let mut signed = 0;
+        while !t.is_finished() {
+            let o = b.sign_for("alice", "dev-2");
+            assert!(o.status.success(), "{}", stderr(&o));
+            signed += 1;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        (t.join().unwrap(), signed)
+    });
+    assert_not_answering(&stuck, "card");
+    assert!(signed >= 2, "{signed}");
+    let o = b.sign_for("yuki", "dev-3");
+    assert_not_answering(&o, "card, still busy");
+
+    // It answers again: the key signs (its grant stayed).
+    card.set_sign_time(Duration::ZERO);
+    let back = poll_until(Duration::from_secs(30), || {
+        b.sign_for("yuki", "dev-4").status.success()
+    });
+    assert!(back, "{}", b.daemon_log());
+    b.sign_and_verify("yuki", NOW);
+}

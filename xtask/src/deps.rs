@@ -57,8 +57,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // into (read) a real terminal.
     "bsdutils",
     // /usr/bin/time: fleet_bench reads the CLI's peak RSS (ru_maxrss);
-    // df and sync (coreutils, always there; named for a minimal image):
-    // its tmpfs check and the syncs between runs.
+    // coreutils (always there; named for a minimal image): df and sync for
+    // fleet_bench's tmpfs check and syncs, df for the full-disk test, nice
+    // for the background fuzz build of `cargo xtask test`.
     "time",
     "coreutils",
     // `cargo xtask fuzz`: libfuzzer-sys builds libFuzzer from its C++

@@ -198,7 +198,7 @@ impl CardConfig {
                 card: Mutex::new(card),
                 touched: Condvar::new(),
                 removed: AtomicBool::new(false),
-                sign_time: self.sign_time,
+                sign_time: Mutex::new(self.sign_time),
             }),
             lease,
             connection: None,
@@ -261,14 +261,19 @@ pub(crate) struct Shared {
     /// Signalled when the user touches the card or it is removed.
     touched: Condvar,
     removed: AtomicBool,
-    /// See [`CardConfig::sign_time`].
-    sign_time: Duration,
+    /// See [`CardConfig::sign_time`] and [`VirtualYubiKey::set_sign_time`].
+    sign_time: Mutex<Duration>,
 }
 
 impl Shared {
     fn card(&self) -> MutexGuard<'_, Card> {
         // A panic in another test thread must not hide this card's state.
         self.card.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How long a signature takes now.
+    pub(crate) fn sign_time(&self) -> Duration {
+        *self.sign_time.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -394,6 +399,12 @@ impl VirtualYubiKey {
     pub fn set_touch(&self, touch: Touch) {
         self.shared.card().touch.automatic = touch == Touch::Automatic;
         self.shared.touched.notify_all();
+    }
+
+    /// From now on, each signature takes `time` before the card answers
+    /// (a card that hangs, for a long `time`).
+    pub fn set_sign_time(&self, time: Duration) {
+        *self.shared.sign_time.lock().unwrap_or_else(|e| e.into_inner()) = time;
     }
 
     /// True while a signature waits for a touch.

@@ -124,8 +124,9 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
             [_] => {}
             apdu => {
                 let response = answer(shared, apdu);
-                if is_signature(apdu) && !shared.sign_time.is_zero() {
-                    std::thread::sleep(shared.sign_time);
+                let sign_time = shared.sign_time();
+                if is_signature(apdu) && !sign_time.is_zero() {
+                    std::thread::sleep(sign_time);
                 }
                 write_frame(&mut stream, &response)?;
             }
