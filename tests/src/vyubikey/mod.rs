@@ -404,7 +404,11 @@ impl VirtualYubiKey {
     /// From now on, each signature takes `time` before the card answers
     /// (a card that hangs, for a long `time`).
     pub fn set_sign_time(&self, time: Duration) {
-        *self.shared.sign_time.lock().unwrap_or_else(|e| e.into_inner()) = time;
+        *self
+            .shared
+            .sign_time
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = time;
     }
 
     /// True while a signature waits for a touch.
