@@ -330,7 +330,21 @@ impl Bridge {
     /// Creates a passphrase key for `account`/`agent` labelled `agent`;
     /// returns its kid.
     pub fn passphrase_key(&self, account: &str, agent: &str) -> String {
-        let out = self.ok(
+        let out = self.create_passphrase(account, agent, PASSPHRASE);
+        assert!(
+            out.status.success(),
+            "keys create failed: {}\n--- daemon ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.daemon_log()
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["kid"].as_str().unwrap().to_owned()
+    }
+
+    /// `keybridge --json keys create --backend passphrase` for
+    /// `account`/`agent`, labelled `agent`, with `secret`: what it did.
+    pub fn create_passphrase(&self, account: &str, agent: &str, secret: &str) -> Output {
+        self.cli(
             &[
                 "--json",
                 "keys",
@@ -345,10 +359,8 @@ impl Bridge {
                 agent,
                 "--secret-stdin",
             ],
-            Some(PASSPHRASE),
-        );
-        let v: Value = serde_json::from_str(&out).unwrap();
-        v["kid"].as_str().unwrap().to_owned()
+            Some(secret),
+        )
     }
 
     /// Writes the account's genesis log (the key must be unlocked) into

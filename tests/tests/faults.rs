@@ -131,23 +131,7 @@ fn key_records(b: &Bridge) -> BTreeSet<String> {
 }
 
 fn create_passphrase(b: &Bridge, agent: &str) -> Output {
-    b.cli(
-        &[
-            "--json",
-            "keys",
-            "create",
-            "--backend",
-            "passphrase",
-            "--account",
-            "acme",
-            "--agent",
-            agent,
-            "--label",
-            agent,
-            "--secret-stdin",
-        ],
-        Some(PASSPHRASE),
-    )
+    b.create_passphrase("acme", agent, PASSPHRASE)
 }
 
 #[test]

@@ -69,22 +69,9 @@ fn no_passphrase_is_left_in_logs_answers_files_or_the_daemons_memory_after_lock(
     let second = "lantern-mosaic-thimble-4471-secret";
     let wrong = "wrong-pebble-saddle-2290-secret";
     let create = |label: &str, secret: &str| {
-        b.ok(
-            &[
-                "keys",
-                "create",
-                "--backend",
-                "passphrase",
-                "--account",
-                "acme",
-                "--agent",
-                label,
-                "--label",
-                label,
-                "--secret-stdin",
-            ],
-            Some(secret),
-        )
+        let o = b.create_passphrase("acme", label, secret);
+        assert!(o.status.success(), "{}", output_text(&o));
+        output_text(&o)
     };
     let mut answers = vec![create("alice", first), create("bob", second)];
     let unlock = |label: &str, secret: &str, mode: &str| {
@@ -317,22 +304,8 @@ fn the_console_path_leaves_no_passphrase_or_pairing_token() {
     let mut b = Bridge::start(NOW);
     let secret = "harbor-quince-lattice-5521-secret";
     let wrong = "wrong-tundra-bobbin-7730-secret";
-    b.ok(
-        &[
-            "keys",
-            "create",
-            "--backend",
-            "passphrase",
-            "--account",
-            "acme",
-            "--agent",
-            "carol",
-            "--label",
-            "carol",
-            "--secret-stdin",
-        ],
-        Some(secret),
-    );
+    let o = b.create_passphrase("acme", "carol", secret);
+    assert!(o.status.success(), "{}", output_text(&o));
     b.restart_with(&["--http", "127.0.0.1:0", "--allow-origin", origin]);
     let port: u16 = b
         .daemon_log()
