@@ -98,6 +98,8 @@ pub struct KeyEntry {
     worker: Worker,
     /// Whether it may sign now (prompt frequency).
     unlock: Unlocker,
+    /// A sweep of this key ([`Keys::expire_all`]) is under way.
+    sweeping: std::sync::atomic::AtomicBool,
 }
 
 impl KeyEntry {
@@ -381,6 +383,7 @@ impl Keys {
             kid_hex,
             worker,
             unlock: Unlocker::default(),
+            sweeping: std::sync::atomic::AtomicBool::new(false),
         });
         self.entries
             .write()
@@ -614,14 +617,31 @@ impl Keys {
     /// Locks the keys whose grant lapsed, or whose token went (boot-clock
     /// time `boot`).
     pub async fn expire_all(&self, boot: i64) {
-        // Every key at once, each for at most a step: a key whose token
-        // hangs (its transition held by a request waiting for the token)
-        // is tried again at the next sweep, and delays no other key.
+        // Every key on a task of its own, one sweep in flight per key: a
+        // key whose token hangs (its transition held by a request waiting
+        // for the token) delays no other key, and its sweep finishes (and
+        // logs what it did) whenever the token answers. This call waits
+        // a moment for them, never for a stuck one.
+        use std::sync::atomic::Ordering;
         const STEP: std::time::Duration = std::time::Duration::from_millis(900);
-        let sweeps = self.all().into_iter().map(|e| async move {
-            let _ = tokio::time::timeout(STEP, Self::sweep(&e, boot)).await;
-        });
-        futures_util::future::join_all(sweeps).await;
+        let mut running = vec![];
+        for e in self.all() {
+            if e.sweeping.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            running.push(tokio::spawn(async move {
+                // Cleared however the sweep ends.
+                struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+                impl Drop for Done<'_> {
+                    fn drop(&mut self) {
+                        self.0.store(false, Ordering::Release);
+                    }
+                }
+                let _done = Done(&e.sweeping);
+                Self::sweep(&e, boot).await;
+            }));
+        }
+        let _ = tokio::time::timeout(STEP, futures_util::future::join_all(running)).await;
     }
 
     async fn sweep(e: &KeyEntry, boot: i64) {
