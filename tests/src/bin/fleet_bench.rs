@@ -24,6 +24,12 @@
 //!   (`/dev/shm`, when it has room) to show our cost apart from the disk's.
 //! - the tree alone: `Batch::new(ids)` (checking, sorting, hashing the
 //!   RFC 6962 tree), timed in process, for every size.
+//! - what the daemon's wipe of freed memory costs (`keybridge serve` runs
+//!   with glibc's tcache off and `perturb` on, so that secrets C libraries
+//!   free are overwritten): 1,000,000 devices to one file from a second
+//!   daemon, set up the same way but started with
+//!   `GLIBC_TUNABLES=glibc.malloc.perturb=0`, taking turns with ours. Both
+//!   daemons' settings are read back from `/proc/PID/environ`.
 //!
 //! Reps: 5 at 10,000, 3 at 100,000 and for the 1,000,000 stream, 1 for
 //! the 1,000,000 folders. Creating files on a shared VM disk is erratic,
@@ -71,6 +77,14 @@ use std::time::{Duration, Instant};
 const SIZES: [usize; 3] = [10_000, 100_000, 1_000_000];
 /// Envelopes fully verified per checked stream or folder.
 const SAMPLES: usize = 20;
+/// The size at which a daemon that does not wipe freed memory takes turns
+/// with ours (the one file sink), and that row's name.
+const WIPE_N: usize = 1_000_000;
+const WIPE_SINK: &str = "file, wipe off";
+/// The daemon's `GLIBC_TUNABLES` for that row: any `perturb` setting keeps
+/// `keybridge serve` from turning on its wipe (tcache off, perturb), and 0
+/// is glibc's default.
+const UNWIPED: &str = "glibc.malloc.perturb=0";
 /// Threads deleting the disk's folders at the end.
 const DELETERS: usize = 4;
 /// Room a folder run needs per file, with some to spare (a block or a
@@ -212,6 +226,25 @@ fn mem_available() -> Result<u64> {
         * 1024)
 }
 
+/// A stream file after the first run of its size: `n` lines and its
+/// trailer, and within 1% of the first run's `bytes`.
+fn check_size(out: &Path, n: usize, bytes: u64) -> Result<()> {
+    let len = std::fs::metadata(out)?.len();
+    let lines = count_lines(out)?;
+    ensure!(
+        lines == n + 1,
+        "{}: {lines} lines, not {}",
+        out.display(),
+        n + 1
+    );
+    ensure!(
+        len.abs_diff(bytes) < bytes / 100 + 1024,
+        "{}: {len} bytes, the first run's {bytes}",
+        out.display(),
+    );
+    Ok(())
+}
+
 /// Deletes `path` (a file or a folder) if it is there and syncs every
 /// file system: a deletion's work (on a disk mounted with `discard`, one
 /// discard per freed extent) is done before the next measurement. Returns
@@ -252,6 +285,72 @@ struct Run {
 }
 
 impl Bench {
+    /// Starts `keybridge serve` in `home` with `env` added, creates the
+    /// passphrase key alice, the account's key log (which spends one
+    /// unlock) and a daily unlock.
+    fn start(bin_dir: &Path, home: &Path, work: &Path, env: &[(&str, &Path)]) -> Result<Bench> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let bridge = rt
+            .block_on(keybridge::serve(bin_dir, home, env))
+            .context("starting keybridge serve")?;
+        drop(rt);
+        bridge.cli(
+            &[
+                "keys",
+                "create",
+                "--backend",
+                "passphrase",
+                "--account",
+                "acme",
+                "--agent",
+                "alice",
+                "--label",
+                "alice",
+                "--secret-stdin",
+            ],
+            Some(PASSPHRASE),
+        )?;
+        // The account's genesis spends one signature's unlock…
+        let unlock = |mode: &str| {
+            bridge.cli(
+                &["unlock", "alice", "--remember", mode, "--secret-stdin"],
+                Some(PASSPHRASE),
+            )
+        };
+        unlock("each-task")?;
+        let log = home.join("acme.log");
+        bridge.cli(
+            &[
+                "account",
+                "init",
+                "--account",
+                "acme",
+                "--key",
+                "alice",
+                "--log",
+                log.to_str().context("a UTF-8 path")?,
+                "--recovery-file",
+                home.join("acme.recovery.age")
+                    .to_str()
+                    .context("a UTF-8 path")?,
+                "--secret-stdin",
+            ],
+            Some("recovery passphrase 1"),
+        )?;
+        // …the batches share a daily one.
+        unlock("daily")?;
+        let key_log = KeyLog::from_bytes(&std::fs::read(&log)?)?;
+        let time = Path::new("/usr/bin/time");
+        Ok(Bench {
+            key_log,
+            time: time.exists().then(|| time.to_owned()),
+            rss_file: work.join("cli.rss"),
+            bridge,
+        })
+    }
+
     /// `keybridge sign --json --key alice --devices LIST --command
     /// run-script --out OUT`, timed, with the peak RSS of both processes;
     /// its summary must be the batch `n`, `root`.
@@ -641,68 +740,30 @@ fn bench(million_floor: bool) -> Result<()> {
     };
     let mut notes: Vec<String> = vec![];
 
-    // The daemon, the key, the key log, the daily unlock.
-    let home = work.join("home");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let bridge = rt
-        .block_on(keybridge::serve(&bin_dir, &home, &[]))
-        .context("starting keybridge serve")?;
-    drop(rt);
-    bridge.cli(
-        &[
-            "keys",
-            "create",
-            "--backend",
-            "passphrase",
-            "--account",
-            "acme",
-            "--agent",
-            "alice",
-            "--label",
-            "alice",
-            "--secret-stdin",
-        ],
-        Some(PASSPHRASE),
+    // The daemon, the key, the key log, the daily unlock; and a second
+    // daemon whose freed memory is not wiped, to show what the wipe costs.
+    let bench = Bench::start(&bin_dir, &work.join("home"), work, &[])?;
+    let unwiped = Bench::start(
+        &bin_dir,
+        &work.join("home-unwiped"),
+        work,
+        &[("GLIBC_TUNABLES", Path::new(UNWIPED))],
     )?;
-    // The account's genesis spends one signature's unlock…
-    let unlock = |mode: &str| {
-        bridge.cli(
-            &["unlock", "alice", "--remember", mode, "--secret-stdin"],
-            Some(PASSPHRASE),
-        )
-    };
-    unlock("each-task")?;
-    let log = home.join("acme.log");
-    bridge.cli(
-        &[
-            "account",
-            "init",
-            "--account",
-            "acme",
-            "--key",
-            "alice",
-            "--log",
-            log.to_str().context("a UTF-8 path")?,
-            "--recovery-file",
-            home.join("acme.recovery.age")
-                .to_str()
-                .context("a UTF-8 path")?,
-            "--secret-stdin",
-        ],
-        Some("recovery passphrase 1"),
-    )?;
-    // …the batches share a daily one.
-    unlock("daily")?;
-    let key_log = KeyLog::from_bytes(&std::fs::read(&log)?)?;
-    let time = Path::new("/usr/bin/time");
-    let bench = Bench {
-        key_log,
-        time: time.exists().then(|| time.to_owned()),
-        rss_file: work.join("cli.rss"),
-        bridge,
-    };
+    for (b, wiped) in [(&bench, true), (&unwiped, false)] {
+        let pid = b.bridge.proc.pid();
+        // glibc cuts GLIBC_TUNABLES at its colons in place, as it parses it.
+        let environ = std::fs::read(format!("/proc/{pid}/environ"))?;
+        let environ = String::from_utf8_lossy(&environ);
+        ensure!(
+            environ.contains("glibc.malloc.perturb=165") == wiped,
+            "keybridge serve (pid {pid}) runs with {:?}: the wipe should be {}",
+            environ
+                .split('\0')
+                .filter(|v| v.contains("glibc."))
+                .collect::<Vec<_>>(),
+            if wiped { "on" } else { "off" }
+        );
+    }
     let cli_rss_method = if bench.time.is_some() {
         "ru_maxrss (wait4, /usr/bin/time -f %M)"
     } else {
@@ -750,7 +811,9 @@ fn bench(million_floor: bool) -> Result<()> {
 
     // 1. One .jsonl file, against dd of the same size. Ours goes first in
     // even reps and the floor in odd ones, so that a drift of the machine
-    // falls on both.
+    // falls on both. At WIPE_N the daemon that does not wipe freed memory
+    // takes turns with ours the same way.
+    let mut unwiped_row = Row::new(WIPE_SINK, &work_fs, WIPE_N, "dd bs=1M conv=fsync");
     for n in SIZES {
         let (list, root) = (&lists[&n], &roots[&n]);
         let mut row = Row::new("one .jsonl file", &work_fs, n, "dd bs=1M conv=fsync");
@@ -760,6 +823,11 @@ fn bench(million_floor: bool) -> Result<()> {
             if rep % 2 == 1 {
                 row.floor.push(file_floor(&dd, row.bytes)?);
                 settle(&dd)?;
+            }
+            if n == WIPE_N && rep % 2 == 1 {
+                unwiped_row.add(&unwiped.sign(list, &out, n, root)?);
+                check_size(&out, n, row.bytes)?;
+                settle(&out)?;
             }
             let run = bench.sign(list, &out, n, root)?;
             let len = std::fs::metadata(&out)?.len();
@@ -775,30 +843,39 @@ fn bench(million_floor: bool) -> Result<()> {
                 );
                 row.bytes = len;
             } else {
-                let lines = count_lines(&out)?;
-                ensure!(
-                    lines == n + 1,
-                    "{}: {lines} lines, not {}",
-                    out.display(),
-                    n + 1
-                );
-                ensure!(
-                    len.abs_diff(row.bytes) < row.bytes / 100 + 1024,
-                    "{}: {len} bytes, the first run's {}",
-                    out.display(),
-                    row.bytes
-                );
+                check_size(&out, n, row.bytes)?;
             }
             row.add(&run);
             settle(&out)?;
+            if n == WIPE_N && rep % 2 == 0 {
+                unwiped_row.add(&unwiped.sign(list, &out, n, root)?);
+                check_size(&out, n, row.bytes)?;
+                settle(&out)?;
+            }
             if rep % 2 == 0 {
                 row.floor.push(file_floor(&dd, row.bytes)?);
                 settle(&dd)?;
             }
         }
-        println!("{}", line(&row, median(&tree[&n])));
-        rows.push(row);
+        if n == WIPE_N {
+            unwiped_row.floor.clone_from(&row.floor);
+            unwiped_row.bytes = row.bytes;
+            println!("{}", line(&row, median(&tree[&n])));
+            println!("{}", line(&unwiped_row, median(&tree[&n])));
+            rows.push(row);
+            rows.push(std::mem::replace(
+                &mut unwiped_row,
+                Row::new(WIPE_SINK, &work_fs, 0, ""),
+            ));
+        } else {
+            println!("{}", line(&row, median(&tree[&n])));
+            rows.push(row);
+        }
     }
+    if let Some(problem) = unwiped.bridge.log_problems()? {
+        notes.push(format!("the daemon without the wipe: {problem}"));
+    }
+    drop(unwiped);
 
     // 2. A folder, on the disk and on tmpfs, against the plain loop: (size,
     // parent, reps, with the floor). On the disk every folder is kept until
@@ -952,9 +1029,12 @@ fn bench(million_floor: bool) -> Result<()> {
             target: goal::FILE_1M_S,
             at_least: false,
             detail: format!(
-                "dd of the same {:.0} MB: {:.2} s",
+                "dd of the same {:.0} MB: {:.2} s; with the daemon's wipe of freed memory \
+                 off: {:.2} s (the wipe costs {:.2}x)",
                 file_1m.map_or(0.0, |r| r.bytes as f64 / 1e6),
-                file_1m.map_or(f64::NAN, Row::floor_s)
+                file_1m.map_or(f64::NAN, Row::floor_s),
+                figure(WIPE_SINK, WIPE_N),
+                figure("one .jsonl file", WIPE_N) / figure(WIPE_SINK, WIPE_N),
             ),
         },
         Goal {
