@@ -142,9 +142,11 @@ pub fn bench(args: &[String]) -> Result<()> {
 /// - `fleet_bench` (fleet-scale batches): `keybridge sign --devices` for
 ///   10,000 to 1,000,000 devices into one `.jsonl` file and into a folder
 ///   (on the disk and on tmpfs), against `dd`, a plain file-writing loop
-///   and the Merkle tree alone, with both processes' peak RSS; checks every
-///   envelope's proof; writes `target/bench/fleet.json` (about 6 minutes,
-///   most of it creating and deleting a few million files).
+///   and the Merkle tree alone, with both processes' peak RSS, and a
+///   million to a file from a daemon with its wipe of freed memory off (what
+///   the wipe costs); checks every envelope's proof; writes
+///   `target/bench/fleet.json` (about 5 minutes, most of it creating and
+///   deleting a few million files).
 fn extra_benchmarks(python: &Path) -> Result<()> {
     // Too slow for every `xtask test` (225,000 parses, ~20 s in release):
     // the exhaustive single-byte-edit sweep of a key log runs here.
